@@ -1,0 +1,33 @@
+"""effzoo: timm EfficientNet -> ONNX -> npz shards -> deployable builds -> predictions -> metrics."""
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/export.smk"
+include: "rules/build.smk"
+include: "rules/predict.smk"
+include: "rules/metrics.smk"
+
+
+wildcard_constraints:
+    variant=r"[A-Za-z0-9_]+",
+    quant=r"[A-Za-z0-9_]+",
+    dataset=r"[A-Za-z0-9_.-]+",
+    geom=GEOM_RE,
+    shard=r"\d{5}",
+
+
+rule all:
+    input:
+        expand("metrics/{variant}.json", variant=config["run_variants"]),
+    default_target: True
+
+
+onsuccess:
+    print_summary(config["run_variants"])

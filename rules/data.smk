@@ -1,0 +1,77 @@
+"""Data: the embedded demo dataset, the dataset index, uint8 npz shards and the datalist."""
+
+
+rule demo_dataset:
+    output:
+        labels="data/demo/val_label.txt",
+        classes="data/demo/label.txt",
+        images=directory("data/demo/val"),
+    log:
+        "logs/demo_dataset.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m demo_photos data/demo 2> {log:q}"
+
+
+checkpoint dataset_index:
+    input:
+        dataset_index_inputs,
+    output:
+        index="npz/{dataset}/index.tsv",
+        classes="npz/{dataset}/classes.txt",
+    params:
+        root=lambda w: dataset_root(w.dataset),
+        num_classes=NUM_CLASSES,
+    log:
+        "logs/dataset_index/{dataset}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m dataset_index {params.root:q} --out {output.index:q} --classes {output.classes:q}"
+        " --num-classes {params.num_classes} 2> {log:q}"
+
+
+rule npz_shard:
+    input:
+        index="npz/{dataset}/index.tsv",
+        images=shard_images,
+    output:
+        "npz/{dataset}/{geom}/shard-{shard}.npz",
+    params:
+        root=lambda w: dataset_root(w.dataset),
+        geom=lambda w: parse_geom(w.geom),
+        shard_size=PREP["shard_size"],
+        on_bad_image=PREP["on_bad_image"],
+    threads: PREP["workers"]
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    group:
+        "preprocess"
+    log:
+        "logs/npz_shard/{dataset}/{geom}/{shard}.log",
+    benchmark:
+        "benchmarks/npz_shard/{dataset}/{geom}/{shard}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m make_shards --root {params.root:q} --index {input.index:q} --shard {wildcards.shard}"
+        " --shard-size {params.shard_size} --size {params.geom[0]} --resize {params.geom[1]}"
+        " --interpolation {params.geom[2]} --on-bad-image {params.on_bad_image} --workers {threads}"
+        " --out {output:q} 2> {log:q}"
+
+
+rule datalist:
+    input:
+        shard_files,
+    output:
+        datalist="npz/{dataset}/{geom}/datalist.tsv",
+        skipped="npz/{dataset}/{geom}/skipped.tsv",
+    log:
+        "logs/datalist/{dataset}/{geom}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m make_datalist --shards {input:q} --out {output.datalist:q}"
+        " --skipped {output.skipped:q} 2> {log:q}"

@@ -1,0 +1,23 @@
+"""Metrics: score every configured quant mode of a variant -> metrics/<variant>.json."""
+
+
+rule metrics:
+    input:
+        info="onnx/{variant}.json",
+        spec="onnx/{variant}.preprocess.json",
+        datalist=lambda w: eval_datalist(w.variant),
+        predictions=expand("output/{{variant}}-{quant}/predictions.csv", quant=config["run_quant"]),
+        builds=expand("vacc/{{variant}}-{quant}/build.json", quant=config["run_quant"]),
+    output:
+        "metrics/{variant}.json",
+    params:
+        modes=metrics_mode_args,
+        dataset=DATASET,
+    log:
+        "logs/metrics/{variant}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m metrics --variant {wildcards.variant} --export-info {input.info:q}"
+        " --spec-json {input.spec:q} --datalist {input.datalist:q} --dataset {params.dataset} {params.modes}"
+        " --out {output:q} 2> {log:q}"

@@ -1,0 +1,26 @@
+"""Predict: run a build over the evaluated dataset's shards -> output/<variant>-<quant>/predictions.csv."""
+
+
+rule predict:
+    input:
+        model="vacc/{variant}-{quant}/model.onnx",
+        datalist=lambda w: eval_datalist(w.variant),
+        shards=eval_shards,
+    output:
+        predictions="output/{variant}-{quant}/predictions.csv",
+        logits="output/{variant}-{quant}/logits.npy",
+    params:
+        batch=INFER["batch"],
+    threads: INFER["threads"]
+    resources:
+        mem_mb=mem_mb_predict,
+        runtime=120,
+    log:
+        "logs/predict/{variant}-{quant}.log",
+    benchmark:
+        "benchmarks/predict/{variant}-{quant}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m predict --model {input.model:q} --shards {input.shards:q} --out {output.predictions:q}"
+        " --logits {output.logits:q} --batch {params.batch} --threads {threads} 2> {log:q}"

@@ -1,0 +1,43 @@
+"""Write the datalist of a set of npz shards: one row per image, in shard order.
+
+datalist.tsv columns: shard file, row in shard, image file (relative to the dataset root), label.
+skipped.tsv lists the images left out at preprocessing (on_bad_image: skip) with the reason.
+
+CLI: python scripts/make_datalist.py --shards npz/.../shard-*.npz --out datalist.tsv --skipped skipped.tsv
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from zoo_common import LOG, atomic_path, run_main
+
+
+def make_datalist(shards: list[str], out: str, skipped_out: str) -> dict:
+    rows, skipped = [], []
+    for s in shards:
+        with np.load(s) as z:
+            for i, (f, lab) in enumerate(zip(z["files"], z["labels"])):
+                rows.append(f"{Path(s).name}\t{i}\t{f}\t{int(lab)}\n")
+            skipped.extend(f"{x}\n" for x in z["skipped"])
+    with atomic_path(skipped_out) as tmp:
+        tmp.write_text("".join(skipped), encoding="utf-8")
+    with atomic_path(out) as tmp:
+        tmp.write_text("shard\trow\tfile\tlabel\n" + "".join(rows), encoding="utf-8")
+    LOG.info("%s: %d images in %d shards, %d skipped", out, len(rows), len(shards), len(skipped))
+    return {"images": len(rows), "skipped": len(skipped)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", nargs="+", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skipped", required=True)
+    a = ap.parse_args(argv)
+    make_datalist(a.shards, a.out, a.skipped)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

@@ -1,0 +1,89 @@
+"""Run a vacc build over npz shards: top-k class ids and softmax probabilities for every image.
+
+Writes a CSV (file, label, top1..topK ids, prob1..probK) in datalist order, plus the raw logits as .npy
+(for agreement checks between builds).
+
+CLI: python scripts/predict.py --model vacc/X/model.onnx --shards a.npz b.npz --out predictions.csv \
+         --logits logits.npy [--batch 32 --threads 2 --topk 5]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+
+import numpy as np
+
+from zoo_common import LOG, Progress, atomic_path, run_main
+
+
+def make_session(model_path: str, threads: int, providers: list[str] | None = None):
+    """An ONNX Runtime session with full graph optimization and `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model_path, so, providers=providers or ["CPUExecutionProvider"])
+
+
+def iter_shards(shards):
+    for s in shards:
+        with np.load(s) as z:
+            yield s, z["images"], z["labels"], z["files"], z["skipped"]
+
+
+def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, batch: int = 32,
+            threads: int = 2, topk: int = 5) -> dict:
+    """Run the model over the shards; write predictions CSV + logits; return counts and timing."""
+    sess = make_session(model_path, threads)
+    in_name = sess.get_inputs()[0].name
+    total = 0
+    for s in shards:
+        with np.load(s) as z:
+            total += len(z["labels"])
+    progress = Progress(total, f"predict {model_path}")
+    rows, all_logits, skipped = [], [], []
+    t_run = 0.0
+    for _, images, labels, files, skip in iter_shards(shards):
+        skipped.extend(skip.tolist())
+        for i in range(0, len(images), batch):
+            t0 = time.perf_counter()
+            logits, probs = sess.run(["logits", "probs"], {in_name: images[i:i + batch]})
+            t_run += time.perf_counter() - t0
+            top = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
+            for j in range(len(top)):
+                rows.append([files[i + j], int(labels[i + j])] + top[j].tolist()
+                            + [f"{probs[j, c]:.6g}" for c in top[j]])
+            all_logits.append(logits.astype(np.float32))
+            progress.update(len(top))
+    header = ["file", "label"] + [f"top{k + 1}" for k in range(topk)] + [f"prob{k + 1}" for k in range(topk)]
+    with atomic_path(out_csv, ".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(rows)
+    with atomic_path(out_logits, ".npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.concatenate(all_logits) if all_logits else np.zeros((0, 0), np.float32))
+    LOG.info("predicted %d images in %.1fs of inference (%d skipped at preprocessing)", len(rows), t_run,
+             len(skipped))
+    return {"images": len(rows), "skipped": skipped, "inference_s": t_run}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--shards", nargs="+", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--logits", required=True)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--topk", type=int, default=5)
+    a = ap.parse_args(argv)
+    predict(a.model, a.shards, a.out, a.logits, a.batch, a.threads, a.topk)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

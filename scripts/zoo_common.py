@@ -1,0 +1,108 @@
+"""Shared helpers for the step scripts: atomic writes, hashing, JSON, logging, errors."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LOG = logging.getLogger("effzoo")
+
+
+class ZooError(RuntimeError):
+    """A user-facing error: its message names the file, key or value and says what to do."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr (Snakemake redirects it into the rule's log file)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash (or SIGKILL) leaves at most a hidden ``.tmp-*`` file, never a complete-looking target.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write JSON atomically, pretty-printed with sorted keys."""
+    with atomic_path(path, ".json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    """Read JSON, naming the file in the error when it is unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ZooError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ZooError(f"{path}: not valid JSON ({e})") from None
+
+
+def run_main(main, argv=None) -> int:
+    """Run a CLI main(); print ZooError as a one-line error and exit 2."""
+    setup_logging()
+    try:
+        main(argv)
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class Progress:
+    """Log progress with rate and ETA at most every `every_s` seconds."""
+
+    def __init__(self, total: int, what: str, every_s: float = 10.0):
+        self.total, self.what, self.every_s = total, what, every_s
+        self.t0 = self.last = time.monotonic()
+        self.done = 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            el = now - self.t0
+            rate = self.done / el if el > 0 else float("inf")
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            LOG.info("%s: %d/%d (%.1f/s, elapsed %.0fs, ETA %.0fs)", self.what, self.done, self.total, rate, el, eta)
