@@ -3,14 +3,13 @@
 
 rule build_vacc:
     input:
-        onnx="onnx/{variant}.onnx",
-        info="onnx/{variant}.json",
-        spec="onnx/{variant}.preprocess.json",
+        unpack(build_inputs),
     output:
         model="vacc/{variant}-{quant}/model.onnx",
         manifest="vacc/{variant}-{quant}/build.json",
     params:
         options=lambda w: json.dumps(quant_cfg(w.quant), sort_keys=True),
+        extra=build_extra_args,
     threads: 2
     resources:
         mem_mb=mem_mb_export,
@@ -24,4 +23,37 @@ rule build_vacc:
     shell:
         "python -m build_vacc --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
         " --quant {wildcards.quant} --options {params.options:q} --outdir vacc/{wildcards.variant}-{wildcards.quant}"
-        " 2> {log:q}"
+        " {params.extra} 2> {log:q}"
+
+
+rule calibrate:
+    input:
+        onnx="onnx/{variant}.onnx",
+        spec="onnx/{variant}.preprocess.json",
+        datalist=calib_datalist,
+        shards=calib_shards,
+    output:
+        prepped="calib/{variant}/prepped.onnx",
+        stats="calib/{variant}/stats.npz",
+        manifest="calib/{variant}/calibration.json",
+    params:
+        images=CALIB["images"],
+        seed=CALIB["seed"],
+        batch=CALIB["batch"],
+        samples=CALIB["samples_per_tensor"],
+        bins=CALIB["num_bins"],
+    threads: 2
+    resources:
+        mem_mb=mem_mb_export,
+        runtime=600,
+    log:
+        "logs/calibrate/{variant}.log",
+    benchmark:
+        "benchmarks/calibrate/{variant}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m calibrate --onnx {input.onnx:q} --spec-json {input.spec:q} --datalist {input.datalist:q}"
+        " --images {params.images} --seed {params.seed} --batch {params.batch} --samples {params.samples}"
+        " --num-bins {params.bins} --threads {threads} --prepped {output.prepped:q} --stats {output.stats:q}"
+        " --manifest {output.manifest:q} 2> {log:q}"

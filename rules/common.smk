@@ -29,6 +29,9 @@ DATASET = config["dataset"]
 PREP = {"shard_size": 256, "workers": 2, "on_bad_image": "error", **config.get("preprocessing", {})}
 INFER = {"batch": 32, "threads": 2, **config.get("inference", {})}
 NUM_CLASSES = config.get("num_classes", 1000)
+CALIB = {"dataset": None, "images": 1000, "seed": 0, "batch": 4, "samples_per_tensor": 32768, "num_bins": 2048,
+         **config.get("calibration", {})}
+CALIB_DATASET = CALIB["dataset"] or DATASET
 GEOM_RE = r"\d+-r\d+-[a-z]+"
 
 
@@ -42,8 +45,9 @@ for _v in config["run_variants"]:
 for _q in config["run_quant"]:
     if _q not in QUANT_MODES:
         _unknown("quant mode", _q, QUANT_MODES)
-if DATASET not in config["datasets"]:
-    _unknown("dataset", DATASET, config["datasets"])
+for _d in (DATASET, config.get("calibration", {}).get("dataset") or DATASET):
+    if _d not in config["datasets"]:
+        _unknown("dataset", _d, config["datasets"])
 
 
 def variant_cfg(variant):
@@ -125,10 +129,42 @@ def eval_datalist(variant):
     return f"npz/{DATASET}/{variant_geom(variant)}/datalist.tsv"
 
 
+def variant_shards(dataset, variant):
+    """Shards of a dataset at the variant's geometry."""
+    return shard_files(type("W", (), {"dataset": dataset, "geom": variant_geom(variant)}))
+
+
 def eval_shards(wildcards):
-    """Shards of the evaluated dataset at the variant's geometry."""
-    w = type("W", (), {"dataset": DATASET, "geom": variant_geom(wildcards.variant)})
-    return shard_files(w)
+    return variant_shards(DATASET, wildcards.variant)
+
+
+def calib_datalist(wildcards):
+    return f"npz/{CALIB_DATASET}/{variant_geom(wildcards.variant)}/datalist.tsv"
+
+
+def calib_shards(wildcards):
+    return variant_shards(CALIB_DATASET, wildcards.variant)
+
+
+def build_inputs(wildcards):
+    """fp32 builds need the export; others also the fp32 build (speed check), int8 the calibration."""
+    inputs = {"onnx": f"onnx/{wildcards.variant}.onnx", "info": f"onnx/{wildcards.variant}.json",
+              "spec": f"onnx/{wildcards.variant}.preprocess.json"}
+    kind = quant_cfg(wildcards.quant)["kind"]
+    if kind != "fp32":
+        inputs["fp32_model"] = f"vacc/{wildcards.variant}-fp32/model.onnx"
+    if kind == "int8":
+        for key in ("prepped", "stats", "calibration"):
+            inputs[key] = f"calib/{wildcards.variant}/" + {"prepped": "prepped.onnx", "stats": "stats.npz",
+                                                            "calibration": "calibration.json"}[key]
+    return inputs
+
+
+def build_extra_args(wildcards, input):
+    """Command-line flags for the inputs that only some kinds have."""
+    flags = {"fp32_model": "--fp32-model", "prepped": "--prepped", "stats": "--stats",
+             "calibration": "--calibration"}
+    return " ".join(f"{flag} {getattr(input, key)}" for key, flag in flags.items() if key in input.keys())
 
 
 def weights_input(wildcards):
@@ -163,13 +199,19 @@ def print_summary(variants):
         if not p.exists():
             continue
         m = json.loads(p.read_text())
-        for q, r in m["results"].items():
-            rows.append((v, q, f"{r['top1']:.4f}", f"{r['top5']:.4f}", str(r["images"]), f"{m['params_m']:.2f}",
-                         f"{m['gflops']:.3f}", str(m["input_size"][1]), "RANDOM" if m["random_weights"] else
-                         m["weights"]["source"]))
+        order = [q for q in config["run_quant"] if q in m["results"]] + sorted(set(m["results"]) - set(config["run_quant"]))
+        for q in order:
+            r = m["results"][q]
+            agree = r.get("top1_agreement_with_fp32")
+            speed = r.get("speedup_vs_fp32")
+            rows.append((v, q, f"{r['top1']:.4f}", f"{r['top5']:.4f}", "-" if agree is None else f"{agree:.3f}",
+                         "-" if speed is None else f"{speed:.2f}x", str(r["images"]), f"{r['model_size_mb']:.1f}",
+                         f"{m['params_m']:.2f}", f"{m['gflops']:.3f}", str(m["input_size"][1]),
+                         "RANDOM" if m["random_weights"] else m["weights"]["source"]))
     if not rows:
         return
-    head = ("variant", "quant", "top1", "top5", "images", "params_M", "GFLOPs", "size", "weights")
+    head = ("variant", "quant", "top1", "top5", "agree_fp32", "speed_vs_fp32", "images", "MB", "params_M", "GFLOPs",
+            "size", "weights")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     print("\n" + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:

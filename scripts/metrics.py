@@ -58,7 +58,16 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
         build = read_json(build_json)
         res = score(labels, top)
         res.update({"skipped_images": len(skipped), "model_size_mb": build["model"]["size_mb"],
-                    "build": str(build_json), "predictions": str(pred_csv)})
+                    "build": str(build_json), "predictions": str(pred_csv), "kind": build["kind"]})
+        if build.get("speed"):
+            res["speedup_vs_fp32"] = build["speed"]["speedup_vs_fp32"]
+            res["faster_than_fp32"] = build["speed"]["faster_than_fp32"]
+        if build.get("calibration"):
+            cal = build["calibration"]
+            res["calibration"] = {"images": cal["images"], "classes_represented": cal["classes_represented"],
+                                  "content_sha256": cal["content_sha256"], "calibration_s": cal["calibration_s"],
+                                  "peak_rss_mb": build["peak_rss_mb"], "method": build["details"]["method"],
+                                  "reduce_range": build["details"]["reduce_range"]}
         results[name] = res
         tops[name] = top[:, 0]
     if reference in tops:

@@ -51,8 +51,24 @@ def test_demo_end_to_end_and_rerun_does_nothing(tmp_path):
     assert (tmp_path / "onnx/tf_efficientnet_lite0.preprocess.json").exists()
     build = json.loads((tmp_path / "vacc/tf_efficientnet_lite0-fp32/build.json").read_text())
     assert build["source_model"]["sha256"] and build["weights"]["sha256"] == m["weights"]["sha256"]
+    modes = {"fp32", "fp16", "int8_max", "int8_percentile", "int8_kl_divergence"}
+    assert set(m["results"]) == modes
+    for q in modes - {"fp32"}:
+        r = m["results"][q]
+        assert 0 <= r["top1_agreement_with_fp32"] <= 1 and r["speedup_vs_fp32"] > 0
+    cal = m["results"]["int8_max"]["calibration"]
+    assert cal["images"] == 6 and cal["classes_represented"] == 6 and len(cal["content_sha256"]) == 64
+    assert (tmp_path / "vacc/tf_efficientnet_lite0-int8_kl_divergence/calibration.json").exists()
     rerun = run_snakemake(tmp_path, "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+
+    # changing one quant mode's options reruns only that mode's build, predictions and metrics
+    cfg = base_config()
+    cfg["quant_modes"]["int8_percentile"]["percentile"] = 99.99
+    plan = run_snakemake(tmp_path, "-n", "--quiet", "rules", config=cfg).stdout
+    jobs = dict(line.split()[:2] for line in plan.splitlines() if line.strip() and line.split()[-1].isdigit()
+                and len(line.split()) == 2)
+    assert jobs == {"build_vacc": "1", "predict": "1", "metrics": "1", "all": "1", "total": "4"}, plan
 
 
 @pytest.mark.slow

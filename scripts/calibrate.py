@@ -1,0 +1,452 @@
+"""Bounded-memory int8 calibration: class-balanced calibration sets, streaming statistics, range methods.
+
+ONNX Runtime's histogram calibrators keep every intermediate tensor of every calibration image in RAM
+(~62 MB per image for tf_efficientnet_lite0 at 224, ~4 GB per image for b7 at 600). Here the statistics
+are computed *inside the graph*: for every tensor to calibrate the model is augmented with ReduceMin,
+ReduceMax and a strided sample (Reshape + Slice with a prime step, at most `samples` values per image).
+ORT frees each activation as usual, so peak memory is that of plain inference at the calibration batch
+size, whatever the number of images. One pass collects what all three methods need:
+
+  * exact running min/max per tensor (method ``max``);
+  * a streaming histogram of the samples per tensor, with bin edges aligned to multiples of a width w
+    (zero is always an edge) that doubles, merging bin pairs exactly, when the range outgrows it.
+
+Range methods (activations are uint8, asymmetric, so 0 is always representable):
+  * max:         [min, max];
+  * percentile:  [q_(1-p), q_p] of the distribution (each tail (100-p)%), widened to include 0, within [min, max];
+  * kl_divergence: TensorRT's entropy calibration adapted to asymmetric uint8: candidate ranges shrink
+    [min, max] proportionally toward 0; for each, P = the histogram inside the range with the outliers
+    folded into the edge bins, Q = P quantized to 256 levels and expanded back over P's non-empty bins; the
+    range with the smallest KL(P || Q) wins. (ONNX Runtime's Entropy calibrator builds a histogram symmetric
+    about 0 and quantizes it to 128 bins, so a non-negative ReLU6 output gets only 64 levels' worth of
+    candidates: it clipped lite0's head from [0, 6] to [0, 0.38] and lost 9 points.)
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from zoo_common import ZooError
+
+# --------------------------------------------------------------------------------------------------
+# calibration set
+
+
+def balanced_selection(labels: list[int], n: int, seed: int = 0) -> list[int]:
+    """Indices of n rows drawn class-balanced: round-robin over the classes (in a seeded random order),
+    each class's rows seeded-shuffled; every class is represented when n >= number of classes."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, lab in enumerate(labels):
+        by_class[lab].append(i)
+    classes = sorted(by_class)
+    rng.shuffle(classes)
+    queues = {c: list(rng.permutation(by_class[c])) for c in classes}
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(labels)):
+        for c in classes:
+            if queues[c] and len(chosen) < n:
+                chosen.append(int(queues[c].pop()))
+    return sorted(chosen)
+
+
+def read_npz_rows(path: str, key: str, rows: list[int]) -> np.ndarray:
+    """Read selected rows of an uncompressed array in an npz without loading the whole array."""
+    with zipfile.ZipFile(path) as zf:
+        with zf.open(f"{key}.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            if fortran:
+                raise ZooError(f"{path}: {key} is Fortran-ordered")
+            row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+            start = fh.tell()
+            out = np.empty((len(rows),) + tuple(shape[1:]), dtype)
+            for j, r in enumerate(rows):
+                fh.seek(start + r * row_bytes)
+                out[j] = np.frombuffer(fh.read(row_bytes), dtype).reshape(shape[1:])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# graph augmentation
+
+
+def tensors_to_calibrate(model: onnx.ModelProto) -> list[str]:
+    """Float tensors that are inputs/outputs of nodes (not initializers), as ORT's calibrators select them."""
+    vi = {v.name: v for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
+    inits = {i.name for i in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        for t in list(node.input) + list(node.output):
+            if t in vi and t not in inits and t not in names:
+                tt = vi[t].type.tensor_type
+                if tt.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
+                    names.append(t)
+    return names
+
+
+def _numel_per_image(model: onnx.ModelProto, name: str) -> int:
+    for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
+        if v.name == name:
+            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim[1:]]
+            return int(np.prod(dims)) if dims else 1
+    return 1
+
+
+def _prime_at_least(n: int) -> int:
+    n = max(2, n)
+    while any(n % p == 0 for p in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
+
+
+def augment(model: onnx.ModelProto, names: list[str], samples: int) -> tuple[onnx.ModelProto, dict]:
+    """Add per-tensor ReduceMin/ReduceMax and a strided sample (about `samples` values per image) as outputs;
+    returns (model, sampling step per tensor)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "calib__flat"))
+    g.initializer.append(numpy_helper.from_array(np.array([0], np.int64), "calib__zero"))
+    g.initializer.append(numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), "calib__end"))
+    del g.output[:]
+    steps = {}
+    dtypes = {v.name: v.type.tensor_type.elem_type for v in
+              list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
+    for i, t in enumerate(names):
+        step = _prime_at_least(int(np.ceil(_numel_per_image(model, t) / samples)))
+        steps[t] = step
+        g.initializer.append(numpy_helper.from_array(np.array([step], np.int64), f"calib__step{i}"))
+        if dtypes.get(t) == TensorProto.FLOAT:
+            g.node.append(helper.make_node("Identity", [t], [f"calib__f{i}"]))
+        else:
+            g.node.append(helper.make_node("Cast", [t], [f"calib__f{i}"], to=TensorProto.FLOAT))
+        g.node.extend([
+            helper.make_node("ReduceMin", [f"calib__f{i}"], [f"calib__min{i}"], keepdims=0),
+            helper.make_node("ReduceMax", [f"calib__f{i}"], [f"calib__max{i}"], keepdims=0),
+            helper.make_node("Reshape", [f"calib__f{i}", "calib__flat"], [f"calib__flat{i}"]),
+            helper.make_node("Slice", [f"calib__flat{i}", "calib__zero", "calib__end", "calib__zero",
+                                       f"calib__step{i}"], [f"calib__sample{i}"]),
+        ])
+        for kind in ("min", "max", "sample"):
+            g.output.append(helper.make_tensor_value_info(f"calib__{kind}{i}", TensorProto.FLOAT, None))
+    return m, steps
+
+
+# --------------------------------------------------------------------------------------------------
+# streaming statistics
+
+
+class StreamingHistogram:
+    """Histogram with bins [k*w, (k+1)*w); w doubles (exact pair merge) when more than 2*num_bins are needed."""
+
+    def __init__(self, num_bins: int = 2048):
+        self.num_bins = num_bins
+        self.width = None
+        self.k0 = 0
+        self.counts = np.zeros(0, np.int64)
+
+    def add(self, x: np.ndarray) -> None:
+        x = x[np.isfinite(x)]
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if self.width is None:
+            span = max(hi - lo, abs(hi), abs(lo), 1e-12)
+            self.width = span / self.num_bins
+        while True:
+            klo, khi = int(np.floor(lo / self.width)), int(np.floor(hi / self.width))
+            new_lo = min(klo, self.k0) if self.counts.size else klo
+            new_hi = max(khi, self.k0 + self.counts.size - 1) if self.counts.size else khi
+            if new_hi - new_lo + 1 <= 2 * self.num_bins:
+                break
+            self._coarsen()
+        if self.counts.size == 0:
+            self.k0, self.counts = new_lo, np.zeros(new_hi - new_lo + 1, np.int64)
+        elif new_lo < self.k0 or new_hi > self.k0 + self.counts.size - 1:
+            grown = np.zeros(new_hi - new_lo + 1, np.int64)
+            grown[self.k0 - new_lo:self.k0 - new_lo + self.counts.size] = self.counts
+            self.k0, self.counts = new_lo, grown
+        idx = np.floor(x / self.width).astype(np.int64) - self.k0
+        self.counts += np.bincount(np.clip(idx, 0, self.counts.size - 1), minlength=self.counts.size)
+
+    def _coarsen(self) -> None:
+        """Double the width: bin k -> floor(k/2), exact."""
+        self.width *= 2
+        if self.counts.size:
+            k = np.arange(self.k0, self.k0 + self.counts.size)
+            nk = np.floor_divide(k, 2)
+            merged = np.zeros(nk[-1] - nk[0] + 1, np.int64)
+            np.add.at(merged, nk - nk[0], self.counts)
+            self.k0, self.counts = int(nk[0]), merged
+
+    def edges(self) -> np.ndarray:
+        return (np.arange(self.k0, self.k0 + self.counts.size + 1) * self.width).astype(np.float64)
+
+
+class TensorStats:
+    """Exact min/max and a streaming histogram of samples, for one tensor."""
+
+    def __init__(self, num_bins: int):
+        self.min, self.max, self.hist, self.count = np.inf, -np.inf, StreamingHistogram(num_bins), 0
+
+    def update(self, tmin: float, tmax: float, sample: np.ndarray) -> None:
+        self.min, self.max = min(self.min, float(tmin)), max(self.max, float(tmax))
+        self.hist.add(sample.astype(np.float64, copy=False))
+        self.count += sample.size
+
+
+def stats_to_arrays(stats: dict[str, TensorStats]) -> dict[str, np.ndarray]:
+    """Flatten statistics into arrays for an npz file."""
+    names = list(stats)
+    out = {"names": np.asarray(names, dtype=str),
+           "min": np.array([stats[n].min for n in names]), "max": np.array([stats[n].max for n in names]),
+           "width": np.array([stats[n].hist.width or 0.0 for n in names]),
+           "k0": np.array([stats[n].hist.k0 for n in names], np.int64),
+           "samples": np.array([stats[n].count for n in names], np.int64)}
+    for i, n in enumerate(names):
+        out[f"counts{i}"] = stats[n].hist.counts
+    return out
+
+
+def arrays_to_hist(arrs, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) of tensor i of a stats npz."""
+    counts = arrs[f"counts{i}"]
+    edges = (np.arange(arrs["k0"][i], arrs["k0"][i] + counts.size + 1) * arrs["width"][i]).astype(np.float64)
+    return counts, edges
+
+
+# --------------------------------------------------------------------------------------------------
+# range methods
+
+
+def percentile_range(counts: np.ndarray, edges: np.ndarray, tmin: float, tmax: float, p: float) -> tuple:
+    """[q_(1-p/100), q_(p/100)] from the histogram (linear within a bin), widened to 0, within [min, max]."""
+    if not 50.0 < p <= 100.0:
+        raise ZooError(f"percentile {p}: expected 50 < percentile <= 100")
+    total = counts.sum()
+    if total == 0:
+        return min(tmin, 0.0), max(tmax, 0.0)
+    cdf = np.concatenate([[0.0], np.cumsum(counts) / total])
+    q_hi = float(np.interp(p / 100.0, cdf, edges)) if p < 100 else tmax
+    q_lo = float(np.interp(1.0 - p / 100.0, cdf, edges)) if p < 100 else tmin
+    lo, hi = max(tmin, q_lo), min(tmax, q_hi)
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+def _kl(p: np.ndarray, sliced: np.ndarray, levels: int) -> float:
+    """KL(P || Q), TensorRT-style: P = the bins in range with outliers folded into the edge bins; Q = the
+    in-range bins *without* outliers quantized to `levels` groups, expanded over the non-empty bins."""
+    starts = np.arange(levels) * p.size // levels
+    sizes = np.diff(np.append(starts, p.size))
+    nonzero = sliced > 0
+    sums = np.add.reduceat(sliced, starts)
+    counts = np.add.reduceat(nonzero.astype(np.float64), starts)
+    per_bin = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    q = np.repeat(per_bin, sizes) * nonzero
+    ps, qs = p / p.sum(), q / q.sum()
+    mask = ps > 0
+    return float(np.sum(ps[mask] * np.log(ps[mask] / np.maximum(qs[mask], 1e-12))))
+
+
+def kl_range(counts: np.ndarray, edges: np.ndarray, tmin: float, tmax: float, levels: int = 256,
+             candidates: int = 128) -> tuple:
+    """Entropy calibration for an asymmetric range (see module docstring): returns (lo, hi)."""
+    lo, hi = min(tmin, 0.0), max(tmax, 0.0)
+    total = counts.sum()
+    if total == 0 or hi - lo <= 0:
+        return lo, hi
+    zero_idx = int(np.clip(np.searchsorted(edges, 0.0), 0, counts.size))
+    n_neg, n_pos = zero_idx, counts.size - zero_idx
+    span = n_neg + n_pos
+    if span <= levels:
+        return lo, hi
+    best, best_kl = (lo, hi), np.inf
+    for frac in np.linspace(levels / span, 1.0, candidates):
+        kn, kp = int(round(n_neg * frac)), int(round(n_pos * frac))
+        if kn + kp < levels:
+            continue
+        a, b = zero_idx - kn, zero_idx + kp
+        sliced = counts[a:b].astype(np.float64)
+        p = sliced.copy()
+        p[0] += counts[:a].sum()
+        p[-1] += counts[b:].sum()
+        kl = _kl(p, sliced, levels)
+        if kl < best_kl:
+            best_kl, best = kl, (float(edges[a]) if kn else 0.0, float(edges[b]) if kp else 0.0)
+    rlo, rhi = best
+    return min(max(rlo, tmin), 0.0), max(min(rhi, tmax), 0.0)
+
+
+def full_range_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors whose range is never clipped by a histogram method: outputs of bounded activations (Clip, i.e.
+    ReLU6: the network was trained with that bound and ORT folds the Clip into the producer's quantization)
+    and the classifier's input (the pooled features; clipping them shifts every logit)."""
+    keep = set()
+    for n in model.graph.node:
+        if n.op_type == "Clip":
+            keep.add(n.output[0])
+        if n.op_type in ("Gemm", "MatMul"):
+            keep.add(n.input[0])
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for t in list(keep):  # through shape-only ops back to the pooling output
+        node = producers.get(t)
+        while node is not None and node.op_type in ("Reshape", "Flatten", "Squeeze"):
+            keep.add(node.input[0])
+            node = producers.get(node.input[0])
+    return keep
+
+
+def compute_ranges(arrs, method: str, options: dict, keep_full: set[str] = frozenset()) -> dict:
+    """Per-tensor (lo, hi) for a method ('max', 'percentile', 'kl_divergence') from a stats npz; tensors in
+    `keep_full` get [min, max] whatever the method."""
+    out = {}
+    for i, name in enumerate(arrs["names"].tolist()):
+        tmin, tmax = float(arrs["min"][i]), float(arrs["max"][i])
+        if method == "max" or name in keep_full:
+            out[name] = (min(tmin, 0.0), max(tmax, 0.0))
+            continue
+        counts, edges = arrays_to_hist(arrs, i)
+        if method == "percentile":
+            out[name] = percentile_range(counts, edges, tmin, tmax, float(options.get("percentile", 99.999)))
+        elif method == "kl_divergence":
+            out[name] = kl_range(counts, edges, tmin, tmax, int(options.get("levels", 256)),
+                                 int(options.get("candidates", 128)))
+        else:
+            raise ZooError(f"calibrate method {method!r}: expected max, percentile or kl_divergence")
+    return out
+
+
+def npz_bytes(arrs: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrs)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: collect statistics for a variant
+
+
+def read_datalist(path: str) -> list[tuple[str, int, str, int]]:
+    """Rows (shard file name, row, image file, label) of a datalist.tsv."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        next(fh)
+        for line in fh:
+            shard, row, f, lab = line.rstrip("\n").split("\t")
+            rows.append((shard, int(row), f, int(lab)))
+    return rows
+
+
+def iter_batches(datalist: str, chosen: list[int], batch: int):
+    """Yield (uint8 NHWC batch, [files]) of the chosen datalist rows, reading only those rows."""
+    from pathlib import Path
+
+    rows = read_datalist(datalist)
+    shard_dir = Path(datalist).parent
+    picked = [rows[i] for i in chosen]
+    for i in range(0, len(picked), batch):
+        part = picked[i:i + batch]
+        imgs = []
+        by_shard: dict[str, list[int]] = defaultdict(list)
+        for s, r, _, _ in part:
+            by_shard[s].append(r)
+        cache = {s: read_npz_rows(str(shard_dir / s), "images", rs) for s, rs in by_shard.items()}
+        pos = defaultdict(int)
+        for s, _, _, _ in part:
+            imgs.append(cache[s][pos[s]])
+            pos[s] += 1
+        yield np.stack(imgs), [f for _, _, f, _ in part]
+
+
+def main(argv=None):
+    import argparse
+    import hashlib
+    import json
+    import resource
+    import time
+    from pathlib import Path
+
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import build_vacc
+    from zoo_common import LOG, Progress, atomic_path, read_json, write_json
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--onnx", required=True, help="exported model (onnx/<variant>.onnx)")
+    ap.add_argument("--spec-json", required=True)
+    ap.add_argument("--datalist", required=True, help="datalist.tsv of the calibration source at this geometry")
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=32768, help="sampled values per tensor per image")
+    ap.add_argument("--num-bins", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prepped", required=True, help="output: the float model that is calibrated and quantized")
+    ap.add_argument("--stats", required=True, help="output: statistics npz")
+    ap.add_argument("--manifest", required=True, help="output: calibration.json")
+    a = ap.parse_args(argv)
+
+    t0 = time.monotonic()
+    spec = read_json(a.spec_json)
+    folded = build_vacc.fold_preprocessing(onnx.load(a.onnx), spec)
+    with atomic_path(a.prepped, ".onnx") as tmp:
+        raw = tmp.with_suffix(".raw.onnx")
+        onnx.save(folded, str(raw))
+        try:
+            quant_pre_process(str(raw), str(tmp))
+        finally:
+            raw.unlink()
+    prepped = onnx.load(a.prepped)
+    names = tensors_to_calibrate(prepped)
+    aug, _ = augment(prepped, names, a.samples)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    sess = ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    del aug
+    rows = read_datalist(a.datalist)
+    chosen = balanced_selection([r[3] for r in rows], a.images, a.seed)
+    n_classes = len({rows[i][3] for i in chosen})
+    if len(chosen) < a.images:
+        LOG.warning("calibration source has %d images, fewer than the %d asked for: using all", len(rows),
+                    a.images)
+    stats = {n: TensorStats(a.num_bins) for n in names}
+    digest = hashlib.sha256()
+    progress = Progress(len(chosen), "calibration")
+    files = []
+    in_name = sess.get_inputs()[0].name
+    for batch, bfiles in iter_batches(a.datalist, chosen, a.batch):
+        digest.update(batch.tobytes())
+        files.extend(bfiles)
+        outs = sess.run(None, {in_name: batch})
+        for i, n in enumerate(names):
+            stats[n].update(outs[3 * i], outs[3 * i + 1], outs[3 * i + 2])
+        progress.update(len(batch))
+    with atomic_path(a.stats, ".npz") as tmp:
+        tmp.write_bytes(npz_bytes(stats_to_arrays(stats)))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    manifest = {
+        "images": len(chosen), "images_requested": a.images, "classes_represented": n_classes,
+        "classes_in_source": len({r[3] for r in rows}), "seed": a.seed, "batch": a.batch,
+        "source_datalist": a.datalist, "content_sha256": digest.hexdigest(), "files": files,
+        "tensors": len(names), "samples_per_tensor_per_image": a.samples, "num_bins": a.num_bins,
+        "calibration_s": round(time.monotonic() - t0, 2), "peak_rss_mb": round(peak_mb, 1),
+        "method": "in-graph ReduceMin/ReduceMax + strided samples -> streaming histograms (bounded memory)",
+    }
+    write_json(a.manifest, manifest)
+    LOG.info("calibrated %d tensors on %d images (%d classes) in %.1fs, peak RSS %.0f MB", len(names),
+             len(chosen), n_classes, manifest["calibration_s"], peak_mb)
+
+
+if __name__ == "__main__":
+    from zoo_common import run_main
+
+    raise SystemExit(run_main(main))
