@@ -14,6 +14,11 @@ include: "rules/export.smk"
 include: "rules/build.smk"
 include: "rules/predict.smk"
 include: "rules/metrics.smk"
+include: "rules/benchmark.smk"
+include: "rules/report.smk"
+
+
+report: "report/workflow.rst"
 
 
 wildcard_constraints:
@@ -27,6 +32,7 @@ wildcard_constraints:
 rule all:
     input:
         expand("metrics/{variant}.json", variant=config["run_variants"]),
+        "reports/summary.md",
     default_target: True
 
 

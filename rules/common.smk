@@ -32,6 +32,8 @@ NUM_CLASSES = config.get("num_classes", 1000)
 CALIB = {"dataset": None, "images": 1000, "seed": 0, "batch": 4, "samples_per_tensor": 32768, "num_bins": 2048,
          **config.get("calibration", {})}
 CALIB_DATASET = CALIB["dataset"] or DATASET
+BENCH = {"enabled": True, "batch_sizes": [1, 16], "iterations": 5, "warmup": 2, "rounds": 3, "threads": 2,
+         "instances": 1, **config.get("benchmark", {})}
 GEOM_RE = r"\d+-r\d+-[a-z]+"
 
 
@@ -187,8 +189,17 @@ def mem_mb_predict(wildcards):
 
 
 def metrics_mode_args(wildcards, input):
-    """--mode NAME PREDICTIONS BUILD_JSON for every configured quant mode."""
-    return " ".join(f"--mode {q} {p} {b}" for q, p, b in zip(config["run_quant"], input.predictions, input.builds))
+    """--mode NAME PREDICTIONS BUILD_JSON [--perf NAME PERF_JSON] for every configured quant mode."""
+    args = [f"--mode {q} {p} {b}" for q, p, b in zip(config["run_quant"], input.predictions, input.builds)]
+    args += [f"--perf {q} {p}" for q, p in zip(config["run_quant"], input.perf)]
+    return " ".join(args)
+
+
+def perf_files(wildcards):
+    """Benchmark results of every configured quant mode of a variant (none when benchmarks are off)."""
+    if not BENCH["enabled"]:
+        return []
+    return [f"perf/{wildcards.variant}-{q}.json" for q in config["run_quant"]]
 
 
 def print_summary(variants):

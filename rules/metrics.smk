@@ -8,6 +8,7 @@ rule metrics:
         datalist=lambda w: eval_datalist(w.variant),
         predictions=expand("output/{{variant}}-{quant}/predictions.csv", quant=config["run_quant"]),
         builds=expand("vacc/{{variant}}-{quant}/build.json", quant=config["run_quant"]),
+        perf=perf_files,
     output:
         "metrics/{variant}.json",
     params:

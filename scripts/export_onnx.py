@@ -56,6 +56,17 @@ def compare(model, onnx_path: str, x: np.ndarray) -> dict:
             "top1_agree": int((ref.argmax(1) == got.argmax(1)).sum())}
 
 
+def torch_flops(model, size: int) -> int:
+    """Independent count: PyTorch's FlopCounterMode (2 FLOPs per multiply-accumulate of conv/mm) at batch 1."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.zeros(1, 3, size, size))
+    return int(counter.get_total_flops())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tag", required=True, help="pinned timm tag, e.g. efficientnet_b0.ra_in1k")
@@ -91,7 +102,8 @@ def main(argv=None):
     info = {"tag": a.tag, "weights": winfo, "opset": OPSET, "exporter": "torch.onnx dynamo",
             "torch_version": torch.__version__, "export_s": round(export_s, 2), "check": check,
             "input_size": spec["input_size"], **model_info(a.out),
-            "params_torch": params_torch, "params_m": round(params_torch / 1e6, 2)}
+            "params_torch": params_torch, "params_m": round(params_torch / 1e6, 2),
+            "gflops_torch_flopcounter": round(torch_flops(model, spec["input_size"][1]) / 1e9, 4)}
     write_json(a.spec_out, spec)
     write_json(a.info, info)
 

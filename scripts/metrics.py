@@ -49,8 +49,8 @@ def read_skipped(datalist: str) -> list[str]:
 
 
 def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, datalist: str, dataset: str,
-                  reference: str = "fp32") -> dict:
-    """modes: name -> (predictions.csv, build.json). Returns the metrics document."""
+                  reference: str = "fp32", perf: dict | None = None) -> dict:
+    """modes: name -> (predictions.csv, build.json); perf: name -> perf JSON. Returns the metrics document."""
     results, tops = {}, {}
     skipped = read_skipped(datalist)
     for name, (pred_csv, build_json) in modes.items():
@@ -68,6 +68,15 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
                                   "content_sha256": cal["content_sha256"], "calibration_s": cal["calibration_s"],
                                   "peak_rss_mb": build["peak_rss_mb"], "method": build["details"]["method"],
                                   "reduce_range": build["details"]["reduce_range"]}
+        if perf and name in perf:
+            p = read_json(perf[name])
+            res["batch1_latency_ms"] = p["batch1_latency_ms"]
+            res["best_throughput_ips"] = p["best_throughput_ips"]
+            res["speedup_vs_torch_eager"] = {bs: r["onnxruntime"].get("speedup_vs_torch_eager")
+                                             for bs, r in p["results"].items()}
+            res["benchmark"] = str(perf[name])
+            if p["warnings"]:
+                res["benchmark_warnings"] = p["warnings"]
         results[name] = res
         tops[name] = top[:, 0]
     if reference in tops:
@@ -84,6 +93,8 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
         "input_size": spec["input_size"], "preprocess": spec,
         "params_m": export_info["params_m"], "params_torch": export_info["params_torch"],
         "gmacs": export_info["gmacs"], "gflops": export_info["gflops"],
+        "gflops_with_elementwise": export_info.get("gflops_with_elementwise"),
+        "gflops_torch_flopcounter": export_info.get("gflops_torch_flopcounter"),
         "flops_convention": export_info["flops_convention"], "export_check": export_info["check"],
         "results": results,
     }
@@ -101,10 +112,12 @@ def main(argv=None):
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--mode", nargs=3, action="append", metavar=("NAME", "PREDICTIONS", "BUILD_JSON"),
                     required=True)
+    ap.add_argument("--perf", nargs=2, action="append", metavar=("NAME", "PERF_JSON"), default=[])
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     modes = {n: (p, b) for n, p, b in a.mode}
-    doc = build_metrics(a.variant, read_json(a.export_info), read_json(a.spec_json), modes, a.datalist, a.dataset)
+    doc = build_metrics(a.variant, read_json(a.export_info), read_json(a.spec_json), modes, a.datalist, a.dataset,
+                        perf=dict(a.perf))
     write_json(a.out, doc)
 
 

