@@ -1,0 +1,195 @@
+"""Bad input, crashes and incremental rebuilds (issue: nothing lost, only stale work redone)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import make_shards
+import preprocess
+from conftest import REPO, base_config, run_snakemake
+from demo_photos import photo_path
+from zoo_common import ZooError
+
+LITE0 = "tf_efficientnet_lite0"
+
+
+def lite_spec():
+    return preprocess.spec_for("tf_efficientnet_lite0.in1k")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+def test_other_formats_under_jpeg_name_decode_like_timm(tmp_path, fmt):
+    p = tmp_path / "disguised.JPEG"
+    Image.open(photo_path("coffee")).convert("RGB").save(p, format=fmt)
+    ours = preprocess.transform_uint8(preprocess.load_image(p), lite_spec())
+    from test_preprocess import timm_uint8
+    assert np.array_equal(ours, timm_uint8(Image.open(p).convert("RGB"), lite_spec()))
+
+
+def test_exif_rotation_is_not_applied_like_timm(tmp_path):
+    img = Image.open(photo_path("chelsea")).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90
+    p = tmp_path / "rotated.JPEG"
+    img.save(p, format="JPEG", exif=exif.tobytes())
+    loaded = preprocess.load_image(p)
+    assert loaded.size == img.size  # timm does not apply EXIF orientation; neither do we
+
+
+def test_shard_skip_policy_lists_bad_files(tmp_path):
+    Image.open(photo_path("coffee")).convert("RGB").save(tmp_path / "good one.JPEG", format="JPEG")
+    (tmp_path / "bad é.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    rows = [("good one.JPEG", 967), ("bad é.JPEG", 1)]
+    with pytest.raises(ZooError, match="bad é.JPEG: cannot decode"):
+        make_shards.make_shard(tmp_path, rows, lite_spec(), tmp_path / "s.npz")
+    assert not (tmp_path / "s.npz").exists()
+    counts = make_shards.make_shard(tmp_path, rows, lite_spec(), tmp_path / "s.npz", on_bad_image="skip")
+    assert counts == {"images": 1, "skipped": 1}
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["files"].tolist() == ["good one.JPEG"] and "bad é.JPEG" in z["skipped"][0]
+
+
+def test_sigkill_while_writing_a_shard_leaves_no_complete_file(tmp_path):
+    """A killed shard job leaves at most a hidden temporary file; the target never looks complete."""
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'scripts')!r}); import zoo_common, time\n"
+            f"with zoo_common.atomic_path({str(tmp_path / 'shard.npz')!r}) as t:\n"
+            f"    t.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "shard.npz").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# workflow level: a small complete run shared by the dry-run checks
+
+
+def small_config(**changes) -> dict:
+    cfg = base_config()
+    cfg["variants"]["efficientnet_b0"]["weights"] = "random"
+    cfg["run_variants"] = [LITE0, "efficientnet_b0"]
+    cfg["run_quant"] = ["fp32", "int8_max"]
+    cfg["benchmark"]["enabled"] = False
+    cfg["calibration"]["images"] = 6
+    for path, value in changes.items():
+        node = cfg
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("complete")
+    run_snakemake(work, config=small_config())
+    return work
+
+
+def planned_jobs(work: Path, cfg: dict) -> dict[str, int]:
+    out = run_snakemake(work, "-n", "--quiet", "rules", config=cfg).stdout
+    jobs = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.mark.slow
+def test_complete_run_has_nothing_to_do(completed):
+    assert planned_jobs(completed, small_config()) == {}
+
+
+@pytest.mark.slow
+def test_preprocess_override_reruns_only_that_variant(completed):
+    cfg = small_config(**{"variants.efficientnet_b0.preprocess": {"crop_pct": 0.9}})
+    out = run_snakemake(completed, "-n", config=cfg).stdout
+    assert "wildcards: variant=efficientnet_b0" in out
+    assert f"variant={LITE0}" not in out
+
+
+@pytest.mark.slow
+def test_calibration_option_reruns_only_int8(completed):
+    jobs = planned_jobs(completed, small_config(**{"calibration.seed": 1}))
+    assert jobs == {"calibrate": 2, "build_vacc": 2, "predict": 2, "metrics": 2, "summary": 1, "all": 1, "total": 10}
+
+
+@pytest.mark.slow
+def test_shard_size_reprocesses_data_but_exports_nothing(completed):
+    jobs = planned_jobs(completed, small_config(**{"preprocessing.shard_size": 4}))
+    assert "export_onnx" not in jobs and "build_vacc" not in jobs
+    assert jobs.get("datalist", 0) >= 1 or jobs.get("dataset_index", 0) >= 1 or jobs.get("npz_shard", 0) >= 1
+
+
+@pytest.mark.slow
+def test_adding_images_exports_no_model(completed, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(completed, work, symlinks=True)
+    Image.open(photo_path("astronaut")).convert("RGB").save(work / "data/demo/val/EXTRA 1.JPEG", format="JPEG")
+    with open(work / "data/demo/val_label.txt", "a") as fh:
+        fh.write("EXTRA 1.JPEG 560\n")
+    jobs = planned_jobs(work, small_config())
+    assert "dataset_index" in jobs and "export_onnx" not in jobs and "build_vacc" not in jobs
+    run_snakemake(work, config=small_config())  # and the real run goes through (a file name with a space)
+    m = json.loads((work / f"metrics/{LITE0}.json").read_text())
+    assert m["dataset"]["images_scored"] == 7
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_gives_identical_metrics(completed, tmp_path):
+    work = tmp_path / "killed"
+    work.mkdir()
+    cfg_path = work / "test-config.yaml"
+    import yaml
+    cfg_path.write_text(yaml.safe_dump(small_config()))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2",
+           "--configfile", str(cfg_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((work / "logs").glob("build_vacc/*int8_max*.log")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the running jobs
+    proc.wait()
+    import onnx
+    for p in work.rglob("*"):  # whatever looks complete is complete: every visible artifact loads
+        if not p.is_file() or p.name.startswith(".") or ".snakemake" in p.parts:
+            continue
+        if p.suffix == ".onnx":
+            onnx.load(str(p))
+        elif p.suffix == ".npz":
+            with np.load(p) as z:
+                z["images"] if "images" in z else None
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+    run_snakemake(work, config=small_config())
+    for v in (LITE0, "efficientnet_b0"):
+        a = json.loads((work / f"metrics/{v}.json").read_text())["results"]
+        b = json.loads((completed / f"metrics/{v}.json").read_text())["results"]
+        for q in a:
+            assert (a[q]["top1"], a[q]["top5"], a[q]["images"]) == (b[q]["top1"], b[q]["top5"], b[q]["images"])
+        assert (work / f"output/{v}-fp32/predictions.csv").read_text() == \
+            (completed / f"output/{v}-fp32/predictions.csv").read_text()
+
+
+def test_unknown_quant_mode_and_wrong_type(tmp_path):
+    cfg = base_config()
+    cfg["run_quant"] = ["int4"]
+    proc = run_snakemake(tmp_path, "-n", config=cfg, check=False)
+    assert proc.returncode != 0 and "unknown quant mode 'int4'" in proc.stdout + proc.stderr
+    cfg = base_config()
+    cfg["preprocessing"]["shard_size"] = "big"
+    proc = run_snakemake(tmp_path, "-n", config=cfg, check=False)
+    assert proc.returncode != 0 and "'big' is not of type 'integer'" in proc.stdout + proc.stderr
