@@ -21,6 +21,16 @@ include: "rules/report.smk"
 report: "report/workflow.rst"
 
 
+# Cheap bookkeeping steps run in the main Snakemake process, not as cluster jobs.
+localrules:
+    all,
+    demo_dataset,
+    dataset_index,
+    datalist,
+    metrics,
+    summary,
+
+
 wildcard_constraints:
     variant=r"[A-Za-z0-9_]+",
     quant=r"[A-Za-z0-9_]+",

@@ -14,7 +14,7 @@ rule benchmark:
         rounds=BENCH["rounds"],
         bench_threads=BENCH["threads"],
         instances=BENCH["instances"],
-    threads: workflow.cores  # exclusive: nothing else runs while timing
+    threads: exclusive_threads  # locally all cores: nothing else runs while timing
     resources:
         mem_mb=mem_mb_export,
         runtime=60,

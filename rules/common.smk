@@ -195,6 +195,14 @@ def metrics_mode_args(wildcards, input):
     return " ".join(args)
 
 
+def exclusive_threads(wildcards):
+    """All local cores (nothing else runs while a benchmark times); on a cluster, the benchmark's threads."""
+    try:
+        return max(workflow.cores, BENCH["threads"])
+    except Exception:  # no --cores: a cluster executor
+        return BENCH["threads"]
+
+
 def perf_files(wildcards):
     """Benchmark results of every configured quant mode of a variant (none when benchmarks are off)."""
     if not BENCH["enabled"]:

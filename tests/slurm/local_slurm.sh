@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# A real single-node Slurm on this machine (Debian's munge, slurmctld, slurmd) for the cluster tests.
+#   bash tests/slurm/local_slurm.sh start   # install if needed, configure, start; waits for an idle node
+#   bash tests/slurm/local_slurm.sh stop    # stops only the daemons this script started (by their pid files)
+# Needs root (apt-get, /etc). State lives in /var/spool/effzoo-slurm; see ../shared/notes/local-slurm.md.
+set -euo pipefail
+STATE=/var/spool/effzoo-slurm
+CONF_DIR=/etc/slurm
+
+install() {
+  if command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null; then return; fi
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d  # no stock daemons
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq munge slurmctld slurmd slurm-client >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+}
+
+configure() {
+  mkdir -p "$STATE"/ctld "$STATE"/d /var/log/slurm "$CONF_DIR" /run/munge /var/lib/munge /var/log/munge
+  if [ ! -s /etc/munge/munge.key ]; then
+    dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+  fi
+  chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
+  chmod 0400 /etc/munge/munge.key
+  local host node mem
+  host=$(hostname)
+  node=$(slurmd -C | head -1)
+  mem=$(echo "$node" | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
+  node=$(echo "$node" | sed "s/RealMemory=[0-9]*/RealMemory=$((mem * 95 / 100))/")
+  cat > "$CONF_DIR/slurm.conf" <<CONF
+ClusterName=effzoo
+SlurmctldHost=$host
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+MinJobAge=600
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/d
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+$node
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+}
+
+start() {
+  install
+  configure
+  if [ ! -e "$STATE/munged.pid" ] || ! kill -0 "$(cat "$STATE/munged.pid")" 2>/dev/null; then
+    runuser -u munge -- munged --pid-file=/run/munge/effzoo-munged.pid
+    cp /run/munge/effzoo-munged.pid "$STATE/munged.pid"
+  fi
+  [ -e "$STATE/slurmctld.pid" ] && kill -0 "$(cat "$STATE/slurmctld.pid")" 2>/dev/null || slurmctld -c
+  [ -e "$STATE/slurmd.pid" ] && kill -0 "$(cat "$STATE/slurmd.pid")" 2>/dev/null || slurmd
+  for _ in $(seq 60); do
+    if [ "$(sinfo -h -o %t 2>/dev/null | head -1)" = "idle" ]; then echo "slurm: node idle"; return 0; fi
+    sleep 1
+  done
+  echo "slurm: node did not become idle; see /var/log/slurm/" >&2
+  sinfo >&2 || true
+  return 1
+}
+
+stop() {
+  for f in slurmd slurmctld munged; do
+    if [ -e "$STATE/$f.pid" ]; then
+      kill "$(cat "$STATE/$f.pid")" 2>/dev/null || true
+      rm -f "$STATE/$f.pid"
+    fi
+  done
+  echo "slurm: stopped the daemons started here"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac
