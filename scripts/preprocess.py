@@ -93,12 +93,14 @@ def load_image(path: str | Path) -> Image.Image:
 
     Raises ZooError naming the file for unreadable, truncated or oversized images.
     """
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with open(path, "rb") as f:
                 img = Image.open(f)
+                if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(
+                        f"{img.size[0]}x{img.size[1]} pixels exceed the limit of {MAX_IMAGE_PIXELS}")
                 img.load()
                 return img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
