@@ -14,7 +14,8 @@ validate(config, "../schemas/config.schema.yaml")
 SCRIPTS = Path(workflow.basedir) / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import preprocess  # noqa: E402  (numpy + PIL only: cheap at parse time)
-from dataset_index import read_index  # noqa: E402
+from dataset_index import IMAGE_EXTS  # noqa: E402
+from demo_photos import DEMO_LABELS  # noqa: E402
 
 # Rules run the step scripts as `python -m <script>`: the interpreter running Snakemake (its venv) comes first
 # on PATH and the scripts folder on PYTHONPATH, in the jobs of a cluster too (they re-run this file).
@@ -26,7 +27,7 @@ CONDA_ENV = "../envs/effzoo.yaml"
 VARIANTS = config["variants"]
 QUANT_MODES = config["quant_modes"]
 DATASET = config["dataset"]
-PREP = {"shard_size": 256, "workers": 2, "on_bad_image": "error", **config.get("preprocessing", {})}
+PREP = {"shard_size": 1000, "workers": 2, "on_bad_image": "error", **config.get("preprocessing", {})}
 INFER = {"batch": 32, "threads": 2, **config.get("inference", {})}
 NUM_CLASSES = config.get("num_classes", 1000)
 CALIB = {"dataset": None, "images": 1000, "seed": 0, "batch": 4, "samples_per_tensor": 32768, "num_bins": 2048,
@@ -35,6 +36,7 @@ CALIB_DATASET = CALIB["dataset"] or DATASET
 BENCH = {"enabled": True, "batch_sizes": [1, 16], "iterations": 5, "warmup": 2, "rounds": 3, "threads": 2,
          "instances": 1, **config.get("benchmark", {})}
 GEOM_RE = r"\d+-r\d+-[a-z]+"
+DEMO_ROOT = "data/demo"  # made by rule demo_dataset
 
 
 def _unknown(kind, name, valid):
@@ -98,33 +100,31 @@ def dataset_index_inputs(wildcards):
     """What the index depends on: the label files, or the class folders of a folder-layout dataset."""
     root = Path(dataset_root(wildcards.dataset))
     if (root / "val_label.txt").exists() or not (root / "val").is_dir():
-        return [str(root / "val_label.txt"), str(root / "label.txt")]
+        inputs = [str(root / "val_label.txt"), str(root / "label.txt")]
+        return inputs + ([str(root / "val")] if (root / "val").is_dir() else [])
     return sorted(str(p) for p in (root / "val").iterdir() if p.is_dir())
 
 
 @lru_cache(maxsize=None)
-def _index_rows(path, mtime):
-    return read_index(path)
-
-
-def index_rows(dataset):
-    """Rows of a dataset's index (after the dataset_index checkpoint ran)."""
-    path = checkpoints.dataset_index.get(dataset=dataset).output.index
-    return _index_rows(path, Path(path).stat().st_mtime)
+def dataset_size(dataset):
+    """Number of images of a dataset, read at parse time (the shard count must be known to plan the DAG):
+    non-empty lines of val_label.txt, image files in class folders, or the demo set's fixed photo list."""
+    root = Path(dataset_root(dataset))
+    if (root / "val_label.txt").exists():
+        with open(root / "val_label.txt", encoding="utf-8") as fh:
+            return sum(1 for line in fh if line.strip())
+    if (root / "val").is_dir():
+        return sum(1 for d in (root / "val").iterdir() if d.is_dir()
+                   for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+    if root == Path(DEMO_ROOT):
+        return len(DEMO_LABELS)
+    raise ValueError(f"dataset {dataset!r}: {root / 'val_label.txt'} not found (nor val/<class>/ folders)")
 
 
 def shard_files(wildcards):
     """All shard files of a dataset at a geometry."""
-    n = math.ceil(len(index_rows(wildcards.dataset)) / PREP["shard_size"])
+    n = math.ceil(dataset_size(wildcards.dataset) / PREP["shard_size"])
     return [f"npz/{wildcards.dataset}/{wildcards.geom}/shard-{i:05d}.npz" for i in range(n)]
-
-
-def shard_images(wildcards):
-    """The image files a shard is made of (so a changed image remakes only its shard)."""
-    rows = index_rows(wildcards.dataset)
-    i, size = int(wildcards.shard), PREP["shard_size"]
-    root = Path(dataset_root(wildcards.dataset))
-    return [str(root / f) for f, _ in rows[i * size:(i + 1) * size]]
 
 
 def eval_datalist(variant):
@@ -182,6 +182,12 @@ def pixels(variant):
 def mem_mb_export(wildcards):
     """Export memory grows with the input area (b7 at 600 needs far more than lite0 at 224)."""
     return int(3000 + 0.06 * pixels(wildcards.variant))
+
+
+def mem_mb_shard(wildcards):
+    """One shard of uint8 images in memory plus the decoding workers."""
+    size = parse_geom(wildcards.geom)[0]
+    return int(1000 + PREP["workers"] * 300 + PREP["shard_size"] * size * size * 3 / 1e6)
 
 
 def mem_mb_predict(wildcards):

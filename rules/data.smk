@@ -14,7 +14,7 @@ rule demo_dataset:
         "python -m demo_photos data/demo 2> {log:q}"
 
 
-checkpoint dataset_index:
+rule dataset_index:
     input:
         dataset_index_inputs,
     output:
@@ -34,8 +34,9 @@ checkpoint dataset_index:
 
 rule npz_shard:
     input:
+        # The images are not listed one by one (450,000 inputs made an ImageNet-scale dry run take minutes):
+        # the index changes when files are added, removed or relabelled; see README, rerun policy.
         index="npz/{dataset}/index.tsv",
-        images=shard_images,
     output:
         "npz/{dataset}/{geom}/shard-{shard}.npz",
     params:
@@ -45,10 +46,8 @@ rule npz_shard:
         on_bad_image=PREP["on_bad_image"],
     threads: PREP["workers"]
     resources:
-        mem_mb=2000,
-        runtime=30,
-    group:
-        "preprocess"
+        mem_mb=mem_mb_shard,
+        runtime=60,
     log:
         "logs/npz_shard/{dataset}/{geom}/{shard}.log",
     benchmark:

@@ -36,24 +36,25 @@ def make_shard(root, rows, spec: dict, out, workers: int = 1, on_bad_image: str 
     skip = on_bad_image == "skip"
     jobs = [(Path(root) / f, spec, skip) for f, _ in rows]
     progress = Progress(len(rows), f"preprocess {Path(out).name}")
-    images, labels, files, skipped = [], [], [], []
+    size = spec["input_size"][1]
+    arr = np.empty((len(rows), size, size, 3), np.uint8)  # filled in place: one copy of the shard in memory
+    labels, files, skipped = [], [], []
     results = (ProcessPoolExecutor(workers).map(_one, jobs, chunksize=8) if workers > 1 else map(_one, jobs))
     for (f, lab), (img, err) in zip(rows, results):
         if err is not None:
             LOG.warning("skipping bad image: %s", err)
             skipped.append(f"{f}\t{err}")
         else:
-            images.append(img)
+            arr[len(files)] = img
             labels.append(lab)
             files.append(f)
         progress.update()
-    size = spec["input_size"][1]
-    arr = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    arr = arr[:len(files)]
     with atomic_path(out, ".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, images=arr, labels=np.asarray(labels, np.int64), files=np.asarray(files, dtype=str),
                      skipped=np.asarray(skipped, dtype=str))
-    return {"images": len(images), "skipped": len(skipped)}
+    return {"images": len(files), "skipped": len(skipped)}
 
 
 def main(argv=None):

@@ -28,10 +28,16 @@ def make_session(model_path: str, threads: int, providers: list[str] | None = No
     return ort.InferenceSession(model_path, so, providers=providers or ["CPUExecutionProvider"])
 
 
-def iter_shards(shards):
+def iter_batches(shards, batch: int):
+    """(images, labels, files) batches read row-range by row-range (a shard is never loaded whole)."""
+    from calibrate import read_npz_rows
+
     for s in shards:
         with np.load(s) as z:
-            yield s, z["images"], z["labels"], z["files"], z["skipped"]
+            labels, files = z["labels"], z["files"]
+        for i in range(0, len(labels), batch):
+            rows = list(range(i, min(i + batch, len(labels))))
+            yield read_npz_rows(s, "images", rows), labels[rows], files[rows]
 
 
 def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, batch: int = 32,
@@ -39,25 +45,23 @@ def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, b
     """Run the model over the shards; write predictions CSV + logits; return counts and timing."""
     sess = make_session(model_path, threads)
     in_name = sess.get_inputs()[0].name
-    total = 0
+    total, skipped = 0, []
     for s in shards:
         with np.load(s) as z:
             total += len(z["labels"])
+            skipped.extend(z["skipped"].tolist())
     progress = Progress(total, f"predict {model_path}")
-    rows, all_logits, skipped = [], [], []
+    rows, all_logits = [], []
     t_run = 0.0
-    for _, images, labels, files, skip in iter_shards(shards):
-        skipped.extend(skip.tolist())
-        for i in range(0, len(images), batch):
-            t0 = time.perf_counter()
-            logits, probs = sess.run(["logits", "probs"], {in_name: images[i:i + batch]})
-            t_run += time.perf_counter() - t0
-            top = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
-            for j in range(len(top)):
-                rows.append([files[i + j], int(labels[i + j])] + top[j].tolist()
-                            + [f"{probs[j, c]:.6g}" for c in top[j]])
-            all_logits.append(logits.astype(np.float32))
-            progress.update(len(top))
+    for images, labels, files in iter_batches(shards, batch):
+        t0 = time.perf_counter()
+        logits, probs = sess.run(["logits", "probs"], {in_name: images})
+        t_run += time.perf_counter() - t0
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
+        for j in range(len(top)):
+            rows.append([files[j], int(labels[j])] + top[j].tolist() + [f"{probs[j, c]:.6g}" for c in top[j]])
+        all_logits.append(logits.astype(np.float32))
+        progress.update(len(top))
     header = ["file", "label"] + [f"top{k + 1}" for k in range(topk)] + [f"prob{k + 1}" for k in range(topk)]
     with atomic_path(out_csv, ".csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:

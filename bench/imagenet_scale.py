@@ -1,0 +1,91 @@
+"""ImageNet-scale DAG: 50,000 validation images x all nine vendor variants x every quant mode.
+
+Builds a 50,000-image ILSVRC-layout val set of symlinks to the 500 real sample images (100 each, labels
+kept), then measures, each in its own snakemake process:
+  1. `snakemake -n` for everything (after the dataset index checkpoint ran, so the DAG is complete);
+  2. `snakemake -n` with everything up to date (after `snakemake --touch` marked every output complete);
+  3. optionally (--preprocess) the real preprocessing of all 50,000 images at 224 (one geometry) on this
+     machine's cores, as shard jobs through the workflow.
+
+usage: python bench/imagenet_scale.py [--workdir bench-out/scale] [--images 50000] [--preprocess]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
+
+
+def make_dataset(root: Path, n: int) -> None:
+    if (root / "val_label.txt").exists() and len((root / "val_label.txt").read_text().splitlines()) == n:
+        return
+    (root / "val").mkdir(parents=True, exist_ok=True)
+    src = [ln.split() for ln in (SAMPLE / "val_label.txt").read_text().splitlines()]
+    lines = []
+    for i in range(n):
+        name, label = src[i % len(src)]
+        dst = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+        p = root / "val" / dst
+        if not p.exists():
+            p.symlink_to(SAMPLE / "val" / name)
+        lines.append(f"{dst} {label}\n")
+    (root / "val_label.txt").write_text("".join(lines))
+    (root / "label.txt").write_text((SAMPLE / "label.txt").read_text())
+
+
+def snakemake(work: Path, cfg: Path, *args: str) -> float:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+                           "--configfile", str(cfg), "--cores", "2", *args], capture_output=True, text=True)
+    dt = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return dt, proc.stdout + proc.stderr
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default="bench-out/scale")
+    ap.add_argument("--images", type=int, default=50_000)
+    ap.add_argument("--preprocess", action="store_true")
+    a = ap.parse_args()
+    work = (REPO / a.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    make_dataset(work / "imagenet-val", a.images)
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"]["imagenet"] = {"root": str(work / "imagenet-val")}
+    cfg["dataset"] = "imagenet"
+    cfg["run_variants"] = [f"efficientnet_b{i}" for i in range(9)]
+    cfg["run_quant"] = list(cfg["quant_modes"])
+    for v in cfg["run_variants"]:
+        cfg["variants"][v]["weights"] = "random"
+    cfg_path = work / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    dt, _ = snakemake(work, cfg_path, "npz/imagenet/index.tsv")
+    print(f"dataset index of {a.images} images: {dt:.1f} s")
+    dt, out = snakemake(work, cfg_path, "-n", "--quiet", "rules")
+    total = [ln.split()[1] for ln in out.splitlines() if ln.startswith("total")]
+    print(f"dry run, everything to do: {dt:.1f} s ({total[0] if total else '?'} jobs)")
+    if a.preprocess:
+        geom = "224-r256-bicubic"
+        n_shards = -(-a.images // cfg["preprocessing"]["shard_size"])
+        dt, _ = snakemake(work, cfg_path, f"npz/imagenet/{geom}/datalist.tsv")
+        print(f"preprocessing {a.images} images at 224 ({n_shards} shards, {os.cpu_count()} cores): {dt:.0f} s "
+              f"= {a.images / dt:.0f} images/s")
+    dt, out = snakemake(work, cfg_path, "--touch")
+    print(out[-500:])
+    print(f"--touch of every output: {dt:.1f} s")
+    dt, out = snakemake(work, cfg_path, "-n")
+    print(f"dry run, everything up to date: {dt:.1f} s ({'nothing to be done' if 'Nothing to be done' in out else 'JOBS PLANNED'})")
+
+
+if __name__ == "__main__":
+    main()
