@@ -27,7 +27,7 @@ CONDA_ENV = "../envs/effzoo.yaml"
 VARIANTS = config["variants"]
 QUANT_MODES = config["quant_modes"]
 DATASET = config["dataset"]
-PREP = {"shard_size": 1000, "workers": 2, "on_bad_image": "error", **config.get("preprocessing", {})}
+PREP = {"shard_size": 1000, "workers": 2, "on_bad_image": "error", "fast": False, **config.get("preprocessing", {})}
 INFER = {"batch": 32, "threads": 2, **config.get("inference", {})}
 NUM_CLASSES = config.get("num_classes", 1000)
 CALIB = {"dataset": None, "images": 1000, "seed": 0, "batch": 4, "samples_per_tensor": 32768, "num_bins": 2048,
@@ -35,7 +35,7 @@ CALIB = {"dataset": None, "images": 1000, "seed": 0, "batch": 4, "samples_per_te
 CALIB_DATASET = CALIB["dataset"] or DATASET
 BENCH = {"enabled": True, "batch_sizes": [1, 16], "iterations": 5, "warmup": 2, "rounds": 3, "threads": 2,
          "instances": 1, **config.get("benchmark", {})}
-GEOM_RE = r"\d+-r\d+-[a-z]+"
+GEOM_RE = r"\d+-r\d+-[a-z]+(-fast)?"
 DEMO_ROOT = "data/demo"  # made by rule demo_dataset
 
 
@@ -81,13 +81,13 @@ def variant_spec(variant):
 
 def variant_geom(variant):
     """Geometry id of a variant's uint8 shards (variants with the same geometry share them)."""
-    return preprocess.geometry_id(variant_spec(variant))
+    return preprocess.geometry_id(variant_spec(variant), PREP["fast"])
 
 
 def parse_geom(geom):
-    """(size, resize, interpolation) from a geometry id such as 224-r256-bicubic."""
-    m = re.fullmatch(r"(\d+)-r(\d+)-([a-z]+)", geom)
-    return int(m.group(1)), int(m.group(2)), m.group(3)
+    """(size, resize, interpolation, fast flag) from a geometry id such as 224-r256-bicubic[-fast]."""
+    m = re.fullmatch(r"(\d+)-r(\d+)-([a-z]+)(-fast)?", geom)
+    return int(m.group(1)), int(m.group(2)), m.group(3), "--fast" if m.group(4) else ""
 
 
 def dataset_root(dataset):

@@ -57,7 +57,7 @@ rule npz_shard:
     shell:
         "python -m make_shards --root {params.root:q} --index {input.index:q} --shard {wildcards.shard}"
         " --shard-size {params.shard_size} --size {params.geom[0]} --resize {params.geom[1]}"
-        " --interpolation {params.geom[2]} --on-bad-image {params.on_bad_image} --workers {threads}"
+        " --interpolation {params.geom[2]} {params.geom[3]} --on-bad-image {params.on_bad_image} --workers {threads}"
         " --out {output:q} 2> {log:q}"
 
 

@@ -83,15 +83,17 @@ def normalize_spec(spec: dict) -> dict:
     return {k: s[k] for k in sorted(s)}
 
 
-def geometry_id(spec: dict) -> str:
+def geometry_id(spec: dict, fast: bool = False) -> str:
     """Name of the uint8 geometry (what the npz shards hold): specs that differ only in mean/std share it."""
-    return f"{spec['input_size'][1]}-r{spec['resize_size']}-{spec['interpolation']}"
+    return f"{spec['input_size'][1]}-r{spec['resize_size']}-{spec['interpolation']}" + ("-fast" if fast else "")
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
     """Decode an image and convert it to RGB exactly as timm's loader does (``Image.open(f).convert('RGB')``).
 
-    Raises ZooError naming the file for unreadable, truncated or oversized images.
+    With `draft_size` (the fast path), JPEGs are decoded at the smallest DCT scale whose shorter side still
+    covers draft_size (not bit-identical to timm). Raises ZooError naming the file for unreadable, truncated
+    or oversized images.
     """
     try:
         with warnings.catch_warnings():
@@ -101,6 +103,8 @@ def load_image(path: str | Path) -> Image.Image:
                 if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
                     raise Image.DecompressionBombError(
                         f"{img.size[0]}x{img.size[1]} pixels exceed the limit of {MAX_IMAGE_PIXELS}")
+                if draft_size and img.format == "JPEG":
+                    img.draft("RGB", (draft_size, draft_size))
                 img.load()
                 return img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -111,7 +115,7 @@ def load_image(path: str | Path) -> Image.Image:
         raise ZooError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
-def _resize_shorter(img: Image.Image, size: int, resample) -> Image.Image:
+def _resize_shorter(img: Image.Image, size: int, resample, reducing_gap: float | None = None) -> Image.Image:
     """torchvision Resize(size:int) on a PIL image: shorter side to `size`, longer side truncated."""
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
@@ -119,7 +123,7 @@ def _resize_shorter(img: Image.Image, size: int, resample) -> Image.Image:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) == (w, h):
         return img
-    return img.resize((new_w, new_h), resample)
+    return img.resize((new_w, new_h), resample, reducing_gap=reducing_gap)
 
 
 def _center_crop(arr: np.ndarray, size: int) -> np.ndarray:
@@ -137,9 +141,17 @@ def _center_crop(arr: np.ndarray, size: int) -> np.ndarray:
     return arr[top:top + size, left:left + size]
 
 
-def transform_uint8(img: Image.Image, spec: dict) -> np.ndarray:
-    """timm's eval transform before ToTensor: resize + centre crop; returns uint8 HWC RGB."""
-    img = _resize_shorter(img, spec["resize_size"], INTERPOLATIONS[spec["interpolation"]])
+FAST_REDUCING_GAP = 3.0
+
+
+def transform_uint8(img: Image.Image, spec: dict, fast: bool = False) -> np.ndarray:
+    """timm's eval transform before ToTensor: resize + centre crop; returns uint8 HWC RGB.
+
+    fast=True resizes with PIL's reducing_gap (an exact integer box reduction first); use it with
+    load_image(..., draft_size=spec['resize_size']). Not bit-identical; bench/preprocess_speed.py measures
+    its speed and top-1 agreement with the exact path."""
+    img = _resize_shorter(img, spec["resize_size"], INTERPOLATIONS[spec["interpolation"]],
+                          FAST_REDUCING_GAP if fast else None)
     return np.ascontiguousarray(_center_crop(np.asarray(img, dtype=np.uint8), spec["input_size"][1]))
 
 
