@@ -100,8 +100,7 @@ def dataset_index_inputs(wildcards):
     """What the index depends on: the label files, or the class folders of a folder-layout dataset."""
     root = Path(dataset_root(wildcards.dataset))
     if (root / "val_label.txt").exists() or not (root / "val").is_dir():
-        inputs = [str(root / "val_label.txt"), str(root / "label.txt")]
-        return inputs + ([str(root / "val")] if (root / "val").is_dir() else [])
+        return [str(root / "val_label.txt"), str(root / "label.txt"), str(root / "val")]
     return sorted(str(p) for p in (root / "val").iterdir() if p.is_dir())
 
 

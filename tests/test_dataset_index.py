@@ -61,3 +61,17 @@ def test_missing_val_label_and_wrong_class_count(tmp_path):
         build_index(tmp_path / "y")
     with pytest.raises(ZooError, match="no such directory"):
         build_index(tmp_path / "nothing")
+
+
+def test_unlabelled_non_image_file_is_ignored_and_labelled_one_fails_at_decode(tmp_path):
+    make_ilsvrc(tmp_path)
+    (tmp_path / "val" / "README.txt").write_text("not an image")
+    rows, _ = build_index(tmp_path)
+    assert [f for f, _ in rows] == ["val/a.JPEG", "val/b.JPEG"]
+    (tmp_path / "val" / "notes.JPEG").write_text("not an image either")
+    with open(tmp_path / "val_label.txt", "a") as fh:
+        fh.write("notes.JPEG 3\n")
+    rows, _ = build_index(tmp_path)  # labelled: indexed, and preprocessing names it (see test_robustness)
+    import preprocess
+    with pytest.raises(ZooError, match="notes.JPEG: cannot decode"):
+        preprocess.load_image(tmp_path / "val" / "notes.JPEG")
