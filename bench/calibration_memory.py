@@ -32,7 +32,8 @@ def run(args: list[str]) -> None:
 
 def peak_of(cmd: list[str]) -> float:
     """Run cmd in a fresh process and return its peak RSS in MB (from /proc via os.wait4)."""
-    p = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(REPO / "bench-out" / "last-subprocess.log", "w")
+    p = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=log, stderr=log)
     _, status, usage = os.wait4(p.pid, 0)
     if status != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}")

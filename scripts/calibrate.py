@@ -55,22 +55,40 @@ def balanced_selection(labels: list[int], n: int, seed: int = 0) -> list[int]:
     return sorted(chosen)
 
 
-def read_npz_rows(path: str, key: str, rows: list[int]) -> np.ndarray:
-    """Read selected rows of an uncompressed array in an npz without loading the whole array."""
+def npz_member(path: str, key: str) -> tuple[int, tuple, np.dtype]:
+    """(absolute byte offset of the array data, shape, dtype) of an uncompressed array in an npz file."""
+    import struct
+
     with zipfile.ZipFile(path) as zf:
-        with zf.open(f"{key}.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(fh)
-            if fortran:
-                raise ZooError(f"{path}: {key} is Fortran-ordered")
-            row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-            start = fh.tell()
-            out = np.empty((len(rows),) + tuple(shape[1:]), dtype)
-            for j, r in enumerate(rows):
-                fh.seek(start + r * row_bytes)
-                out[j] = np.frombuffer(fh.read(row_bytes), dtype).reshape(shape[1:])
+        info = zf.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ZooError(f"{path}: {key} is compressed; shards are written uncompressed (np.savez)")
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fh)
+        if fortran:
+            raise ZooError(f"{path}: {key} is Fortran-ordered")
+        return fh.tell(), shape, dtype
+
+
+def read_npz_rows(path: str, key: str, rows: list[int]) -> np.ndarray:
+    """Read selected rows of an uncompressed array in an npz by seeking in the file (never the whole array;
+    ZipExtFile.seek would re-read the member from its start)."""
+    offset, shape, dtype = npz_member(path, key)
+    row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+    out = np.empty((len(rows),) + tuple(shape[1:]), dtype)
+    with open(path, "rb") as fh:
+        for j, r in enumerate(rows):
+            if not 0 <= r < shape[0]:
+                raise ZooError(f"{path}: row {r} out of range (0..{shape[0] - 1})")
+            fh.seek(offset + r * row_bytes)
+            out[j] = np.frombuffer(fh.read(row_bytes), dtype).reshape(shape[1:])
     return out
 
 
