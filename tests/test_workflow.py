@@ -77,7 +77,8 @@ def test_demo_end_to_end_and_rerun_does_nothing(tmp_path):
     plan = run_snakemake(tmp_path, "-n", "--quiet", "rules", config=cfg).stdout
     jobs = dict(line.split()[:2] for line in plan.splitlines() if line.strip() and line.split()[-1].isdigit()
                 and len(line.split()) == 2)
-    assert jobs == {"build_vacc": "1", "predict": "1", "metrics": "1", "all": "1", "total": "4"}, plan
+    assert jobs == {"build_vacc": "1", "benchmark": "1", "predict": "1", "metrics": "1", "summary": "1",
+                    "all": "1", "total": "6"}, plan
 
 
 @pytest.mark.slow
