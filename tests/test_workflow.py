@@ -86,6 +86,8 @@ def test_b0_random_weights_end_to_end(tmp_path):
     cfg = base_config()
     cfg["variants"]["efficientnet_b0"]["weights"] = "random"
     cfg["run_variants"] = ["efficientnet_b0"]
+    cfg["run_quant"] = ["fp32", "int8_percentile"]
+    cfg["benchmark"].update(batch_sizes=[1], rounds=1, iterations=2)
     proc = run_snakemake(tmp_path, config=cfg)
     assert "RANDOM" in proc.stdout
     m = json.loads((tmp_path / "metrics/efficientnet_b0.json").read_text())
