@@ -410,12 +410,9 @@ def iter_batches(datalist: str, chosen: list[int], batch: int):
 def main(argv=None):
     import argparse
     import hashlib
-    import json
     import resource
     import time
-    from pathlib import Path
 
-    import onnxruntime as ort
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     import build_vacc

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 
 def _fix_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
