@@ -151,7 +151,11 @@ def test_adding_images_exports_no_model(completed, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_gives_identical_metrics(completed, tmp_path):
+@pytest.mark.parametrize("stage", ["npz_shard/*/*/*.log", "export_onnx/*.log", "build_vacc/*int8_max*.log",
+                                   "predict/*.log"])
+def test_sigkill_mid_run_then_rerun_gives_identical_metrics(completed, tmp_path, stage):
+    """SIGKILL of Snakemake and its jobs as soon as a stage's job starts (shard writing, export, build,
+    inference); then --unlock and the same command: no half-written file looks complete, metrics identical."""
     work = tmp_path / "killed"
     work.mkdir()
     cfg_path = work / "test-config.yaml"
@@ -161,8 +165,9 @@ def test_sigkill_mid_run_then_rerun_gives_identical_metrics(completed, tmp_path)
            "--configfile", str(cfg_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
-    while time.time() < deadline and not list((work / "logs").glob("build_vacc/*int8_max*.log")):
-        time.sleep(0.5)
+    while time.time() < deadline and not list((work / "logs").glob(stage)):
+        time.sleep(0.2)
+    time.sleep(1.0)  # let the job get going
     os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the running jobs
     proc.wait()
     import onnx
