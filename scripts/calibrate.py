@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections import defaultdict
+from functools import lru_cache
 
 import numpy as np
 import onnx
@@ -55,8 +56,10 @@ def balanced_selection(labels: list[int], n: int, seed: int = 0) -> list[int]:
     return sorted(chosen)
 
 
+@lru_cache(maxsize=256)
 def npz_member(path: str, key: str) -> tuple[int, tuple, np.dtype]:
-    """(absolute byte offset of the array data, shape, dtype) of an uncompressed array in an npz file."""
+    """Cached per file (callers read a shard batch by batch; shards never change during a job).
+    (absolute byte offset of the array data, shape, dtype) of an uncompressed array in an npz file."""
     import struct
 
     with zipfile.ZipFile(path) as zf:
