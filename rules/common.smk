@@ -158,13 +158,15 @@ def build_inputs(wildcards):
         for key in ("prepped", "stats", "calibration"):
             inputs[key] = f"calib/{wildcards.variant}/" + {"prepped": "prepped.onnx", "stats": "stats.npz",
                                                             "calibration": "calibration.json"}[key]
+        inputs["calib_datalist"] = calib_datalist(wildcards)  # images that rank layer sensitivity
+        inputs["calib_shards"] = calib_shards(wildcards)
     return inputs
 
 
 def build_extra_args(wildcards, input):
     """Command-line flags for the inputs that only some kinds have."""
     flags = {"fp32_model": "--fp32-model", "prepped": "--prepped", "stats": "--stats",
-             "calibration": "--calibration"}
+             "calibration": "--calibration", "calib_datalist": "--calib-datalist"}
     return " ".join(f"{flag} {getattr(input, key)}" for key, flag in flags.items() if key in input.keys())
 
 

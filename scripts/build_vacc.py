@@ -123,19 +123,154 @@ def cpu_has_vnni() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def resolve_reduce_range(value) -> bool:
-    """'auto' -> 7-bit weights exactly when the build CPU lacks VNNI (ONNX Runtime's own advice for x86)."""
+def saturating_layers(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    """(node, weight, channel axis) of the layers that run on ORT's u8s8 GEMM kernels: Conv with group 1, Gemm,
+    MatMul with a constant weight. Without VNNI these kernels add pairs of u8 x s8 products in int16 and saturate
+    (255 * 127 * 2 > 32767); depthwise Conv has its own kernel that sums in int32."""
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.name.startswith(("pre_", "post_")) or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type == "Conv" and (attrs["group"].i if "group" in attrs else 1) == 1:
+            out.append((n.name, n.input[1], 0))
+        elif n.op_type == "Gemm":
+            out.append((n.name, n.input[1], 0 if "transB" in attrs and attrs["transB"].i else 1))
+        elif n.op_type == "MatMul":
+            out.append((n.name, n.input[1], 1))
+    return out
+
+
+def exact_weight_overrides(model: onnx.ModelProto, layers: list[tuple[str, str, int]],
+                           ranges: dict[str, tuple[float, float]]) -> dict:
+    """uint8 per-channel weights (ORT's exact u8u8 kernel, full 8 bits) for `layers`, with every channel's
+    range widened where needed so that its int32 bias (scale = input scale x weight scale) cannot overflow:
+    ONNX Runtime adjusts that only for int8 weights, and a clipped bias corrupts dead channels."""
+    from onnxruntime.quantization import QuantType
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    out = {}
+    for node_name, weight, axis in layers:
+        node = nodes[node_name]
+        w = np.moveaxis(numpy_helper.to_array(inits[weight]).astype(np.float64), axis, 0)
+        # symmetric uint8 maps [-r, r] onto [0, 255] around 128 (scale 2r/255): r = absmax*255/254 puts the
+        # largest weight exactly on level 128 +- 127 instead of half a step off
+        absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) * 255 / 254
+        if len(node.input) > 2 and node.input[2] in inits and node.input[0] in ranges:
+            lo, hi = ranges[node.input[0]]
+            in_scale = (max(hi, 0.0) - min(lo, 0.0)) / 255.0
+            bias = np.abs(numpy_helper.to_array(inits[node.input[2]]).astype(np.float64))
+            if in_scale > 0:
+                # symmetric uint8: scale = 2 * absmax / 255; need scale * in_scale >= |bias| / int32 max
+                absmax = np.maximum(absmax, 1.01 * bias / (in_scale * np.iinfo(np.int32).max) * 255 / 2)
+        out[weight] = [{"quant_type": QuantType.QUInt8, "axis": axis, "rmin": -float(a), "rmax": float(a)}
+                       for a in absmax]
+    return out
+
+
+def reduced_weight_overrides(layers: list[tuple[str, str, int]]) -> dict:
+    """7-bit int8 weights for `layers` (no int16 saturation on CPUs without VNNI)."""
+    return {weight: [{"reduce_range": True, "axis": axis}] for _, weight, axis in layers}
+
+
+def resolve_reduce_range(value) -> str:
+    """'auto' -> 'saturating' (7-bit weights only in the u8s8 GEMM layers) when the build CPU lacks VNNI, else
+    'none'; true -> 'all' (ONNX Runtime's global 7-bit weights); false -> 'none'."""
     if value == "auto":
-        return not cpu_has_vnni()
-    return bool(value)
+        return "none" if cpu_has_vnni() else "saturating"
+    return "all" if value else "none"
 
 
-def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, options: dict) -> dict:
-    """QDQ int8 model from the calibrated float model and the method's per-tensor ranges."""
+def _quantize_model(prepped, ranges: dict, out_model: Path, options: dict, exclude: list[str],
+              overrides: dict, reduce_all: bool) -> None:
+    """ONNX Runtime quantize_static (QDQ) from fixed per-tensor ranges (no calibration pass here)."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    data = TensorsData(CalibrationMethod.MinMax, {
+        n: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+        for n, (lo, hi) in ranges.items()})
+    extra = {"OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"]}
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
+    with tempfile.TemporaryDirectory() as td:
+        cache = Path(td) / "ranges.json"
+        save_tensors_data(data, cache)
+        with atomic_path(out_model, ".onnx") as tmp:
+            quantize_static(prepped, str(tmp), calibration_data_reader=None, calibration_cache_path=str(cache),
+                            quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.MinMax,
+                            per_channel=bool(options.get("per_channel", True)), reduce_range=reduce_all,
+                            activation_type=qtypes[options.get("activation_type", "uint8")],
+                            weight_type=qtypes[options.get("weight_type", "int8")], nodes_to_exclude=exclude,
+                            extra_options=extra)
+
+
+def _weight_dq_inputs(model: onnx.ModelProto, node_name: str) -> list[str]:
+    """Initializer names (quantized weight, scale, zero point) of the DequantizeLinear feeding a layer's weight."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = next(n for n in model.graph.node if n.name == node_name)
+    dq = producer[node.input[1]]
+    if dq.op_type != "DequantizeLinear":
+        raise ZooError(f"layer {node_name}: weight is not fed by a DequantizeLinear ({dq.op_type})")
+    return list(dq.input)
+
+
+def layer_sensitivity(prepped: str, exact_model: Path, reduced_model: Path, layers: list[tuple[str, str, int]],
+                      images: np.ndarray, threads: int = 2) -> dict[str, float]:
+    """How much each layer's 7-bit weights cost: mean squared logit error against the float model, with every
+    listed layer at exact 8 bits except this one at 7 bits, minus the all-exact error. Measured on `images`."""
+    import onnxruntime as ort
+
+    def logits(model_bytes) -> np.ndarray:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        return np.concatenate([sess.run(["logits"], {PRE_INPUT: images[i:i + 8]})[0]
+                               for i in range(0, len(images), 8)])
+
+    ref = logits(prepped)
+    exact, reduced = onnx.load(str(exact_model)), onnx.load(str(reduced_model))
+    base = float(((logits(exact.SerializeToString()) - ref) ** 2).mean())
+    inits = {i.name: i for i in exact.graph.initializer}
+    alt = {i.name: i for i in reduced.graph.initializer}
+    out = {}
+    for k, (node_name, _, _) in enumerate(layers):
+        names = _weight_dq_inputs(exact, node_name)
+        saved = {n: onnx.TensorProto() for n in names if n in inits}
+        for n in saved:
+            saved[n].CopyFrom(inits[n])
+            inits[n].CopyFrom(alt[n])
+        out[node_name] = float(((logits(exact.SerializeToString()) - ref) ** 2).mean()) - base
+        for n, t in saved.items():
+            inits[n].CopyFrom(t)
+        LOG.info("sensitivity %d/%d %s: %+.3g", k + 1, len(layers), node_name, out[node_name])
+    return out
+
+
+def sensitivity_images(calibration_json: str, datalist: str, count: int) -> np.ndarray:
+    """The first `count` images of the calibration set (its recorded order), read from the shards."""
+    import calibrate
+
+    files = read_json(calibration_json)["files"][:count]
+    rows = {r[2]: i for i, r in enumerate(calibrate.read_datalist(datalist))}
+    missing = [f for f in files if f not in rows]
+    if missing:
+        raise ZooError(f"{datalist}: calibration images {missing[:3]} are not in this datalist")
+    return np.concatenate([b for b, _ in calibrate.iter_batches(datalist, [rows[f] for f in files], 16)])
+
+
+def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, options: dict,
+               calibration_json: str | None = None, calib_datalist: str | None = None) -> dict:
+    """QDQ int8 model from the calibrated float model and the method's per-tensor ranges.
+
+    On CPUs without VNNI (reduce_range auto) the u8s8 GEMM layers get 7-bit weights, except the
+    `exact_layers` most sensitive ones (measured, see layer_sensitivity), which get exact uint8 weights."""
+    import tempfile
 
     import calibrate
 
@@ -150,28 +285,51 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
                             "observed": {n: list(v) for n, v in full.items()}, "kept_full_range": sorted(keep_full)})
     exclude = [n.name for n in model.graph.node if n.name.startswith(("pre_", "post_"))]
     exclude += layers_to_exclude(model, options.get("exclude_layers", []))
-    reduce_range = resolve_reduce_range(options.get("reduce_range", "auto"))
-    qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    data = TensorsData(CalibrationMethod.MinMax, {
-        n: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
-        for n, (lo, hi) in ranges.items()})
-    with tempfile.TemporaryDirectory() as td:
-        cache = Path(td) / "ranges.json"
-        save_tensors_data(data, cache)
-        with atomic_path(out_model, ".onnx") as tmp:
-            quantize_static(prepped, str(tmp), calibration_data_reader=None, calibration_cache_path=str(cache),
-                            quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.MinMax,
-                            per_channel=bool(options.get("per_channel", True)),
-                            reduce_range=reduce_range,
-                            activation_type=qtypes[options.get("activation_type", "uint8")],
-                            weight_type=qtypes[options.get("weight_type", "int8")], nodes_to_exclude=exclude,
-                            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"]})
+    layers = [x for x in saturating_layers(model) if x[0] not in exclude]
+    policy = resolve_reduce_range(options.get("reduce_range", "auto"))
+    details: dict = {"reduce_range": policy, "cpu_has_vnni": cpu_has_vnni()}
+    overrides: dict = {}
+    if policy == "saturating":
+        want = options.get("exact_layers", 0)
+        if isinstance(want, int):
+            exact = []
+            if want > 0:
+                if not (calibration_json and calib_datalist):
+                    raise ZooError("exact_layers: a count needs the calibration manifest and datalist "
+                                   "(--calibration, --calib-datalist) to measure layer sensitivity")
+                n_img = int(options.get("sensitivity_images", 16))
+                images = sensitivity_images(calibration_json, calib_datalist, n_img)
+                with tempfile.TemporaryDirectory() as td:
+                    a, b = Path(td) / "exact.onnx", Path(td) / "reduced.onnx"
+                    _quantize_model(prepped, ranges, a, options, exclude, exact_weight_overrides(model, layers, ranges),
+                              False)
+                    _quantize_model(prepped, ranges, b, options, exclude, reduced_weight_overrides(layers), False)
+                    sens = layer_sensitivity(prepped, a, b, layers, images)
+                exact = sorted(sens, key=sens.get, reverse=True)[:want]
+                details["sensitivity"] = {"images": len(images), "metric": "increase of mean squared logit error "
+                                          "vs the float model when this layer alone has 7-bit weights",
+                                          "by_layer": {k: round(v, 6) for k, v in sensitivity_sorted(sens)}}
+        else:
+            unknown = sorted(set(want) - {x[0] for x in layers})
+            if unknown:
+                raise ZooError(f"exact_layers: {unknown} are not quantized GEMM layers of this model; "
+                               f"valid: {[x[0] for x in layers][:8]}...")
+            exact = list(want)
+        overrides = {**reduced_weight_overrides([x for x in layers if x[0] not in exact]),
+                     **exact_weight_overrides(model, [x for x in layers if x[0] in exact], ranges)}
+        details["exact_uint8_weight_layers"] = exact
+        details["reduced_7bit_weight_layers"] = len(layers) - len(exact)
+    _quantize_model(prepped, ranges, out_model, options, exclude, overrides, policy == "all")
     clipped = sum(1 for n, (lo, hi) in ranges.items() if hi < full[n][1] * 0.999 or lo > full[n][0] * 0.999)
-    return {"method": method, "tensors": len(ranges), "float_outputs_of": ["Gemm", "MatMul"], "tensors_clipped": clipped, "excluded_nodes": exclude,
-            "format": "QDQ", "per_channel": bool(options.get("per_channel", True)),
+    return {"method": method, "tensors": len(ranges), "float_outputs_of": ["Gemm", "MatMul"],
+            "tensors_clipped": clipped, "excluded_nodes": exclude, "format": "QDQ",
+            "per_channel": bool(options.get("per_channel", True)),
             "activation_type": options.get("activation_type", "uint8"),
-            "weight_type": options.get("weight_type", "int8"), "reduce_range": reduce_range,
-            "cpu_has_vnni": cpu_has_vnni()}
+            "weight_type": options.get("weight_type", "int8"), **details}
+
+
+def sensitivity_sorted(sens: dict[str, float]) -> list[tuple[str, float]]:
+    return sorted(sens.items(), key=lambda kv: kv[1], reverse=True)
 
 
 def speed_vs_fp32(model: Path, fp32_model: str, spec: dict, batch: int = 16, threads: int = 2) -> dict:
@@ -207,6 +365,7 @@ def main(argv=None):
     ap.add_argument("--prepped", help="int8: calibrated float model (calibrate.py --prepped)")
     ap.add_argument("--stats", help="int8: calibration statistics npz")
     ap.add_argument("--calibration", help="int8: calibration.json manifest")
+    ap.add_argument("--calib-datalist", help="int8: datalist of the calibration images (layer sensitivity)")
     ap.add_argument("--fp32-model", help="fp32 build to time this build against")
     a = ap.parse_args(argv)
     import json
@@ -226,7 +385,8 @@ def main(argv=None):
     elif kind == "int8":
         if not (a.prepped and a.stats and a.calibration):
             raise ZooError(f"quant mode {a.quant!r}: int8 needs --prepped, --stats and --calibration")
-        details = build_int8(a.prepped, a.stats, model_path, outdir / "calibration.json", options)
+        details = build_int8(a.prepped, a.stats, model_path, outdir / "calibration.json", options,
+                             a.calibration, a.calib_datalist)
         calibration = {k: v for k, v in read_json(a.calibration).items() if k != "files"}
     else:
         raise ZooError(f"quant mode {a.quant!r}: unknown kind {kind!r}")
@@ -234,6 +394,10 @@ def main(argv=None):
     import resource
     build_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     speed = speed_vs_fp32(model_path, a.fp32_model, spec) if a.fp32_model else None
+    if speed and not speed["faster_than_fp32"]:
+        speed["advice"] = (f"{a.quant} runs {speed['speedup_vs_fp32']:.2f}x the fp32 build's speed on this CPU "
+                           f"(ONNX Runtime {runtime_versions()['onnxruntime']}): deploy fp32 here")
+        LOG.warning("%s", speed["advice"])
     manifest = {
         "quant": a.quant, "kind": kind, "options": options, "details": details,
         "source_model": {"path": a.onnx, "sha256": sha256_file(a.onnx)},

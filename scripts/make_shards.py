@@ -23,10 +23,10 @@ from zoo_common import LOG, Progress, ZooError, atomic_path, run_main
 
 def _one(args):
     path, spec, skip = args
-    fast = spec.get("fast", False)
     try:
-        img = preprocess.load_image(path, draft_size=spec["resize_size"] if fast else None)
-        return preprocess.transform_uint8(img, spec, fast=fast), None
+        if spec.get("fast", False):
+            return preprocess.fast_transform_uint8(path, spec)[0], None
+        return preprocess.transform_uint8(preprocess.load_image(path), spec), None
     except ZooError as e:
         if not skip:
             raise
@@ -68,7 +68,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, required=True)
     ap.add_argument("--resize", type=int, required=True)
     ap.add_argument("--interpolation", required=True)
-    ap.add_argument("--fast", action="store_true", help="draft JPEG decoding + reducing_gap (not bit-exact)")
+    ap.add_argument("--fast", action="store_true", help="torchvision JPEG decode + torch resize (not bit-exact)")
     ap.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", required=True)

@@ -16,6 +16,28 @@ import io
 from zoo_common import atomic_path, read_json, run_main
 
 VENDOR_COLUMNS = ["model", "weights", "top1", "top5", "gflops", "params_m", "input_size"]
+MIN_AGREEMENT = 0.97  # a build counts as a deployable choice at >= 97% top-1 agreement with fp32
+
+
+def fastest_build(results: dict) -> tuple[str, float] | None:
+    """The quant mode with the highest measured throughput among those that keep >= 97% agreement with fp32
+    (fp32 itself always qualifies); None when no mode was benchmarked."""
+    ok = {q: r["best_throughput_ips"] for q, r in results.items() if r.get("best_throughput_ips")
+          and (q == "fp32" or (r.get("top1_agreement_with_fp32") or 0) >= MIN_AGREEMENT)}
+    if not ok:
+        return None
+    q = max(ok, key=ok.get)
+    return q, ok[q]
+
+
+def slower_than_fp32(metrics: list[dict]) -> list[str]:
+    """'variant mode (0.81x)' for every build measured slower than its fp32 build (build.json speed check)."""
+    out = []
+    for m in metrics:
+        for q, r in m["results"].items():
+            if q != "fp32" and r.get("speedup_vs_fp32") is not None and r["speedup_vs_fp32"] < 1.0:
+                out.append(f"{m['variant']} {q} ({r['speedup_vs_fp32']:.2f}x)")
+    return out
 
 
 def rows_from(metrics: list[dict]) -> tuple[list[str], list[dict]]:
@@ -26,7 +48,7 @@ def rows_from(metrics: list[dict]) -> tuple[list[str], list[dict]]:
             if q not in modes:
                 modes.append(q)
     modes.sort(key=lambda q: (q != "fp32", q))
-    cols = list(VENDOR_COLUMNS)
+    cols = list(VENDOR_COLUMNS) + ["fastest_build", "fastest_ips"]
     for q in modes:
         cols += [f"{q}_top1"] + ([f"{q}_agree_fp32"] if q != "fp32" else []) + [f"{q}_ips"]
     rows = []
@@ -35,6 +57,8 @@ def rows_from(metrics: list[dict]) -> tuple[list[str], list[dict]]:
         row = {"model": m["variant"], "weights": "RANDOM" if m["random_weights"] else m["weights"]["source"],
                "top1": round(100 * ref["top1"], 3), "top5": round(100 * ref["top5"], 3), "gflops": m["gflops"],
                "params_m": m["params_m"], "input_size": m["input_size"][1]}
+        best = fastest_build(m["results"])
+        row["fastest_build"], row["fastest_ips"] = (best[0], round(best[1], 1)) if best else ("", "")
         for q in modes:
             r = m["results"].get(q)
             if r is None:
@@ -106,6 +130,11 @@ def main(argv=None):
     notes = [f"dataset: {metrics[0]['dataset']['name']} ({metrics[0]['dataset']['images_scored']} images scored)",
              f"GFLOPs: {metrics[0]['flops_convention']}",
              "params: timm's parameter count (PyTorch), as the vendor table"]
+    notes.append(f"fastest_build: the highest throughput among the builds with >= {MIN_AGREEMENT:.0%} top-1 "
+                 "agreement with fp32 (fp32 included)")
+    slow = slower_than_fp32(metrics)
+    if slow:
+        notes.append("slower than their fp32 build on this CPU (use the fastest_build instead): " + ", ".join(slow))
     if any(m["random_weights"] for m in metrics):
         notes.append("RANDOM: explicitly configured random weights; their accuracy is meaningless")
     with atomic_path(a.md, ".md") as tmp:

@@ -140,3 +140,45 @@ def test_decompression_bomb_guard(tmp_path, monkeypatch):
     Image.new("RGB", (100, 100)).save(p)
     with pytest.raises(ZooError, match="too large"):
         preprocess.load_image(p)
+
+
+def _jpeg(tmp_path, name: str, img: Image.Image, **kw):
+    path = tmp_path / name
+    path.write_bytes(_encode(img, "JPEG", **kw).getvalue())
+    return path
+
+
+@pytest.mark.parametrize("name", list(DEMO_LABELS))
+def test_fast_path_is_close_to_exact(tmp_path, name):
+    """torchvision decode + resize: same shape, pixels within 3 levels of the exact (timm) path."""
+    spec = preprocess.spec_for("tf_efficientnet_lite0.in1k")
+    path = _jpeg(tmp_path, "x.JPEG", Image.open(photo_path(name)).convert("RGB"), quality=90)
+    fast, took = preprocess.fast_transform_uint8(path, spec)
+    exact = preprocess.transform_uint8(preprocess.load_image(path), spec)
+    assert took and fast.shape == exact.shape and fast.dtype == np.uint8
+    assert np.abs(fast.astype(int) - exact).max() <= 3
+
+
+def test_fast_path_falls_back_to_exact_for_other_formats(tmp_path):
+    """PNG, CMYK JPEG and grayscale keep timm's exact conversion (fallback or identical handling)."""
+    spec = preprocess.spec_for("tf_efficientnet_lite0.in1k")
+    src = Image.open(photo_path("chelsea")).convert("RGB")
+    png = tmp_path / "x.JPEG"
+    png.write_bytes(_encode(src, "PNG").getvalue())
+    cmyk = _jpeg(tmp_path, "c.JPEG", src.convert("CMYK"))
+    for path in (png, cmyk):
+        fast, took = preprocess.fast_transform_uint8(path, spec)
+        assert not took
+        assert np.array_equal(fast, timm_uint8(Image.open(path).convert("RGB"), spec))
+    gray = _jpeg(tmp_path, "g.JPEG", src.convert("L"))
+    fast, took = preprocess.fast_transform_uint8(gray, spec)
+    assert took and np.abs(fast.astype(int) - timm_uint8(Image.open(gray).convert("RGB"), spec)).max() <= 3
+
+
+def test_fast_path_bad_images_name_the_file(tmp_path):
+    spec = preprocess.spec_for("tf_efficientnet_lite0.in1k")
+    good = _encode(Image.open(photo_path("coffee")).convert("RGB"), "JPEG").getvalue()
+    for name, data in (("truncated.JPEG", good[: len(good) // 2]), ("junk.JPEG", b"\xff\xd8\xff" + b"x" * 100)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ZooError, match=name):
+            preprocess.fast_transform_uint8(tmp_path / name, spec)
