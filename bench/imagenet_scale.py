@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -61,6 +62,9 @@ def main():
     work = (REPO / a.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     make_dataset(work / "imagenet-val", a.images)
+    for d in ("onnx", "vacc", "calib", "output", "metrics", "perf", "reports", "logs", "benchmarks", "npz",
+              ".snakemake"):  # outputs (placeholders) of a previous run of this benchmark
+        shutil.rmtree(work / d, ignore_errors=True)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["datasets"]["imagenet"] = {"root": str(work / "imagenet-val")}
     cfg["dataset"] = "imagenet"
