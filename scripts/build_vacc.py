@@ -308,7 +308,7 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
                 exact = sorted(sens, key=sens.get, reverse=True)[:want]
                 details["sensitivity"] = {"images": len(images), "metric": "increase of mean squared logit error "
                                           "vs the float model when this layer alone has 7-bit weights",
-                                          "by_layer": {k: round(v, 6) for k, v in sensitivity_sorted(sens)}}
+                                          "ranking": [[k, round(v, 6)] for k, v in sensitivity_sorted(sens)]}
         else:
             unknown = sorted(set(want) - {x[0] for x in layers})
             if unknown:

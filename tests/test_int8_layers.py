@@ -117,3 +117,22 @@ def test_sensitivity_is_zero_for_a_layer_exact_at_7_bits_and_positive_for_one_th
     sens = build_vacc.layer_sensitivity(str(prepped), exact, reduced, layers, x)
     assert set(sens) == {"conv_a", "conv_b"}
     assert abs(sens["conv_b"]) < 1e-9 < sens["conv_a"]
+
+
+def test_exact_layers_by_name_must_exist(tmp_path, monkeypatch):
+    import pytest
+
+    from zoo_common import ZooError
+
+    rng = np.random.default_rng(0)
+    model = conv_model(rng.normal(0, 0.1, (4, 3, 3, 3)), np.zeros(4), rng.normal(0, 0.5, (2, 4, 1, 1)))
+    ranges = observed_ranges(model, images())
+    prepped = tmp_path / "p.onnx"
+    onnx.save(model, prepped)
+    names = list(ranges)
+    np.savez(tmp_path / "stats.npz", names=np.array(names), min=np.array([ranges[n][0] for n in names]),
+             max=np.array([ranges[n][1] for n in names]))
+    opts = {"kind": "int8", "method": "max", "reduce_range": "auto", "exact_layers": ["conv_a", "nope"]}
+    monkeypatch.setattr(build_vacc, "cpu_has_vnni", lambda: False)
+    with pytest.raises(ZooError, match="nope"):
+        build_vacc.build_int8(str(prepped), str(tmp_path / "stats.npz"), tmp_path / "m.onnx", tmp_path / "r.json", opts)

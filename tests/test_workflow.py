@@ -59,6 +59,15 @@ def test_demo_end_to_end_and_rerun_does_nothing(tmp_path):
     cal = m["results"]["int8_max"]["calibration"]
     assert cal["images"] == 6 and cal["classes_represented"] == 6 and len(cal["content_sha256"]) == 64
     assert (tmp_path / "vacc/tf_efficientnet_lite0-int8_kl_divergence/calibration.json").exists()
+    details = json.loads((tmp_path / "vacc/tf_efficientnet_lite0-int8_max/build.json").read_text())["details"]
+    if details["cpu_has_vnni"]:
+        assert details["reduce_range"] == "none"
+    else:  # 7-bit weights in the saturating GEMM layers except the 8 most sensitive (measured on the 6 images)
+        assert details["reduce_range"] == "saturating" and len(details["exact_uint8_weight_layers"]) == 8
+        ranking = details["sensitivity"]["ranking"]  # [layer, sensitivity], most sensitive first
+        assert len(ranking) == 34 and details["sensitivity"]["images"] == 6
+        assert [r[1] for r in ranking] == sorted((r[1] for r in ranking), reverse=True)
+        assert details["exact_uint8_weight_layers"] == [r[0] for r in ranking[:8]]
     perf = json.loads((tmp_path / "perf/tf_efficientnet_lite0-fp32.json").read_text())
     assert set(perf["results"]) == {"1", "16"} and perf["results"]["16"]["onnxruntime"]["speedup_vs_torch_eager"] > 0
     assert m["results"]["fp32"]["best_throughput_ips"] > 0 and m["results"]["fp32"]["batch1_latency_ms"] > 0
