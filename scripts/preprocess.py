@@ -146,7 +146,7 @@ def transform_uint8(img: Image.Image, spec: dict) -> np.ndarray:
 def fast_transform_uint8(path: str | Path, spec: dict) -> tuple[np.ndarray, bool]:
     """The fast path: libjpeg-turbo decode (torchvision.io) + torch's antialiased resize, ~2x+ timm per core.
 
-    Not bit-identical (max pixel difference 2 on the sample; bench/preprocess_speed.py measures speed and top-1
+    Not bit-identical (max pixel difference 7 on the sample; bench/preprocess_speed.py measures speed and top-1
     agreement). Only baseline RGB/grayscale JPEGs take it; anything else (PNG, CMYK, a decode error) goes
     through the exact path, which also raises the usual errors naming the file. Returns (image, took_fast).
     """
