@@ -211,13 +211,17 @@ def _quantize_model(prepped, ranges: dict, out_model: Path, options: dict, exclu
 
 
 def _weight_dq_inputs(model: onnx.ModelProto, node_name: str) -> list[str]:
-    """Initializer names (quantized weight, scale, zero point) of the DequantizeLinear feeding a layer's weight."""
+    """Initializer names (quantized value, scale, zero point) of the DequantizeLinear nodes feeding a layer's
+    weight and, when quantized, its bias (the int32 bias is scaled by the weight scale: they go together)."""
     producer = {o: n for n in model.graph.node for o in n.output}
     node = next(n for n in model.graph.node if n.name == node_name)
-    dq = producer[node.input[1]]
-    if dq.op_type != "DequantizeLinear":
-        raise ZooError(f"layer {node_name}: weight is not fed by a DequantizeLinear ({dq.op_type})")
-    return list(dq.input)
+    dq = producer.get(node.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear":
+        raise ZooError(f"layer {node_name}: weight is not fed by a DequantizeLinear")
+    names = list(dq.input)
+    if len(node.input) > 2 and node.input[2] in producer and producer[node.input[2]].op_type == "DequantizeLinear":
+        names += list(producer[node.input[2]].input)
+    return names
 
 
 def layer_sensitivity(prepped: str, exact_model: Path, reduced_model: Path, layers: list[tuple[str, str, int]],
