@@ -234,8 +234,8 @@ def layer_sensitivity(prepped: str, exact_model: Path, reduced_model: Path, laye
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-        return np.concatenate([sess.run(["logits"], {PRE_INPUT: images[i:i + 8]})[0]
-                               for i in range(0, len(images), 8)])
+        # one image per call: memory stays that of batch-1 inference (b7 at 600 with a batch of 8 would not)
+        return np.concatenate([sess.run(["logits"], {PRE_INPUT: images[i:i + 1]})[0] for i in range(len(images))])
 
     ref = logits(prepped)
     exact, reduced = onnx.load(str(exact_model)), onnx.load(str(reduced_model))
