@@ -184,7 +184,7 @@ def resolve_reduce_range(value) -> str:
 
 
 def _quantize_model(prepped, ranges: dict, out_model: Path, options: dict, exclude: list[str],
-              overrides: dict, reduce_all: bool) -> None:
+                    overrides: dict, reduce_all: bool) -> None:
     """ONNX Runtime quantize_static (QDQ) from fixed per-tensor ranges (no calibration pass here)."""
     import tempfile
 
@@ -210,11 +210,10 @@ def _quantize_model(prepped, ranges: dict, out_model: Path, options: dict, exclu
                             extra_options=extra)
 
 
-def _weight_dq_inputs(model: onnx.ModelProto, node_name: str) -> list[str]:
+def _weight_dq_inputs(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]) -> list[str]:
     """Initializer names (quantized value, scale, zero point) of the DequantizeLinear nodes feeding a layer's
     weight and, when quantized, its bias (the int32 bias is scaled by the weight scale: they go together)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    node = next(n for n in model.graph.node if n.name == node_name)
+    node_name = node.name
     dq = producer.get(node.input[1])
     if dq is None or dq.op_type != "DequantizeLinear":
         raise ZooError(f"layer {node_name}: weight is not fed by a DequantizeLinear")
@@ -242,9 +241,11 @@ def layer_sensitivity(prepped: str, exact_model: Path, reduced_model: Path, laye
     base = float(((logits(exact.SerializeToString()) - ref) ** 2).mean())
     inits = {i.name: i for i in exact.graph.initializer}
     alt = {i.name: i for i in reduced.graph.initializer}
+    producer = {o: n for n in exact.graph.node for o in n.output}
+    nodes = {n.name: n for n in exact.graph.node}
     out = {}
     for k, (node_name, _, _) in enumerate(layers):
-        names = _weight_dq_inputs(exact, node_name)
+        names = _weight_dq_inputs(nodes[node_name], producer)
         saved = {n: onnx.TensorProto() for n in names if n in inits}
         for n in saved:
             saved[n].CopyFrom(inits[n])
@@ -268,14 +269,31 @@ def sensitivity_images(calibration_json: str, datalist: str, count: int) -> np.n
     return np.concatenate([b for b, _ in calibrate.iter_batches(datalist, [rows[f] for f in files], 16)])
 
 
+def rank_layers(prepped: str, model: onnx.ModelProto, ranges: dict, options: dict, exclude: list[str],
+                layers: list[tuple[str, str, int]], calibration_json: str | None,
+                calib_datalist: str | None) -> tuple[list[tuple[str, float]], int]:
+    """Layers by measured sensitivity, most sensitive first, and the number of images it was measured on."""
+    import tempfile
+
+    if not (calibration_json and calib_datalist):
+        raise ZooError("exact_layers: a count needs the calibration manifest and datalist "
+                       "(--calibration, --calib-datalist) to measure layer sensitivity")
+    images = sensitivity_images(calibration_json, calib_datalist, int(options.get("sensitivity_images", 16)))
+    with tempfile.TemporaryDirectory() as td:
+        exact, reduced = Path(td) / "exact.onnx", Path(td) / "reduced.onnx"
+        _quantize_model(prepped, ranges, exact, options, exclude, exact_weight_overrides(model, layers, ranges),
+                        False)
+        _quantize_model(prepped, ranges, reduced, options, exclude, reduced_weight_overrides(layers), False)
+        sens = layer_sensitivity(prepped, exact, reduced, layers, images)
+    return sorted(sens.items(), key=lambda kv: kv[1], reverse=True), len(images)
+
+
 def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, options: dict,
                calibration_json: str | None = None, calib_datalist: str | None = None) -> dict:
     """QDQ int8 model from the calibrated float model and the method's per-tensor ranges.
 
     On CPUs without VNNI (reduce_range auto) the u8s8 GEMM layers get 7-bit weights, except the
     `exact_layers` most sensitive ones (measured, see layer_sensitivity), which get exact uint8 weights."""
-    import tempfile
-
     import calibrate
 
     method = options["method"]
@@ -298,21 +316,12 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
         if isinstance(want, int):
             exact = []
             if want > 0:
-                if not (calibration_json and calib_datalist):
-                    raise ZooError("exact_layers: a count needs the calibration manifest and datalist "
-                                   "(--calibration, --calib-datalist) to measure layer sensitivity")
-                n_img = int(options.get("sensitivity_images", 16))
-                images = sensitivity_images(calibration_json, calib_datalist, n_img)
-                with tempfile.TemporaryDirectory() as td:
-                    a, b = Path(td) / "exact.onnx", Path(td) / "reduced.onnx"
-                    _quantize_model(prepped, ranges, a, options, exclude, exact_weight_overrides(model, layers, ranges),
-                              False)
-                    _quantize_model(prepped, ranges, b, options, exclude, reduced_weight_overrides(layers), False)
-                    sens = layer_sensitivity(prepped, a, b, layers, images)
-                exact = sorted(sens, key=sens.get, reverse=True)[:want]
-                details["sensitivity"] = {"images": len(images), "metric": "increase of mean squared logit error "
+                ranking, n_img = rank_layers(prepped, model, ranges, options, exclude, layers, calibration_json,
+                                             calib_datalist)
+                exact = [name for name, _ in ranking[:want]]
+                details["sensitivity"] = {"images": n_img, "metric": "increase of mean squared logit error "
                                           "vs the float model when this layer alone has 7-bit weights",
-                                          "ranking": [[k, round(v, 6)] for k, v in sensitivity_sorted(sens)]}
+                                          "ranking": [[k, round(v, 6)] for k, v in ranking]}
         else:
             unknown = sorted(set(want) - {x[0] for x in layers})
             if unknown:
@@ -330,10 +339,6 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
             "per_channel": bool(options.get("per_channel", True)),
             "activation_type": options.get("activation_type", "uint8"),
             "weight_type": options.get("weight_type", "int8"), **details}
-
-
-def sensitivity_sorted(sens: dict[str, float]) -> list[tuple[str, float]]:
-    return sorted(sens.items(), key=lambda kv: kv[1], reverse=True)
 
 
 def speed_vs_fp32(model: Path, fp32_model: str, spec: dict, batch: int = 16, threads: int = 2) -> dict:
