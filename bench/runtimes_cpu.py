@@ -57,7 +57,7 @@ def main():
     spec = fp32["preprocess"]
     runners = {"torch eager": benchmark.torch_runner(fp32["tag"], a.threads, spec)[0]}
     for b in builds:
-        runners[f"ORT {b.name.split('-', 1)[1]}"] = benchmark.ort_runner(str(b / "model.onnx"), a.threads, 1)
+        runners[f"ORT {b.name.split('-', 1)[1]}"] = benchmark.ort_runner(str(b / "model.onnx"), a.threads, 1)[0]
     try:
         import openvino  # noqa: F401
         runners["OpenVINO f32"] = openvino_runner(str(work / "vacc" / f"{a.variant}-fp32" / "model.onnx"),

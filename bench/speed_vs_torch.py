@@ -1,8 +1,9 @@
-"""ONNX Runtime builds vs timm's PyTorch eager model, side by side in one process per variant.
+"""ONNX Runtime fp32 builds vs timm's PyTorch eager model, side by side in one process per variant.
 
 For tf_efficientnet_lite0 (packaged ImageNet weights) and efficientnet_b0 (random weights; speed does not
-depend on them) at 224: exports and builds what is missing under --workdir, then runs scripts/benchmark.py's
-interleaved measurement for every build given (default fp32 and int8_max) against PyTorch eager.
+depend on them) at 224: exports and builds what is missing under --workdir, then times, interleaved in
+rotating order (scripts/benchmark.py's measure()): PyTorch eager, the standard ONNX Runtime session, and the
+session with the layout pass for SE/SiLU graphs (scripts/ort_session.py; what predict and benchmark use).
 
 usage: python bench/speed_vs_torch.py [--batch-sizes 1 16] [--rounds 7] [--iterations 5] [--threads 2]
 """
@@ -14,6 +15,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "scripts"), "HF_HUB_OFFLINE": "1"}
@@ -36,11 +39,14 @@ def main():
     sys.path.insert(0, str(REPO / "scripts"))
     import benchmark
     import preprocess
+    from ort_session import make_session
+    from zoo_common import Progress
 
     work = (REPO / a.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"threads {a.threads}, rounds {a.rounds} x {a.iterations} calls, load average {os.getloadavg()}")
-    print(f"{'variant':24s} {'batch':>5s} {'ORT fp32 img/s':>15s} {'torch eager img/s':>18s} {'ratio':>7s}")
+    print(f"{'variant':24s} {'batch':>5s} {'torch eager':>12s} {'ORT standard':>13s} {'ORT tuned':>10s}   (img/s, "
+          f"median over rounds; ratios over torch)")
     for name, (tag, weights) in VARIANTS.items():
         spec = preprocess.spec_for(tag)
         onnx_path, info, spec_json = work / f"{name}.onnx", work / f"{name}.json", work / f"{name}.spec.json"
@@ -51,13 +57,23 @@ def main():
         if not (build / "build.json").exists():
             sh("build_vacc", "--onnx", str(onnx_path), "--export-info", str(info), "--spec-json", str(spec_json),
                "--quant", "fp32", "--outdir", str(build))
-        res = benchmark.benchmark(str(build / "model.onnx"), json.loads((build / "build.json").read_text()),
-                                  a.batch_sizes, a.iterations, 2, a.rounds, a.threads, 1)
-        for bs, r in res["results"].items():
-            print(f"{name:24s} {bs:>5s} {r['onnxruntime']['throughput_ips']:15.1f} "
-                  f"{r['torch_eager']['throughput_ips']:18.1f} {r['onnxruntime']['speedup_vs_torch_eager']:6.2f}x")
-        for w in res["warnings"]:
-            print("  warning:", w)
+        model = str(build / "model.onnx")
+        standard, _ = make_session(model, a.threads, False)
+        tuned, info = make_session(model, a.threads, True)
+        inp = standard.get_inputs()[0].name
+        runners = {"torch": benchmark.torch_runner(
+                       tag, a.threads, json.loads((build / "build.json").read_text())["preprocess"])[0],
+                   "standard": lambda x, s=standard: s.run(["probs"], {inp: x}),
+                   "tuned": lambda x, s=tuned: s.run(["probs"], {inp: x})}
+        print(f"  layout pass: {info}")
+        for bs in a.batch_sizes:
+            x = np.random.default_rng(0).integers(0, 256, (bs, spec["input_size"][1], spec["input_size"][1], 3),
+                                                  dtype=np.uint8)
+            r = benchmark.measure(runners, x, bs, a.iterations, 2, a.rounds, Progress(a.rounds * 3, name, 1e9))
+            t = {k: v["throughput_ips"] for k, v in r.items()}
+            print(f"{name:24s} {bs:5d} {t['torch']:12.1f} {t['standard']:8.1f} {t['standard'] / t['torch']:4.2f}x "
+                  f"{t['tuned']:6.1f} {t['tuned'] / t['torch']:4.2f}x   tuned/standard {t['tuned'] / t['standard']:.2f}")
+    print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

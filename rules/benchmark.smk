@@ -8,6 +8,7 @@ rule benchmark:
     output:
         "perf/{variant}-{quant}.json",
     params:
+        layout_tuning="on" if INFER["layout_tuning"] else "off",
         batch_sizes=" ".join(map(str, BENCH["batch_sizes"])),
         iterations=BENCH["iterations"],
         warmup=BENCH["warmup"],
@@ -25,4 +26,5 @@ rule benchmark:
     shell:
         "python -m benchmark --model {input.model:q} --build-json {input.build:q} --out {output:q}"
         " --batch-sizes {params.batch_sizes} --iterations {params.iterations} --warmup {params.warmup}"
-        " --rounds {params.rounds} --threads {params.bench_threads} --instances {params.instances} 2> {log:q}"
+        " --rounds {params.rounds} --threads {params.bench_threads} --instances {params.instances}"
+        " --layout-tuning {params.layout_tuning} 2> {log:q}"

@@ -28,7 +28,7 @@ VARIANTS = config["variants"]
 QUANT_MODES = config["quant_modes"]
 DATASET = config["dataset"]
 PREP = {"shard_size": 1000, "workers": 2, "on_bad_image": "error", "fast": False, **config.get("preprocessing", {})}
-INFER = {"batch": 32, "threads": 2, **config.get("inference", {})}
+INFER = {"batch": 32, "threads": 2, "layout_tuning": True, **config.get("inference", {})}
 NUM_CLASSES = config.get("num_classes", 1000)
 CALIB = {"dataset": None, "images": 1000, "seed": 0, "batch": 4, "samples_per_tensor": 32768, "num_bins": 2048,
          **config.get("calibration", {})}

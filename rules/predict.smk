@@ -10,6 +10,7 @@ rule predict:
         predictions="output/{variant}-{quant}/predictions.csv",
         logits="output/{variant}-{quant}/logits.npy",
     params:
+        layout_tuning="on" if INFER["layout_tuning"] else "off",
         batch=INFER["batch"],
     threads: INFER["threads"]
     resources:
@@ -23,4 +24,5 @@ rule predict:
         CONDA_ENV
     shell:
         "python -m predict --model {input.model:q} --shards {input.shards:q} --out {output.predictions:q}"
-        " --logits {output.logits:q} --batch {params.batch} --threads {threads} 2> {log:q}"
+        " --logits {output.logits:q} --batch {params.batch} --threads {threads} --layout-tuning {params.layout_tuning}"
+        " 2> {log:q}"

@@ -5,11 +5,11 @@ rounds of `iterations` calls after `warmup` calls, the ONNX Runtime build and Py
 (rotating order, so machine noise hits both alike). Reported per batch size and engine: throughput
 (images/s; median over rounds, with min/max as the spread) and latency (mean, p50, p90, p99 ms over all
 calls). `instances` > 1 runs that many sessions concurrently (threads split between them) and reports their
-aggregate throughput. The load average before and after is recorded; a warning is added when the machine
-was busy. The PyTorch baseline uses timm's random init: speed does not depend on the weights.
+aggregate throughput. The load average before and after and the CPU steal time during the run are
+recorded; a warning is added when the machine was busy. The PyTorch baseline uses timm's random init: speed does not depend on the weights.
 
 CLI: python -m benchmark --model vacc/V-Q/model.onnx --build-json vacc/V-Q/build.json --out perf/V-Q.json \
-        [--batch-sizes 1 16 --iterations 10 --warmup 3 --rounds 5 --threads 2 --instances 1]
+        [--batch-sizes 1 16 --iterations 10 --warmup 3 --rounds 5 --threads 2 --instances 1 --layout-tuning on]
 """
 from __future__ import annotations
 
@@ -41,19 +41,15 @@ def torch_runner(tag: str, threads: int, spec: dict):
     return run, torch.__version__
 
 
-def ort_runner(model_path: str, threads: int, instances: int):
-    import onnxruntime as ort
+def ort_runner(model_path: str, threads: int, instances: int, layout_tuning: bool = True):
+    """(callable on a uint8 batch, runtime info): the build as predict runs it (scripts/ort_session.py)."""
+    from ort_session import make_session
 
-    sessions = []
-    for _ in range(instances):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, threads // instances)
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sessions.append(ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"]))
+    made = [make_session(model_path, max(1, threads // instances), layout_tuning) for _ in range(instances)]
+    sessions, info = [s for s, _ in made], made[0][1]
     name = sessions[0].get_inputs()[0].name
     if instances == 1:
-        return lambda x: sessions[0].run(["probs"], {name: x})
+        return (lambda x: sessions[0].run(["probs"], {name: x})), info
 
     def run_parallel(x):
         ts = [threading.Thread(target=s.run, args=(["probs"], {name: x})) for s in sessions]
@@ -61,7 +57,7 @@ def ort_runner(model_path: str, threads: int, instances: int):
             t.start()
         for t in ts:
             t.join()
-    return run_parallel
+    return run_parallel, info
 
 
 def cpu_name() -> str:
@@ -75,8 +71,12 @@ def cpu_name() -> str:
 
 
 def measure(runners: dict, batch: np.ndarray, images_per_call: int, iterations: int, warmup: int,
-            rounds: int, progress: Progress) -> dict:
-    """Interleaved rounds; returns per engine throughput (median/min/max) and latency stats."""
+            rounds: int, progress: Progress, settle_s: float = 0.1) -> dict:
+    """Interleaved rounds; returns per engine throughput (median/min/max) and latency stats.
+
+    Each engine's turn starts `settle_s` after the previous one's: idle worker threads keep spinning for a
+    while after a call (measured here: the engine right after PyTorch ran 5-11% slower without the pause).
+    """
     names = list(runners)
     for n in names:
         for _ in range(warmup):
@@ -85,6 +85,7 @@ def measure(runners: dict, batch: np.ndarray, images_per_call: int, iterations: 
     thr = {n: [] for n in names}
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(settle_s)
             t_round = time.perf_counter()
             for _ in range(iterations):
                 t0 = time.perf_counter()
@@ -103,12 +104,16 @@ def measure(runners: dict, batch: np.ndarray, images_per_call: int, iterations: 
 
 
 def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, warmup: int, rounds: int,
-              threads: int, instances: int, baseline: bool = True) -> dict:
+              threads: int, instances: int, baseline: bool = True, layout_tuning: bool = True) -> dict:
     import onnxruntime as ort
+
+    import speed
 
     size = build["preprocess"]["input_size"][1]
     load_before = os.getloadavg()
-    runners = {"onnxruntime": ort_runner(model, threads, instances)}
+    ticks_before = speed.cpu_ticks()
+    runner, runtime = ort_runner(model, threads, instances, layout_tuning)
+    runners = {"onnxruntime": runner}
     versions = {"onnxruntime": ort.__version__, "python": platform.python_version()}
     if baseline:
         runners["torch_eager"], versions["torch"] = torch_runner(build["tag"], threads, build["preprocess"])
@@ -123,7 +128,11 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
                                                             / per["torch_eager"]["throughput_ips"])
         results[str(bs)] = per
     load_after = os.getloadavg()
+    steal = speed.steal_percent(ticks_before, speed.cpu_ticks())
     warnings = []
+    if steal is not None and steal > 5:
+        warnings.append(f"the hypervisor gave {steal:.0f}% of CPU time to other guests during the run: "
+                        f"figures are noisy")
     busy = max(load_before[0], 0.0)
     if busy > 0.5:
         warnings.append(f"machine busy before the run (1-min load average {busy:.2f}): figures are noisy")
@@ -133,11 +142,12 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
     best = max(results.values(), key=lambda r: r["onnxruntime"]["throughput_ips"])["onnxruntime"]
     return {"quant": build["quant"], "tag": build["tag"], "model": model, "cpu": cpu_name(),
             "cores": os.cpu_count(), "threads": threads, "instances": instances, "iterations": iterations,
-            "warmup": warmup, "rounds": rounds, "versions": versions, "results": results,
+            "warmup": warmup, "rounds": rounds, "versions": versions, "runtime": runtime, "results": results,
             "batch1_latency_ms": results.get("1", {}).get("onnxruntime", {}).get("latency_p50_ms"),
             "best_throughput_ips": best["throughput_ips"], "loadavg_before": load_before,
-            "loadavg_after": load_after, "warnings": warnings,
-            "method": "median over rounds of interleaved engines; warm-up excluded"}
+            "loadavg_after": load_after, "cpu_steal_pct": steal, "warnings": warnings,
+            "method": "median over rounds of interleaved engines (rotating order, 0.1 s pause between turns); "
+                      "warm-up excluded"}
 
 
 def main(argv=None):
@@ -152,9 +162,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--instances", type=int, default=1)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--layout-tuning", choices=["on", "off"], default="on",
+                    help="ORT CPU layout pass for SE/SiLU graphs, as predict uses it (scripts/ort_session.py)")
     a = ap.parse_args(argv)
     res = benchmark(a.model, read_json(a.build_json), a.batch_sizes, a.iterations, a.warmup, a.rounds, a.threads,
-                    a.instances, not a.no_baseline)
+                    a.instances, not a.no_baseline, a.layout_tuning == "on")
     for w in res["warnings"]:
         LOG.warning(w)
     write_json(a.out, res)

@@ -4,7 +4,7 @@ Writes a CSV (file, label, top1..topK ids, prob1..probK) in datalist order, plus
 (for agreement checks between builds).
 
 CLI: python scripts/predict.py --model vacc/X/model.onnx --shards a.npz b.npz --out predictions.csv \
-         --logits logits.npy [--batch 32 --threads 2 --topk 5]
+         --logits logits.npy [--batch 32 --threads 2 --topk 5 --layout-tuning on|off]
 """
 from __future__ import annotations
 
@@ -14,18 +14,8 @@ import time
 
 import numpy as np
 
+from ort_session import make_session
 from zoo_common import LOG, Progress, atomic_path, run_main
-
-
-def make_session(model_path: str, threads: int, providers: list[str] | None = None):
-    """An ONNX Runtime session with full graph optimization and `threads` intra-op threads."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model_path, so, providers=providers or ["CPUExecutionProvider"])
 
 
 def iter_batches(shards, batch: int):
@@ -41,9 +31,10 @@ def iter_batches(shards, batch: int):
 
 
 def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, batch: int = 32,
-            threads: int = 2, topk: int = 5) -> dict:
-    """Run the model over the shards; write predictions CSV + logits; return counts and timing."""
-    sess = make_session(model_path, threads)
+            threads: int = 2, topk: int = 5, layout_tuning: bool = True) -> dict:
+    """Run the model over the shards; write predictions CSV + logits; return counts, timing and runtime."""
+    sess, runtime = make_session(model_path, threads, layout_tuning)
+    LOG.info("%s: ONNX Runtime CPU session, %d threads, %s", model_path, threads, runtime)
     in_name = sess.get_inputs()[0].name
     total, skipped = 0, []
     for s in shards:
@@ -73,7 +64,7 @@ def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, b
             np.save(fh, np.concatenate(all_logits) if all_logits else np.zeros((0, 0), np.float32))
     LOG.info("predicted %d images in %.1fs of inference (%d skipped at preprocessing)", len(rows), t_run,
              len(skipped))
-    return {"images": len(rows), "skipped": skipped, "inference_s": t_run}
+    return {"images": len(rows), "skipped": skipped, "inference_s": t_run, "runtime": runtime}
 
 
 def main(argv=None):
@@ -85,8 +76,10 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--topk", type=int, default=5)
+    ap.add_argument("--layout-tuning", choices=["on", "off"], default="on",
+                    help="ORT CPU layout pass for SE/SiLU graphs (scripts/ort_session.py)")
     a = ap.parse_args(argv)
-    predict(a.model, a.shards, a.out, a.logits, a.batch, a.threads, a.topk)
+    predict(a.model, a.shards, a.out, a.logits, a.batch, a.threads, a.topk, a.layout_tuning == "on")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import REPO, SAMPLE, base_config, needs_sample, run_snakemake
 
+import ort_session
+
 sys.path.insert(0, str(REPO / "bench"))
 
 
@@ -70,6 +72,7 @@ def test_demo_end_to_end_and_rerun_does_nothing(tmp_path):
         assert details["exact_uint8_weight_layers"] == [r[0] for r in ranking[:8]]
     perf = json.loads((tmp_path / "perf/tf_efficientnet_lite0-fp32.json").read_text())
     assert set(perf["results"]) == {"1", "16"} and perf["results"]["16"]["onnxruntime"]["speedup_vs_torch_eager"] > 0
+    assert perf["runtime"]["layout_tuning"].startswith("off: ")   # lite0 has no SE or SiLU
     assert m["results"]["fp32"]["best_throughput_ips"] > 0 and m["results"]["fp32"]["batch1_latency_ms"] > 0
     table = (tmp_path / "reports/summary.csv").read_text().splitlines()
     assert table[0].startswith("model,weights,top1,top5,gflops,params_m,input_size,fastest_build,fastest_ips,fp32_top1")
@@ -106,6 +109,13 @@ def test_b0_random_weights_end_to_end(tmp_path):
     assert abs(m["gflops"] - m["gflops_torch_flopcounter"]) / m["gflops"] < 0.01  # independent count agrees
     row = (tmp_path / "reports/summary.md").read_text()
     assert "| efficientnet_b0 | RANDOM |" in row and "| 5.29 | 224 |" in row
+    # predict and benchmark run the fp32 build with the SE/SiLU layout pass (where ORT blocks channels)
+    perf = json.loads((tmp_path / "perf/efficientnet_b0-fp32.json").read_text())
+    if ort_session.nchwc_block_size():
+        assert perf["runtime"]["layout_tuning"] == "on" and perf["runtime"]["se_mul_blocked"] == 16
+        assert "layout tuning on" in (tmp_path / "logs/predict/efficientnet_b0-fp32.log").read_text()
+    assert json.loads((tmp_path / "perf/efficientnet_b0-int8_percentile.json").read_text())["runtime"][
+        "layout_tuning"].startswith("off: ")   # quantized convs: no blocked float layout
 
 
 def make_subset(dst: Path, n: int) -> Path:

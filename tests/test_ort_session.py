@@ -1,0 +1,132 @@
+"""The ORT CPU layout pass for SE/SiLU graphs (scripts/ort_session.py): same outputs, guarded, skipped when idle."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import ort_session
+
+needs_blocked_layout = pytest.mark.skipif(ort_session.nchwc_block_size() == 0,
+                                          reason="ONNX Runtime uses no blocked (NCHWc) layout on this CPU")
+
+
+def _conv(rng, name, cin, cout, k=1, group=1, stride=1):
+    w = (rng.standard_normal((cout, cin // group, k, k)) / np.sqrt(cin // group * k * k)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(cout)).astype(np.float32)
+    return [numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(b, f"{name}.b")], dict(
+        inputs=[f"{name}.w", f"{name}.b"], group=group, pads=[k // 2] * 4, strides=[stride, stride],
+        kernel_shape=[k, k])
+
+
+def se_silu_model(channels: int = 32, size: int = 10, with_se: bool = True) -> onnx.ModelProto:
+    """stem conv -> SiLU -> depthwise conv -> SiLU -> SE gate (ReduceMean, SiLU, Sigmoid, Mul) -> 1x1 conv."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], [numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+
+    def conv(name, x, cin, cout, **kw):
+        i, a = _conv(rng, name, cin, cout, **kw)
+        inits.extend(i)
+        nodes.append(helper.make_node("Conv", [x] + a.pop("inputs"), [name], name=name, **a))
+        return name
+
+    def silu(x):
+        nodes.append(helper.make_node("Sigmoid", [x], [f"{x}.sig"]))
+        nodes.append(helper.make_node("Mul", [x, f"{x}.sig"], [f"{x}.silu"]))
+        return f"{x}.silu"
+
+    x = silu(conv("stem", "input", 3, channels, k=3))
+    x = silu(conv("dw", x, channels, channels, k=3, group=channels))
+    if with_se:
+        nodes.append(helper.make_node("ReduceMean", [x, "axes"], ["pooled"], keepdims=1))
+        s = silu(conv("se_reduce", "pooled", channels, 6))
+        s = conv("se_expand", s, 6, channels)
+        nodes.append(helper.make_node("Sigmoid", [s], ["gate"]))
+        nodes.append(helper.make_node("Mul", [x, "gate"], ["excited"]))
+        x = "excited"
+    conv("project", x, channels, 16)
+    g = helper.make_graph(nodes, "se_silu", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           ["batch", 3, size, size])],
+                          [helper.make_tensor_value_info("project", TensorProto.FLOAT, ["batch", 16, size, size])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    return m
+
+
+@needs_blocked_layout
+@pytest.mark.parametrize("channels,size,se_blocked", [(32, 10, 1), (48, 7, 1), (24, 10, 0)])
+def test_tuned_session_matches_standard(tmp_path, channels, size, se_blocked):
+    """24 channels: the depthwise conv is not blocked (not a multiple of the block), so the SE gate stays."""
+    path = tmp_path / "m.onnx"
+    onnx.save(se_silu_model(channels, size), path)
+    tuned, info = ort_session.make_session(str(path), 1)
+    standard, off = ort_session.make_session(str(path), 1, tuning=False)
+    assert off == {"layout_tuning": "off"}
+    assert info["layout_tuning"] == "on", info
+    assert info["silu_blocked"] == 3 and info["se_mul_blocked"] == se_blocked and info["spatial_mean_to_gap"] == 1
+    x = np.random.default_rng(1).standard_normal((3, 3, size, size)).astype(np.float32)
+    ref, got = standard.run(None, {"input": x})[0], tuned.run(None, {"input": x})[0]
+    assert np.abs(ref).max() > 0.1     # the test model has live activations
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_blocked_layout
+def test_rewritten_graph_has_no_layout_round_trips(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(se_silu_model(32), path)
+    tuned, info = ort_session.tuned_model(str(path))
+    ops = [(n.domain, n.op_type) for n in tuned.graph.node]
+    assert ("com.microsoft.nchwc", "ReorderInput") not in ops
+    assert ops.count(("com.microsoft", "QuickGelu")) == 3 and ("", "Sigmoid") not in ops
+    assert ("com.microsoft.nchwc", "GlobalAveragePool") in ops
+
+
+@needs_blocked_layout
+def test_probe_mismatch_falls_back_to_the_standard_session(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "m.onnx"
+    onnx.save(se_silu_model(32), path)
+    real = ort_session._rewrite_blocked
+
+    def broken(opt, sizes, block):
+        counts = real(opt, sizes, block)
+        for n in opt.graph.node:
+            if n.op_type == "Mul":
+                n.op_type = "Add"   # a wrong rewrite
+        return counts
+    monkeypatch.setattr(ort_session, "_rewrite_blocked", broken)
+    sess, info = ort_session.make_session(str(path), 1)
+    assert info["layout_tuning"].startswith("off: probe mismatch")
+    assert "using the standard session" in caplog.text
+    x = np.random.default_rng(1).standard_normal((2, 3, 10, 10)).astype(np.float32)
+    standard, _ = ort_session.make_session(str(path), 1, tuning=False)
+    np.testing.assert_array_equal(sess.run(None, {"input": x})[0], standard.run(None, {"input": x})[0])
+
+
+def test_graphs_without_se_or_silu_are_left_alone(tmp_path):
+    m = se_silu_model(with_se=False)
+    for n in m.graph.node:     # SiLU -> ReLU: a lite0-like graph
+        if n.op_type == "Sigmoid":
+            n.op_type = "Relu"
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    _, info = ort_session.make_session(str(path), 1)
+    assert info["layout_tuning"].startswith("off: ")
+
+
+def test_spatial_mean_to_gap_keeps_other_reductions():
+    m = se_silu_model()
+    m.graph.node.append(helper.make_node("ReduceMean", ["project", "axes1"], ["chan_mean"], keepdims=1))
+    m.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "axes1"))
+    assert ort_session.spatial_mean_to_gap(m) == 1
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("GlobalAveragePool") == 1 and ops.count("ReduceMean") == 1
+    assert "axes" not in {i.name for i in m.graph.initializer}
+
+
+def test_half_precision_graphs_are_left_alone(tmp_path):
+    m = se_silu_model()
+    w = next(i for i in m.graph.initializer if i.name == "stem.w")
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w).astype(np.float16), "stem.w"))
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    assert ort_session.tuned_model(str(path)) == (None, "not a float32 graph")
