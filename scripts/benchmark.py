@@ -6,7 +6,8 @@ rounds of `iterations` calls after `warmup` calls, the ONNX Runtime build and Py
 (images/s; median over rounds, with min/max as the spread) and latency (mean, p50, p90, p99 ms over all
 calls). `instances` > 1 runs that many sessions concurrently (threads split between them) and reports their
 aggregate throughput. The load average before and after and the CPU steal time during the run are
-recorded; a warning is added when the machine was busy. The PyTorch baseline uses timm's random init: speed does not depend on the weights.
+recorded; a warning is added when the machine was busy. The PyTorch baseline uses timm's random init: speed
+does not depend on the weights. The ONNX Runtime session is the one predict uses (scripts/ort_session.py).
 
 CLI: python -m benchmark --model vacc/V-Q/model.onnx --build-json vacc/V-Q/build.json --out perf/V-Q.json \
         [--batch-sizes 1 16 --iterations 10 --warmup 3 --rounds 5 --threads 2 --instances 1 --layout-tuning on]
@@ -21,6 +22,7 @@ import time
 
 import numpy as np
 
+import speed
 from zoo_common import LOG, Progress, read_json, run_main, write_json
 
 
@@ -106,8 +108,6 @@ def measure(runners: dict, batch: np.ndarray, images_per_call: int, iterations: 
 def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, warmup: int, rounds: int,
               threads: int, instances: int, baseline: bool = True, layout_tuning: bool = True) -> dict:
     import onnxruntime as ort
-
-    import speed
 
     size = build["preprocess"]["input_size"][1]
     load_before = os.getloadavg()
