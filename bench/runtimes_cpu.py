@@ -39,6 +39,7 @@ def openvino_runner(model: str, threads: int, precision: str):
 
 def main():
     import benchmark
+    import speed
     from zoo_common import Progress
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,7 +58,7 @@ def main():
     spec = fp32["preprocess"]
     runners = {"torch eager": benchmark.torch_runner(fp32["tag"], a.threads, spec)[0]}
     for b in builds:
-        runners[f"ORT {b.name.split('-', 1)[1]}"] = benchmark.ort_runner(str(b / "model.onnx"), a.threads, 1)[0]
+        runners[f"ORT {b.name.split('-', 1)[1]}"] = speed.ort_runner(str(b / "model.onnx"), a.threads, 1)[0]
     try:
         import openvino  # noqa: F401
         runners["OpenVINO f32"] = openvino_runner(str(work / "vacc" / f"{a.variant}-fp32" / "model.onnx"),
@@ -73,7 +74,7 @@ def main():
     size = spec["input_size"][1]
     x = np.random.default_rng(0).integers(0, 256, (a.batch, size, size, 3), dtype=np.uint8)
     progress = Progress(a.rounds * len(runners), "runtimes")
-    res = benchmark.measure(runners, x, a.batch, a.iterations, 2, a.rounds, progress)
+    res = speed.measure(runners, x, a.batch, a.iterations, 2, a.rounds, progress)
     base = res["torch eager"]["throughput_ips"]
     print(f"\n{a.variant}, batch {a.batch}, {a.threads} threads, {a.rounds} rounds x {a.iterations} calls; "
           f"CPU {benchmark.cpu_name()} flags {cpu_flags()}; load average {os.getloadavg()}")

@@ -2,7 +2,7 @@
 
 For tf_efficientnet_lite0 (packaged ImageNet weights) and efficientnet_b0 (random weights; speed does not
 depend on them) at 224: exports and builds what is missing under --workdir, then times, interleaved in
-rotating order (scripts/benchmark.py's measure()): PyTorch eager, the standard ONNX Runtime session, and the
+rotating order (scripts/speed.py's measure()): PyTorch eager, the standard ONNX Runtime session, and the
 session with the layout pass for SE/SiLU graphs (scripts/ort_session.py; what predict and benchmark use).
 
 usage: python bench/speed_vs_torch.py [--batch-sizes 1 16] [--rounds 7] [--iterations 5] [--threads 2]
@@ -39,8 +39,8 @@ def main():
     sys.path.insert(0, str(REPO / "scripts"))
     import benchmark
     import preprocess
+    import speed
     from ort_session import make_session
-    from zoo_common import Progress
 
     work = (REPO / a.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -69,10 +69,11 @@ def main():
         for bs in a.batch_sizes:
             x = np.random.default_rng(0).integers(0, 256, (bs, spec["input_size"][1], spec["input_size"][1], 3),
                                                   dtype=np.uint8)
-            r = benchmark.measure(runners, x, bs, a.iterations, 2, a.rounds, Progress(a.rounds * 3, name, 1e9))
+            r = speed.measure(runners, x, bs, a.iterations, 2, a.rounds)
             t = {k: v["throughput_ips"] for k, v in r.items()}
             print(f"{name:24s} {bs:5d} {t['torch']:12.1f} {t['standard']:8.1f} {t['standard'] / t['torch']:4.2f}x "
-                  f"{t['tuned']:6.1f} {t['tuned'] / t['torch']:4.2f}x   tuned/standard {t['tuned'] / t['standard']:.2f}")
+                  f"{t['tuned']:6.1f} {t['tuned'] / t['torch']:4.2f}x   "
+                  f"tuned/standard {t['tuned'] / t['standard']:.2f}")
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import threading
-import time
 
 import numpy as np
 
@@ -43,25 +41,6 @@ def torch_runner(tag: str, threads: int, spec: dict):
     return run, torch.__version__
 
 
-def ort_runner(model_path: str, threads: int, instances: int, layout_tuning: bool = True):
-    """(callable on a uint8 batch, runtime info): the build as predict runs it (scripts/ort_session.py)."""
-    from ort_session import make_session
-
-    made = [make_session(model_path, max(1, threads // instances), layout_tuning) for _ in range(instances)]
-    sessions, info = [s for s, _ in made], made[0][1]
-    name = sessions[0].get_inputs()[0].name
-    if instances == 1:
-        return (lambda x: sessions[0].run(["probs"], {name: x})), info
-
-    def run_parallel(x):
-        ts = [threading.Thread(target=s.run, args=(["probs"], {name: x})) for s in sessions]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-    return run_parallel, info
-
-
 def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -72,39 +51,6 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def measure(runners: dict, batch: np.ndarray, images_per_call: int, iterations: int, warmup: int,
-            rounds: int, progress: Progress, settle_s: float = 0.1) -> dict:
-    """Interleaved rounds; returns per engine throughput (median/min/max) and latency stats.
-
-    Each engine's turn starts `settle_s` after the previous one's: idle worker threads keep spinning for a
-    while after a call (measured here: the engine right after PyTorch ran 5-11% slower without the pause).
-    """
-    names = list(runners)
-    for n in names:
-        for _ in range(warmup):
-            runners[n](batch)
-    lat = {n: [] for n in names}
-    thr = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            time.sleep(settle_s)
-            t_round = time.perf_counter()
-            for _ in range(iterations):
-                t0 = time.perf_counter()
-                runners[n](batch)
-                lat[n].append((time.perf_counter() - t0) * 1000)
-            thr[n].append(images_per_call * iterations / (time.perf_counter() - t_round))
-            progress.update()
-    out = {}
-    for n in names:
-        a = np.asarray(lat[n])
-        out[n] = {"throughput_ips": float(np.median(thr[n])), "throughput_min": float(np.min(thr[n])),
-                  "throughput_max": float(np.max(thr[n])), "latency_mean_ms": float(a.mean()),
-                  "latency_p50_ms": float(np.percentile(a, 50)), "latency_p90_ms": float(np.percentile(a, 90)),
-                  "latency_p99_ms": float(np.percentile(a, 99)), "calls": int(a.size)}
-    return out
-
-
 def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, warmup: int, rounds: int,
               threads: int, instances: int, baseline: bool = True, layout_tuning: bool = True) -> dict:
     import onnxruntime as ort
@@ -112,7 +58,7 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
     size = build["preprocess"]["input_size"][1]
     load_before = os.getloadavg()
     ticks_before = speed.cpu_ticks()
-    runner, runtime = ort_runner(model, threads, instances, layout_tuning)
+    runner, runtime = speed.ort_runner(model, threads, instances, layout_tuning)
     runners = {"onnxruntime": runner}
     versions = {"onnxruntime": ort.__version__, "python": platform.python_version()}
     if baseline:
@@ -122,7 +68,7 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
     rng = np.random.default_rng(0)
     for bs in batch_sizes:
         x = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
-        per = measure(runners, x, bs * instances, iterations, warmup, rounds, progress)
+        per = speed.measure(runners, x, bs * instances, iterations, warmup, rounds, progress)
         if baseline:
             per["onnxruntime"]["speedup_vs_torch_eager"] = (per["onnxruntime"]["throughput_ips"]
                                                             / per["torch_eager"]["throughput_ips"])

@@ -347,11 +347,12 @@ def speed_vs_fp32(model: Path, fp32_model: str, spec: dict, batch: int = 16, thr
 
     size = spec["input_size"][1]
     x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    res = speed.time_sessions({"this": speed.ort_runner(str(model), threads),
-                               "fp32": speed.ort_runner(fp32_model, threads)}, x, rounds=5, calls=2)
-    ratio = res["fp32"]["median_ms"] / res["this"]["median_ms"]
-    return {"batch": batch, "threads": threads, "this_median_ms": round(res["this"]["median_ms"], 2),
-            "fp32_median_ms": round(res["fp32"]["median_ms"], 2), "speedup_vs_fp32": round(ratio, 3),
+    res = speed.measure({"this": speed.ort_runner(str(model), threads, 1)[0],
+                         "fp32": speed.ort_runner(fp32_model, threads, 1)[0]}, x, batch, 2, 2, 5)
+    this_ms, fp32_ms = res["this"]["latency_p50_ms"], res["fp32"]["latency_p50_ms"]
+    ratio = fp32_ms / this_ms
+    return {"batch": batch, "threads": threads, "this_median_ms": round(this_ms, 2),
+            "fp32_median_ms": round(fp32_ms, 2), "speedup_vs_fp32": round(ratio, 3),
             "faster_than_fp32": bool(ratio > 1.0), "loadavg": speed.load_average()}
 
 

@@ -1,7 +1,8 @@
-"""Interleaved timing of ONNX Runtime models: medians over rounds, engines in rotating order."""
+"""Timing helpers: interleaved measurement of engines (medians over rounds), the builds' ORT runner, load."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -28,30 +29,55 @@ def steal_percent(before, after) -> float | None:
     return 100.0 * (after[1] - before[1]) / (after[0] - before[0])
 
 
-def time_sessions(sessions: dict, batch: np.ndarray, rounds: int = 7, calls: int = 3, warmup: int = 2) -> dict:
-    """{name: callable(batch)} -> {name: {median_ms, min_ms, max_ms}} per call, run round-robin in rotating
-    order so that machine noise hits every engine alike."""
-    names = list(sessions)
-    for n in names:
-        for _ in range(warmup):
-            sessions[n](batch)
-    samples = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for n in order:
-            time.sleep(0.1)   # let the previous engine's spinning worker threads go idle
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                sessions[n](batch)
-                samples[n].append((time.perf_counter() - t0) * 1000)
-    return {n: {"median_ms": float(np.median(s)), "min_ms": float(np.min(s)), "max_ms": float(np.max(s)),
-                "p90_ms": float(np.percentile(s, 90)), "calls": len(s)} for n, s in samples.items()}
-
-
-def ort_runner(model_path: str, threads: int = 2, layout_tuning: bool = True):
-    """A callable running a build's ORT CPU session (as predict runs it) on a uint8 NHWC batch."""
+def ort_runner(model_path: str, threads: int, instances: int, layout_tuning: bool = True):
+    """(callable on a uint8 batch, runtime info): the build as predict runs it (scripts/ort_session.py)."""
     from ort_session import make_session
 
-    sess, _ = make_session(model_path, threads, layout_tuning)
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(["probs"], {name: x})
+    made = [make_session(model_path, max(1, threads // instances), layout_tuning) for _ in range(instances)]
+    sessions, info = [s for s, _ in made], made[0][1]
+    name = sessions[0].get_inputs()[0].name
+    if instances == 1:
+        return (lambda x: sessions[0].run(["probs"], {name: x})), info
+
+    def run_parallel(x):
+        ts = [threading.Thread(target=s.run, args=(["probs"], {name: x})) for s in sessions]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    return run_parallel, info
+
+
+def measure(runners: dict, batch: np.ndarray, images_per_call: int, iterations: int, warmup: int,
+            rounds: int, progress=None, settle_s: float = 0.1) -> dict:
+    """{name: callable(batch)} timed in interleaved rounds, engines in rotating order so that machine noise
+    hits every engine alike; returns per engine throughput (median over rounds, min/max) and latency stats.
+
+    Each engine's turn starts `settle_s` after the previous one's: idle worker threads keep spinning for a
+    while after a call (measured here: the engine right after PyTorch ran 5-11% slower without the pause).
+    """
+    names = list(runners)
+    for n in names:
+        for _ in range(warmup):
+            runners[n](batch)
+    lat = {n: [] for n in names}
+    thr = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(settle_s)
+            t_round = time.perf_counter()
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                runners[n](batch)
+                lat[n].append((time.perf_counter() - t0) * 1000)
+            thr[n].append(images_per_call * iterations / (time.perf_counter() - t_round))
+            if progress is not None:
+                progress.update()
+    out = {}
+    for n in names:
+        a = np.asarray(lat[n])
+        out[n] = {"throughput_ips": float(np.median(thr[n])), "throughput_min": float(np.min(thr[n])),
+                  "throughput_max": float(np.max(thr[n])), "latency_mean_ms": float(a.mean()),
+                  "latency_p50_ms": float(np.percentile(a, 50)), "latency_p90_ms": float(np.percentile(a, 90)),
+                  "latency_p99_ms": float(np.percentile(a, 99)), "calls": int(a.size)}
+    return out

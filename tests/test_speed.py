@@ -3,7 +3,6 @@ import time
 
 import numpy as np
 
-import benchmark
 import speed
 from zoo_common import Progress
 
@@ -19,8 +18,8 @@ def test_steal_percent():
 def test_measure_pauses_between_engine_turns():
     calls = []
     runners = {n: (lambda x, n=n: calls.append((n, time.perf_counter()))) for n in ("a", "b")}
-    out = benchmark.measure(runners, np.zeros(1), 1, iterations=1, warmup=0, rounds=2,
-                            progress=Progress(4, "t", 1e9), settle_s=0.05)
+    out = speed.measure(runners, np.zeros(1), 1, iterations=1, warmup=0, rounds=2,
+                        progress=Progress(4, "t", 1e9), settle_s=0.05)
     gaps = [t1 - t0 for (_, t0), (_, t1) in zip(calls, calls[1:])]
     assert [n for n, _ in calls] == ["a", "b", "b", "a"] and min(gaps) >= 0.05
     assert set(out) == {"a", "b"} and out["a"]["calls"] == 2
