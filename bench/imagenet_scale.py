@@ -8,6 +8,9 @@ kept), then measures, each in its own snakemake process:
   3. optionally (--preprocess) the real preprocessing of all 50,000 images at 224 (one geometry) on this
      machine's cores, as shard jobs through the workflow.
 
+It first prints whether Slurm's client is configured and its controller reachable: snakemake's Slurm plugin
+probes it at every start-up (9 s a call when a configured controller is down), so read the times with it.
+
 usage: python bench/imagenet_scale.py [--workdir bench-out/scale] [--images 50000] [--preprocess]
 """
 from __future__ import annotations
@@ -43,7 +46,7 @@ def make_dataset(root: Path, n: int) -> None:
     (root / "label.txt").write_text((SAMPLE / "label.txt").read_text())
 
 
-def snakemake(work: Path, cfg: Path, *args: str) -> float:
+def snakemake(work: Path, cfg: Path, *args: str) -> tuple[float, str]:
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
                            "--configfile", str(cfg), "--cores", "2", *args], capture_output=True, text=True)
@@ -53,40 +56,27 @@ def snakemake(work: Path, cfg: Path, *args: str) -> float:
     return dt, proc.stdout + proc.stderr
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", default="bench-out/scale")
-    ap.add_argument("--images", type=int, default=50_000)
-    ap.add_argument("--preprocess", action="store_true")
-    a = ap.parse_args()
-    work = (REPO / a.workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    make_dataset(work / "imagenet-val", a.images)
-    for d in ("onnx", "vacc", "calib", "output", "metrics", "perf", "reports", "logs", "benchmarks", "npz",
-              ".snakemake"):  # outputs (placeholders) of a previous run of this benchmark
-        shutil.rmtree(work / d, ignore_errors=True)
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["datasets"]["imagenet"] = {"root": str(work / "imagenet-val")}
-    cfg["dataset"] = "imagenet"
-    cfg["run_variants"] = [f"efficientnet_b{i}" for i in range(9)]
-    cfg["run_quant"] = list(cfg["quant_modes"])
-    for v in cfg["run_variants"]:
-        cfg["variants"][v]["weights"] = "random"
-    cfg_path = work / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    dt, _ = snakemake(work, cfg_path, "npz/imagenet/index.tsv")
-    print(f"dataset index of {a.images} images: {dt:.1f} s")
-    dt, out = snakemake(work, cfg_path, "-n", "--quiet", "rules")
-    total = [ln.split()[1] for ln in out.splitlines() if ln.startswith("total")]
-    print(f"dry run, everything to do: {dt:.1f} s ({total[0] if total else '?'} jobs)")
-    if a.preprocess:
-        geom = "224-r256-bicubic"
-        n_shards = -(-a.images // cfg["preprocessing"]["shard_size"])
-        dt, _ = snakemake(work, cfg_path, f"npz/imagenet/{geom}/datalist.tsv")
-        print(f"preprocessing {a.images} images at 224 ({n_shards} shards, {os.cpu_count()} cores): {dt:.0f} s "
-              f"= {a.images / dt:.0f} images/s")
-    # Everything up to date without computing it: create every planned output (empty), then let
-    # `snakemake --touch` give them DAG-consistent times and metadata, as a finished run would have.
+def slurm_client_status() -> str:
+    """Whether Slurm's client is configured and its controller answers: snakemake's Slurm plugin runs
+    `scontrol show config` at every start-up, which waits 9 s when a configured controller is down."""
+    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    if not shutil.which("scontrol"):
+        return "Slurm client: not installed (the plugin's start-up probe fails at once)"
+    if not Path(conf).exists():
+        return f"Slurm client: installed, no {conf} (the plugin's start-up probe fails at once)"
+    t0 = time.monotonic()
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15).stdout.strip()
+    except subprocess.TimeoutExpired:
+        ping = "no answer in 15 s"
+    state = "reachable" if "UP" in ping else "NOT reachable"
+    return (f"Slurm client: configured ({conf}), controller {state} ({ping or 'no answer'}; {time.monotonic() - t0:.1f} s)"
+            + ("" if "UP" in ping else ": every snakemake call waits for the plugin's probe (README, cluster)"))
+
+
+def touch_all(work: Path, cfg_path: Path) -> int:
+    """Make every planned output exist and look up to date without computing it: create each (empty), then
+    `snakemake --touch` gives them DAG-consistent times, as a finished run leaves them. Returns the count."""
     _, out = snakemake(work, cfg_path, "-n", "--printshellcmds")
     outputs = set()
     for line in out.splitlines():
@@ -97,10 +87,57 @@ def main():
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.touch()
-    print(f"created {len(outputs)} planned outputs")
-    dt, out = snakemake(work, cfg_path, "--touch")
-    print(out[-500:])
-    print(f"--touch of every output: {dt:.1f} s")
+    snakemake(work, cfg_path, "--touch")
+    return len(outputs)
+
+
+def scale_config(work: Path) -> Path:
+    """Config of the ImageNet-scale DAG: the nine vendor variants (random weights) x every quant mode."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"]["imagenet"] = {"root": str(work / "imagenet-val")}
+    cfg["dataset"] = "imagenet"
+    cfg["run_variants"] = [f"efficientnet_b{i}" for i in range(9)]
+    cfg["run_quant"] = list(cfg["quant_modes"])
+    for v in cfg["run_variants"]:
+        cfg["variants"][v]["weights"] = "random"
+    cfg_path = work / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    return cfg_path
+
+
+def clean_outputs(work: Path) -> None:
+    """Remove the outputs (placeholders) of a previous run of a benchmark."""
+    for d in ("onnx", "vacc", "calib", "output", "metrics", "perf", "reports", "logs", "benchmarks", "npz",
+              ".snakemake"):
+        shutil.rmtree(work / d, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default="bench-out/scale")
+    ap.add_argument("--images", type=int, default=50_000)
+    ap.add_argument("--preprocess", action="store_true")
+    a = ap.parse_args()
+    print(slurm_client_status())
+    work = (REPO / a.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    make_dataset(work / "imagenet-val", a.images)
+    clean_outputs(work)
+    cfg_path = scale_config(work)
+    dt, _ = snakemake(work, cfg_path, "npz/imagenet/index.tsv")
+    print(f"dataset index of {a.images} images: {dt:.1f} s")
+    dt, out = snakemake(work, cfg_path, "-n", "--quiet", "rules")
+    total = [ln.split()[1] for ln in out.splitlines() if ln.startswith("total")]
+    print(f"dry run, everything to do: {dt:.1f} s ({total[0] if total else '?'} jobs)")
+    if a.preprocess:
+        geom = "224-r256-bicubic"
+        n_shards = -(-a.images // yaml.safe_load(cfg_path.read_text())["preprocessing"]["shard_size"])
+        dt, _ = snakemake(work, cfg_path, f"npz/imagenet/{geom}/datalist.tsv")
+        print(f"preprocessing {a.images} images at 224 ({n_shards} shards, {os.cpu_count()} cores): {dt:.0f} s "
+              f"= {a.images / dt:.0f} images/s")
+    t0 = time.monotonic()
+    n = touch_all(work, cfg_path)
+    print(f"created and --touched {n} planned outputs: {time.monotonic() - t0:.1f} s")
     dt, out = snakemake(work, cfg_path, "-n")
     print(f"dry run, everything up to date: {dt:.1f} s ({'nothing to be done' if 'Nothing to be done' in out else 'JOBS PLANNED'})")
 

@@ -2,10 +2,14 @@
 # A real single-node Slurm on this machine (Debian's munge, slurmctld, slurmd) for the cluster tests.
 #   bash tests/slurm/local_slurm.sh start   # install if needed, configure, start; waits for an idle node
 #   bash tests/slurm/local_slurm.sh stop    # stops only the daemons this script started (by their pid files)
+#                                           # and puts back what start changed (slurm.conf, munge key)
 # Needs root (apt-get, /etc). State lives in /var/spool/effzoo-slurm; see ../shared/notes/local-slurm.md.
+# Why stop restores: snakemake-executor-plugin-slurm runs `scontrol show config` when snakemake starts; with a
+# slurm.conf naming a controller that is not running, that call waits 9 s on every snakemake call.
 set -euo pipefail
-STATE=/var/spool/effzoo-slurm
-CONF_DIR=/etc/slurm
+STATE=${EFFZOO_SLURM_STATE:-/var/spool/effzoo-slurm}
+CONF_DIR=${EFFZOO_SLURM_CONF_DIR:-/etc/slurm}
+MARK="# written by effzoo tests/slurm/local_slurm.sh start; removed by its stop"
 
 install() {
   if command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null; then return; fi
@@ -19,6 +23,7 @@ configure() {
   mkdir -p "$STATE"/ctld "$STATE"/d /var/log/slurm "$CONF_DIR" /run/munge /var/lib/munge /var/log/munge
   if [ ! -s /etc/munge/munge.key ]; then
     dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    touch "$STATE/created-munge-key"
   fi
   chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
   chmod 0400 /etc/munge/munge.key
@@ -27,7 +32,13 @@ configure() {
   node=$(slurmd -C | head -1)
   mem=$(echo "$node" | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
   node=$(echo "$node" | sed "s/RealMemory=[0-9]*/RealMemory=$((mem * 95 / 100))/")
+  # a slurm.conf that was there before (a site's own) is kept aside and put back by stop
+  if [ -e "$CONF_DIR/slurm.conf" ] && ! head -1 "$CONF_DIR/slurm.conf" | grep -qF "$MARK" \
+      && [ ! -e "$STATE/slurm.conf.before" ]; then
+    cp -p "$CONF_DIR/slurm.conf" "$STATE/slurm.conf.before"
+  fi
   cat > "$CONF_DIR/slurm.conf" <<CONF
+$MARK
 ClusterName=effzoo
 SlurmctldHost=$host
 ProctrackType=proctrack/linuxproc
@@ -74,7 +85,21 @@ stop() {
       rm -f "$STATE/$f.pid"
     fi
   done
-  echo "slurm: stopped the daemons started here"
+  unconfigure
+  echo "slurm: stopped the daemons started here; configuration put back as it was before start"
+}
+
+unconfigure() {
+  # remove only what start wrote: its slurm.conf (restoring one that was there before) and a munge key it made
+  if [ -e "$CONF_DIR/slurm.conf" ] && head -1 "$CONF_DIR/slurm.conf" | grep -qF "$MARK"; then
+    rm -f "$CONF_DIR/slurm.conf"
+  fi
+  if [ -e "$STATE/slurm.conf.before" ]; then
+    mv "$STATE/slurm.conf.before" "$CONF_DIR/slurm.conf"
+  fi
+  if [ -e "$STATE/created-munge-key" ]; then
+    rm -f /etc/munge/munge.key "$STATE/created-munge-key"
+  fi
 }
 
 case "${1:-}" in
