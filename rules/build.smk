@@ -8,8 +8,10 @@ rule build_vacc:
         model="vacc/{variant}-{quant}/model.onnx",
         manifest="vacc/{variant}-{quant}/build.json",
     params:
+        script=build_script,
         options=lambda w: json.dumps(quant_cfg(w.quant), sort_keys=True),
         extra=build_extra_args,
+        step=lambda w: step(build_script(w)),
     threads: 2
     resources:
         mem_mb=mem_mb_export,
@@ -21,7 +23,7 @@ rule build_vacc:
     conda:
         CONDA_ENV
     shell:
-        "python -m build_vacc --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
+        "python -m {params.script} --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
         " --quant {wildcards.quant} --options {params.options:q} --outdir vacc/{wildcards.variant}-{wildcards.quant}"
         " {params.extra} 2> {log:q}"
 
@@ -29,6 +31,7 @@ rule build_vacc:
 rule calibrate:
     input:
         onnx="onnx/{variant}.onnx",
+        info="onnx/{variant}.json",
         spec="onnx/{variant}.preprocess.json",
         datalist=calib_datalist,
         shards=calib_shards,
@@ -42,6 +45,7 @@ rule calibrate:
         batch=CALIB["batch"],
         samples=CALIB["samples_per_tensor"],
         bins=CALIB["num_bins"],
+        step=step("calibrate"),
     threads: 2
     resources:
         mem_mb=mem_mb_export,
@@ -53,7 +57,7 @@ rule calibrate:
     conda:
         CONDA_ENV
     shell:
-        "python -m calibrate --onnx {input.onnx:q} --spec-json {input.spec:q} --datalist {input.datalist:q}"
-        " --images {params.images} --seed {params.seed} --batch {params.batch} --samples {params.samples}"
-        " --num-bins {params.bins} --threads {threads} --prepped {output.prepped:q} --stats {output.stats:q}"
-        " --manifest {output.manifest:q} 2> {log:q}"
+        "python -m calibrate --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
+        " --datalist {input.datalist:q} --images {params.images} --seed {params.seed} --batch {params.batch}"
+        " --samples {params.samples} --num-bins {params.bins} --threads {threads} --prepped {output.prepped:q}"
+        " --stats {output.stats:q} --manifest {output.manifest:q} 2> {log:q}"

@@ -13,7 +13,8 @@ validate(config, "../schemas/config.schema.yaml")
 
 SCRIPTS = Path(workflow.basedir) / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-import preprocess  # noqa: E402  (numpy + PIL only: cheap at parse time)
+import fingerprint  # noqa: E402  (standard library only: cheap at parse time)
+import preprocess  # noqa: E402  (numpy + PIL only)
 from dataset_index import IMAGE_EXTS  # noqa: E402
 from demo_photos import DEMO_LABELS  # noqa: E402
 
@@ -24,19 +25,30 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")])),
 )
 CONDA_ENV = "../envs/effzoo.yaml"
+# Every default lives in the schema and was filled in by validate() above.
 VARIANTS = config["variants"]
 QUANT_MODES = config["quant_modes"]
 DATASET = config["dataset"]
-PREP = {"shard_size": 1000, "workers": 2, "on_bad_image": "error", "fast": False, **config.get("preprocessing", {})}
-INFER = {"batch": 32, "threads": 2, "layout_tuning": True, **config.get("inference", {})}
-NUM_CLASSES = config.get("num_classes", 1000)
-CALIB = {"dataset": None, "images": 1000, "seed": 0, "batch": 4, "samples_per_tensor": 32768, "num_bins": 2048,
-         **config.get("calibration", {})}
+PREP = config["preprocessing"]
+INFER = config["inference"]
+NUM_CLASSES = config["num_classes"]
+CALIB = config["calibration"]
 CALIB_DATASET = CALIB["dataset"] or DATASET
-BENCH = {"enabled": True, "batch_sizes": [1, 16], "iterations": 5, "warmup": 2, "rounds": 3, "threads": 2,
-         "instances": 1, **config.get("benchmark", {})}
+BENCH = config["benchmark"]
 GEOM_RE = r"\d+-r\d+-[a-z]+(-fast)?"
 DEMO_ROOT = "data/demo"  # made by rule demo_dataset
+
+
+def step(script):
+    """What makes a step's outputs stale besides its inputs: the fingerprint of its code (the script and the
+    project modules it imports; comments and docstrings do not count) and the versions of the packages that
+    shape its outputs. Passed through params:, so a change reruns exactly the jobs it affects."""
+    return f"{fingerprint.code_version(script)} {fingerprint.step_versions(script)}"
+
+
+def build_script(wildcards):
+    """The builder of a quant mode: float builds and int8 builds are separate step scripts."""
+    return "build_int8" if quant_cfg(wildcards.quant)["kind"] == "int8" else "build_float"
 
 
 def _unknown(kind, name, valid):
@@ -49,7 +61,7 @@ for _v in config["run_variants"]:
 for _q in config["run_quant"]:
     if _q not in QUANT_MODES:
         _unknown("quant mode", _q, QUANT_MODES)
-for _d in (DATASET, config.get("calibration", {}).get("dataset") or DATASET):
+for _d in (DATASET, CALIB_DATASET):
     if _d not in config["datasets"]:
         _unknown("dataset", _d, config["datasets"])
 
@@ -130,6 +142,11 @@ def eval_datalist(variant):
     return f"npz/{DATASET}/{variant_geom(variant)}/datalist.tsv"
 
 
+def eval_skipped(variant):
+    """Images of the evaluated dataset skipped at preprocessing (written beside the datalist)."""
+    return f"npz/{DATASET}/{variant_geom(variant)}/skipped.tsv"
+
+
 def variant_shards(dataset, variant):
     """Shards of a dataset at the variant's geometry."""
     return shard_files(type("W", (), {"dataset": dataset, "geom": variant_geom(variant)}))
@@ -148,25 +165,20 @@ def calib_shards(wildcards):
 
 
 def build_inputs(wildcards):
-    """fp32 builds need the export; others also the fp32 build (speed check), int8 the calibration."""
+    """Every build needs the export; int8 builds also the calibration and the images that rank layers."""
     inputs = {"onnx": f"onnx/{wildcards.variant}.onnx", "info": f"onnx/{wildcards.variant}.json",
               "spec": f"onnx/{wildcards.variant}.preprocess.json"}
-    kind = quant_cfg(wildcards.quant)["kind"]
-    if kind != "fp32":
-        inputs["fp32_model"] = f"vacc/{wildcards.variant}-fp32/model.onnx"
-    if kind == "int8":
-        for key in ("prepped", "stats", "calibration"):
-            inputs[key] = f"calib/{wildcards.variant}/" + {"prepped": "prepped.onnx", "stats": "stats.npz",
-                                                            "calibration": "calibration.json"}[key]
-        inputs["calib_datalist"] = calib_datalist(wildcards)  # images that rank layer sensitivity
-        inputs["calib_shards"] = calib_shards(wildcards)
+    if quant_cfg(wildcards.quant)["kind"] == "int8":
+        inputs.update(prepped=f"calib/{wildcards.variant}/prepped.onnx", stats=f"calib/{wildcards.variant}/stats.npz",
+                      calibration=f"calib/{wildcards.variant}/calibration.json",
+                      calib_datalist=calib_datalist(wildcards), calib_shards=calib_shards(wildcards))
     return inputs
 
 
 def build_extra_args(wildcards, input):
-    """Command-line flags for the inputs that only some kinds have."""
-    flags = {"fp32_model": "--fp32-model", "prepped": "--prepped", "stats": "--stats",
-             "calibration": "--calibration", "calib_datalist": "--calib-datalist"}
+    """Command-line flags of the int8 builder's inputs."""
+    flags = {"prepped": "--prepped", "stats": "--stats", "calibration": "--calibration",
+             "calib_datalist": "--calib-datalist"}
     return " ".join(f"{flag} {getattr(input, key)}" for key, flag in flags.items() if key in input.keys())
 
 
@@ -196,8 +208,9 @@ def mem_mb_predict(wildcards):
 
 
 def metrics_mode_args(wildcards, input):
-    """--mode NAME PREDICTIONS BUILD_JSON [--perf NAME PERF_JSON] for every configured quant mode."""
-    args = [f"--mode {q} {p} {b}" for q, p, b in zip(config["run_quant"], input.predictions, input.builds)]
+    """--mode NAME PREDICTIONS PREDICT_JSON BUILD_JSON [--perf NAME PERF_JSON] for every configured quant mode."""
+    args = [f"--mode {q} {p} {j} {b}" for q, p, j, b in
+            zip(config["run_quant"], input.predictions, input.predict_manifests, input.builds)]
     args += [f"--perf {q} {p}" for q, p in zip(config["run_quant"], input.perf)]
     return " ".join(args)
 
@@ -218,30 +231,17 @@ def perf_files(wildcards):
 
 
 def print_summary(variants):
-    """Print a short result table of the metrics files after a successful run."""
-    rows = []
+    """Print the result table of the metrics files after a successful run (summary.text_table)."""
+    from summary import text_table
+    from zoo_common import ZooError, read_json
+
+    metrics = []
     for v in variants:
-        p = Path(f"metrics/{v}.json")
         try:
-            m = json.loads(p.read_text())
-        except (OSError, ValueError):  # not made by this run (a partial target, --touch of placeholders)
+            metrics.append(read_json(f"metrics/{v}.json"))
+        except ZooError:  # not made by this run (a partial target, --touch of placeholders)
             continue
-        order = [q for q in config["run_quant"] if q in m["results"]] + sorted(set(m["results"]) - set(config["run_quant"]))
-        for q in order:
-            r = m["results"][q]
-            agree = r.get("top1_agreement_with_fp32")
-            speed = r.get("speedup_vs_fp32")
-            rows.append((v, q, f"{r['top1']:.4f}", f"{r['top5']:.4f}", "-" if agree is None else f"{agree:.3f}",
-                         "-" if speed is None else f"{speed:.2f}x", str(r["images"]), f"{r['model_size_mb']:.1f}",
-                         f"{m['params_m']:.2f}", f"{m['gflops']:.3f}", str(m["input_size"][1]),
-                         "RANDOM" if m["random_weights"] else m["weights"]["source"]))
-    if not rows:
-        return
-    head = ("variant", "quant", "top1", "top5", "agree_fp32", "speed_vs_fp32", "images", "MB", "params_M", "GFLOPs",
-            "size", "weights")
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    print("\n" + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    print(f"\nmetrics: metrics/<variant>.json  predictions: output/<variant>-<quant>/predictions.csv  "
-          f"models: vacc/<variant>-<quant>/model.onnx  (dataset: {DATASET})")
+    if metrics:
+        print(f"\n{text_table(metrics, config['run_quant'])}")
+        print(f"\nmetrics: metrics/<variant>.json  predictions: output/<variant>-<quant>/predictions.csv  "
+              f"models: vacc/<variant>-<quant>/model.onnx  (dataset: {DATASET})")

@@ -6,6 +6,8 @@ rule demo_dataset:
         labels="data/demo/val_label.txt",
         classes="data/demo/label.txt",
         images=directory("data/demo/val"),
+    params:
+        step=step("demo_photos"),
     log:
         "logs/demo_dataset.log",
     conda:
@@ -23,6 +25,7 @@ rule dataset_index:
     params:
         root=lambda w: dataset_root(w.dataset),
         num_classes=NUM_CLASSES,
+        step=step("dataset_index"),
     log:
         "logs/dataset_index/{dataset}.log",
     conda:
@@ -44,6 +47,7 @@ rule npz_shard:
         geom=lambda w: parse_geom(w.geom),
         shard_size=PREP["shard_size"],
         on_bad_image=PREP["on_bad_image"],
+        step=step("make_shards"),
     threads: PREP["workers"]
     resources:
         mem_mb=mem_mb_shard,
@@ -67,6 +71,8 @@ rule datalist:
     output:
         datalist="npz/{dataset}/{geom}/datalist.tsv",
         skipped="npz/{dataset}/{geom}/skipped.tsv",
+    params:
+        step=step("make_datalist"),
     log:
         "logs/datalist/{dataset}/{geom}.log",
     conda:

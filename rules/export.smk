@@ -12,6 +12,7 @@ rule export_onnx:
         tag=lambda w: variant_cfg(w.variant)["tag"],
         weights=lambda w: variant_cfg(w.variant)["weights"],
         spec=lambda w: _spec_json(w.variant),
+        step=step("export_onnx"),
     threads: 2
     resources:
         mem_mb=mem_mb_export,

@@ -6,7 +6,9 @@ rule metrics:
         info="onnx/{variant}.json",
         spec="onnx/{variant}.preprocess.json",
         datalist=lambda w: eval_datalist(w.variant),
+        skipped=lambda w: eval_skipped(w.variant),
         predictions=expand("output/{{variant}}-{quant}/predictions.csv", quant=config["run_quant"]),
+        predict_manifests=expand("output/{{variant}}-{quant}/predict.json", quant=config["run_quant"]),
         builds=expand("vacc/{{variant}}-{quant}/build.json", quant=config["run_quant"]),
         perf=perf_files,
     output:
@@ -14,11 +16,12 @@ rule metrics:
     params:
         modes=metrics_mode_args,
         dataset=DATASET,
+        step=step("metrics"),
     log:
         "logs/metrics/{variant}.log",
     conda:
         CONDA_ENV
     shell:
         "python -m metrics --variant {wildcards.variant} --export-info {input.info:q}"
-        " --spec-json {input.spec:q} --datalist {input.datalist:q} --dataset {params.dataset} {params.modes}"
-        " --out {output:q} 2> {log:q}"
+        " --spec-json {input.spec:q} --datalist {input.datalist:q} --skipped {input.skipped:q}"
+        " --dataset {params.dataset} {params.modes} --out {output:q} 2> {log:q}"

@@ -4,14 +4,16 @@
 rule predict:
     input:
         model="vacc/{variant}-{quant}/model.onnx",
-        datalist=lambda w: eval_datalist(w.variant),
+        build="vacc/{variant}-{quant}/build.json",
         shards=eval_shards,
     output:
         predictions="output/{variant}-{quant}/predictions.csv",
         logits="output/{variant}-{quant}/logits.npy",
+        manifest="output/{variant}-{quant}/predict.json",
     params:
         layout_tuning="on" if INFER["layout_tuning"] else "off",
         batch=INFER["batch"],
+        step=step("predict"),
     threads: INFER["threads"]
     resources:
         mem_mb=mem_mb_predict,
@@ -23,6 +25,6 @@ rule predict:
     conda:
         CONDA_ENV
     shell:
-        "python -m predict --model {input.model:q} --shards {input.shards:q} --out {output.predictions:q}"
-        " --logits {output.logits:q} --batch {params.batch} --threads {threads} --layout-tuning {params.layout_tuning}"
-        " 2> {log:q}"
+        "python -m predict --model {input.model:q} --build-json {input.build:q} --shards {input.shards:q}"
+        " --out {output.predictions:q} --logits {output.logits:q} --manifest {output.manifest:q}"
+        " --batch {params.batch} --threads {threads} --layout-tuning {params.layout_tuning} 2> {log:q}"

@@ -8,6 +8,8 @@ rule summary:
         md=report("reports/summary.md", caption="../report/summary.rst", category="Model table"),
         csv=report("reports/summary.csv", caption="../report/summary.rst", category="Model table"),
         plot=report("reports/accuracy_vs_throughput.png", caption="../report/plot.rst", category="Plots"),
+    params:
+        step=step("summary"),
     log:
         "logs/summary.log",
     conda:

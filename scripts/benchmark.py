@@ -9,8 +9,10 @@ aggregate throughput. The load average before and after and the CPU steal time d
 recorded; a warning is added when the machine was busy. The PyTorch baseline uses timm's random init: speed
 does not depend on the weights. The ONNX Runtime session is the one predict uses (scripts/ort_session.py).
 
+The model is checked against the sha256 its build.json recorded before it is timed.
+
 CLI: python -m benchmark --model vacc/V-Q/model.onnx --build-json vacc/V-Q/build.json --out perf/V-Q.json \
-        [--batch-sizes 1 16 --iterations 10 --warmup 3 --rounds 5 --threads 2 --instances 1 --layout-tuning on]
+        --batch-sizes 1 16 --iterations 5 --warmup 2 --rounds 3 --threads 2 --instances 1 --layout-tuning off
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ import platform
 
 import numpy as np
 
+import fingerprint
 import speed
-from zoo_common import LOG, Progress, read_json, run_main, write_json
+from zoo_common import LOG, Progress, read_json, run_main, verify_file, write_json
 
 
 def torch_runner(tag: str, threads: int, spec: dict):
@@ -52,7 +55,7 @@ def cpu_name() -> str:
 
 
 def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, warmup: int, rounds: int,
-              threads: int, instances: int, baseline: bool = True, layout_tuning: bool = True) -> dict:
+              threads: int, instances: int, baseline: bool = True, layout_tuning: bool = False) -> dict:
     import onnxruntime as ort
 
     size = build["preprocess"]["input_size"][1]
@@ -79,9 +82,8 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
     if steal is not None and steal > 5:
         warnings.append(f"the hypervisor gave {steal:.0f}% of CPU time to other guests during the run: "
                         f"figures are noisy")
-    busy = max(load_before[0], 0.0)
-    if busy > 0.5:
-        warnings.append(f"machine busy before the run (1-min load average {busy:.2f}): figures are noisy")
+    if load_before[0] > 0.5:
+        warnings.append(f"machine busy before the run (1-min load average {load_before[0]:.2f}): figures are noisy")
     if load_after[0] > threads + 0.75:
         warnings.append(f"load average {load_after[0]:.2f} after the run exceeds the {threads} threads used: "
                         f"other work competed for the CPU")
@@ -91,6 +93,7 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
             "warmup": warmup, "rounds": rounds, "versions": versions, "runtime": runtime, "results": results,
             "batch1_latency_ms": results.get("1", {}).get("onnxruntime", {}).get("latency_p50_ms"),
             "best_throughput_ips": best["throughput_ips"], "loadavg_before": load_before,
+            "provenance": fingerprint.provenance("benchmark"),
             "loadavg_after": load_after, "cpu_steal_pct": steal, "warnings": warnings,
             "method": "median over rounds of interleaved engines (rotating order, 0.1 s pause between turns); "
                       "warm-up excluded"}
@@ -101,16 +104,17 @@ def main(argv=None):
     ap.add_argument("--model", required=True)
     ap.add_argument("--build-json", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--iterations", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--instances", type=int, default=1)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", required=True)
+    ap.add_argument("--iterations", type=int, required=True)
+    ap.add_argument("--warmup", type=int, required=True)
+    ap.add_argument("--rounds", type=int, required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--instances", type=int, required=True)
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--layout-tuning", choices=["on", "off"], default="on",
+    ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
                     help="ORT CPU layout pass for SE/SiLU graphs, as predict uses it (scripts/ort_session.py)")
     a = ap.parse_args(argv)
+    verify_file(a.model, read_json(a.build_json)["model"]["sha256"], a.build_json)
     res = benchmark(a.model, read_json(a.build_json), a.batch_sizes, a.iterations, a.warmup, a.rounds, a.threads,
                     a.instances, not a.no_baseline, a.layout_tuning == "on")
     for w in res["warnings"]:

@@ -20,19 +20,28 @@ Range methods (activations are uint8, asymmetric, so 0 is always representable):
     range with the smallest KL(P || Q) wins. (ONNX Runtime's Entropy calibrator builds a histogram symmetric
     about 0 and quantizes it to 128 bins, so a non-negative ReLU6 output gets only 64 levels' worth of
     candidates: it clipped lite0's head from [0, 6] to [0, 0.38] and lost 9 points.)
+
+CLI: python -m calibrate --onnx X.onnx --export-info X.json --spec-json S.json --datalist D.tsv --images 1000 \
+        --seed 0 --batch 4 --samples 32768 --num-bins 2048 --threads 2 --prepped P.onnx --stats S.npz \
+        --manifest calibration.json
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
 import io
-import zipfile
+import resource
+import time
 from collections import defaultdict
-from functools import lru_cache
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from zoo_common import ZooError
+import fingerprint
+from graph_edits import fold_preprocessing
+from shard_io import iter_datalist_rows, read_datalist
+from zoo_common import LOG, Progress, ZooError, atomic_path, file_record, read_json, run_main, verify_file, write_json
 
 # --------------------------------------------------------------------------------------------------
 # calibration set
@@ -54,45 +63,6 @@ def balanced_selection(labels: list[int], n: int, seed: int = 0) -> list[int]:
             if queues[c] and len(chosen) < n:
                 chosen.append(int(queues[c].pop()))
     return sorted(chosen)
-
-
-@lru_cache(maxsize=256)
-def npz_member(path: str, key: str) -> tuple[int, tuple, np.dtype]:
-    """Cached per file (callers read a shard batch by batch; shards never change during a job).
-    (absolute byte offset of the array data, shape, dtype) of an uncompressed array in an npz file."""
-    import struct
-
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(f"{key}.npy")
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise ZooError(f"{path}: {key} is compressed; shards are written uncompressed (np.savez)")
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        local = fh.read(30)
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        fh.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(fh)
-        if fortran:
-            raise ZooError(f"{path}: {key} is Fortran-ordered")
-        return fh.tell(), shape, dtype
-
-
-def read_npz_rows(path: str, key: str, rows: list[int]) -> np.ndarray:
-    """Read selected rows of an uncompressed array in an npz by seeking in the file (never the whole array;
-    ZipExtFile.seek would re-read the member from its start)."""
-    offset, shape, dtype = npz_member(path, key)
-    row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-    out = np.empty((len(rows),) + tuple(shape[1:]), dtype)
-    with open(path, "rb") as fh:
-        for j, r in enumerate(rows):
-            if not 0 <= r < shape[0]:
-                raise ZooError(f"{path}: row {r} out of range (0..{shape[0] - 1})")
-            fh.seek(offset + r * row_bytes)
-            out[j] = np.frombuffer(fh.read(row_bytes), dtype).reshape(shape[1:])
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,10 +329,9 @@ def compute_ranges(arrs, method: str, options: dict, keep_full: set[str] = froze
             continue
         counts, edges = arrays_to_hist(arrs, i)
         if method == "percentile":
-            out[name] = percentile_range(counts, edges, tmin, tmax, float(options.get("percentile", 99.999)))
+            out[name] = percentile_range(counts, edges, tmin, tmax, float(options["percentile"]))
         elif method == "kl_divergence":
-            out[name] = kl_range(counts, edges, tmin, tmax, int(options.get("levels", 256)),
-                                 int(options.get("candidates", 128)))
+            out[name] = kl_range(counts, edges, tmin, tmax, int(options["levels"]), int(options["candidates"]))
         else:
             raise ZooError(f"calibrate method {method!r}: expected max, percentile or kl_divergence")
     return out
@@ -378,67 +347,28 @@ def npz_bytes(arrs: dict) -> bytes:
 # CLI: collect statistics for a variant
 
 
-def read_datalist(path: str) -> list[tuple[str, int, str, int]]:
-    """Rows (shard file name, row, image file, label) of a datalist.tsv."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        next(fh)
-        for line in fh:
-            shard, row, f, lab = line.rstrip("\n").split("\t")
-            rows.append((shard, int(row), f, int(lab)))
-    return rows
-
-
-def iter_batches(datalist: str, chosen: list[int], batch: int):
-    """Yield (uint8 NHWC batch, [files]) of the chosen datalist rows, reading only those rows."""
-    from pathlib import Path
-
-    rows = read_datalist(datalist)
-    shard_dir = Path(datalist).parent
-    picked = [rows[i] for i in chosen]
-    for i in range(0, len(picked), batch):
-        part = picked[i:i + batch]
-        imgs = []
-        by_shard: dict[str, list[int]] = defaultdict(list)
-        for s, r, _, _ in part:
-            by_shard[s].append(r)
-        cache = {s: read_npz_rows(str(shard_dir / s), "images", rs) for s, rs in by_shard.items()}
-        pos = defaultdict(int)
-        for s, _, _, _ in part:
-            imgs.append(cache[s][pos[s]])
-            pos[s] += 1
-        yield np.stack(imgs), [f for _, _, f, _ in part]
-
-
 def main(argv=None):
-    import argparse
-    import hashlib
-    import resource
-    import time
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    import build_vacc
-    from zoo_common import LOG, Progress, atomic_path, read_json, write_json
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--onnx", required=True, help="exported model (onnx/<variant>.onnx)")
+    ap.add_argument("--export-info", required=True, help="its export manifest (records its sha256)")
     ap.add_argument("--spec-json", required=True)
     ap.add_argument("--datalist", required=True, help="datalist.tsv of the calibration source at this geometry")
-    ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--samples", type=int, default=32768, help="sampled values per tensor per image")
-    ap.add_argument("--num-bins", type=int, default=2048)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--images", type=int, required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--samples", type=int, required=True, help="sampled values per tensor per image")
+    ap.add_argument("--num-bins", type=int, required=True)
+    ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--prepped", required=True, help="output: the float model that is calibrated and quantized")
     ap.add_argument("--stats", required=True, help="output: statistics npz")
     ap.add_argument("--manifest", required=True, help="output: calibration.json")
     a = ap.parse_args(argv)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     t0 = time.monotonic()
+    verify_file(a.onnx, read_json(a.export_info)["onnx"]["sha256"], a.export_info)
     spec = read_json(a.spec_json)
-    folded = build_vacc.fold_preprocessing(onnx.load(a.onnx), spec)
+    folded = fold_preprocessing(onnx.load(a.onnx), spec)
     with atomic_path(a.prepped, ".onnx") as tmp:
         raw = tmp.with_suffix(".raw.onnx")
         onnx.save(folded, str(raw))
@@ -462,7 +392,7 @@ def main(argv=None):
     progress = Progress(len(chosen), "calibration")
     files = []
     in_name = sess.get_inputs()[0].name
-    for batch, bfiles in iter_batches(a.datalist, chosen, a.batch):
+    for batch, bfiles in iter_datalist_rows(a.datalist, chosen, a.batch):
         digest.update(batch.tobytes())
         files.extend(bfiles)
         outs = sess.run(None, {in_name: batch})
@@ -477,6 +407,8 @@ def main(argv=None):
         "classes_in_source": len({r[3] for r in rows}), "seed": a.seed, "batch": a.batch,
         "source_datalist": a.datalist, "content_sha256": digest.hexdigest(), "files": files,
         "tensors": len(names), "samples_per_tensor_per_image": a.samples, "num_bins": a.num_bins,
+        "prepped": file_record(a.prepped), "stats": file_record(a.stats),
+        "provenance": fingerprint.provenance("calibrate"),
         "calibration_s": round(time.monotonic() - t0, 2), "peak_rss_mb": round(peak_mb, 1),
         "method": "in-graph ReduceMin/ReduceMax + strided samples -> streaming histograms (bounded memory)",
     }
@@ -486,6 +418,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from zoo_common import run_main
-
     raise SystemExit(run_main(main))

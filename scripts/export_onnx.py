@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import time
 
 import numpy as np
 
+import fingerprint
 import preprocess
 from demo_photos import CHECK_PHOTOS, photo_path
-from zoo_common import LOG, ZooError, atomic_path, run_main, write_json
+from model_info import model_info
+from weights import create_model
+from zoo_common import LOG, ZooError, atomic_path, file_record, run_main, write_json
 
 OPSET = 18
 
@@ -56,17 +61,6 @@ def compare(model, onnx_path: str, x: np.ndarray) -> dict:
             "top1_agree": int((ref.argmax(1) == got.argmax(1)).sum())}
 
 
-def torch_flops(model, size: int) -> int:
-    """Independent count: PyTorch's FlopCounterMode (2 FLOPs per multiply-accumulate of conv/mm) at batch 1."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(torch.zeros(1, 3, size, size))
-    return int(counter.get_total_flops())
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tag", required=True, help="pinned timm tag, e.g. efficientnet_b0.ra_in1k")
@@ -77,15 +71,10 @@ def main(argv=None):
     ap.add_argument("--info", required=True, help="export manifest JSON to write")
     ap.add_argument("--tolerance", type=float, default=1e-3, help="max allowed |logit diff| relative to scale")
     a = ap.parse_args(argv)
-    import torch
-    import weights as weights_mod
-    from model_info import model_info
-
-    import logging
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     spec = preprocess.normalize_spec(json.loads(a.spec))
-    model, winfo = weights_mod.create_model(a.tag, a.weights)
+    model, winfo = create_model(a.tag, a.weights)
     params_torch = sum(p.numel() for p in model.parameters())
     t0 = time.monotonic()
     export(model, spec["input_size"][1], a.out)
@@ -95,15 +84,13 @@ def main(argv=None):
     LOG.info("export check: max |dlogit| %.3g (scale %.3g), top-1 agree %d/%d", check["max_abs_logit_diff"],
              check["logit_scale"], check["top1_agree"], check["images"])
     if rel > a.tolerance:
-        import os
         os.unlink(a.out)
         raise ZooError(f"{a.out}: ONNX logits differ from PyTorch by {check['max_abs_logit_diff']:.3g} "
                        f"(relative {rel:.3g} > tolerance {a.tolerance}); export removed")
     info = {"tag": a.tag, "weights": winfo, "opset": OPSET, "exporter": "torch.onnx dynamo",
-            "torch_version": torch.__version__, "export_s": round(export_s, 2), "check": check,
-            "input_size": spec["input_size"], **model_info(a.out),
-            "params_torch": params_torch, "params_m": round(params_torch / 1e6, 2),
-            "gflops_torch_flopcounter": round(torch_flops(model, spec["input_size"][1]) / 1e9, 4)}
+            "export_s": round(export_s, 2), "check": check, "input_size": spec["input_size"],
+            **model_info(a.out), "params_torch": params_torch, "params_m": round(params_torch / 1e6, 2),
+            "onnx": file_record(a.out), "provenance": fingerprint.provenance("export_onnx")}
     write_json(a.spec_out, spec)
     write_json(a.info, info)
 

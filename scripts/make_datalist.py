@@ -3,25 +3,23 @@
 datalist.tsv columns: shard file, row in shard, image file (relative to the dataset root), label.
 skipped.tsv lists the images left out at preprocessing (on_bad_image: skip) with the reason.
 
-CLI: python scripts/make_datalist.py --shards npz/.../shard-*.npz --out datalist.tsv --skipped skipped.tsv
+CLI: python -m make_datalist --shards npz/.../shard-*.npz --out datalist.tsv --skipped skipped.tsv
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import numpy as np
-
+from shard_io import read_small
 from zoo_common import LOG, atomic_path, run_main
 
 
 def make_datalist(shards: list[str], out: str, skipped_out: str) -> dict:
     rows, skipped = [], []
     for s in shards:
-        with np.load(s) as z:
-            for i, (f, lab) in enumerate(zip(z["files"], z["labels"])):
-                rows.append(f"{Path(s).name}\t{i}\t{f}\t{int(lab)}\n")
-            skipped.extend(f"{x}\n" for x in z["skipped"])
+        files, labels, skip = read_small(s, "files", "labels", "skipped")
+        rows.extend(f"{Path(s).name}\t{i}\t{f}\t{int(lab)}\n" for i, (f, lab) in enumerate(zip(files, labels)))
+        skipped.extend(f"{x}\n" for x in skip)
     with atomic_path(skipped_out) as tmp:
         tmp.write_text("".join(skipped), encoding="utf-8")
     with atomic_path(out) as tmp:

@@ -1,12 +1,13 @@
 """Preprocess one shard of a dataset index into an npz file of uint8 images.
 
 Each shard holds rows [i*S, (i+1)*S) of the index: ``images`` (N, H, W, 3) uint8 RGB, exactly what timm's
-eval transform produces before ToTensor/Normalize; ``labels`` (N,) int64; ``files`` (N,) str. With
+eval transform produces before ToTensor/Normalize; ``labels`` (N,) int64; ``files`` (N,) str; and the sha256
+of every image row, which readers check (shard_io.py). With
 ``--on-bad-image skip`` undecodable images are left out and listed in the shard's ``skipped`` array;
 by default they stop the run with an error naming the file.
 
-CLI: python scripts/make_shards.py --root R --index I.tsv --shard 0 --shard-size 256 --size 224 \
-         --resize 256 --interpolation bicubic --out shard-00000.npz [--workers 2]
+CLI: python -m make_shards --root R --index I.tsv --shard 0 --shard-size 256 --size 224 --resize 256 \
+        --interpolation bicubic --on-bad-image error --workers 2 --out shard-00000.npz [--fast]
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import numpy as np
 
 import preprocess
 from dataset_index import read_index
-from zoo_common import LOG, Progress, ZooError, atomic_path, run_main
+from shard_io import write_shard
+from zoo_common import LOG, Progress, ZooError, run_main
 
 
 def _one(args):
@@ -33,7 +35,7 @@ def _one(args):
         return None, str(e)
 
 
-def make_shard(root, rows, spec: dict, out, workers: int = 1, on_bad_image: str = "error") -> dict:
+def make_shard(root, rows, spec: dict, out, workers: int, on_bad_image: str) -> dict:
     """Preprocess `rows` (file, label) into `out` atomically; return counts."""
     skip = on_bad_image == "skip"
     jobs = [(Path(root) / f, spec, skip) for f, _ in rows]
@@ -51,11 +53,7 @@ def make_shard(root, rows, spec: dict, out, workers: int = 1, on_bad_image: str 
             labels.append(lab)
             files.append(f)
         progress.update()
-    arr = arr[:len(files)]
-    with atomic_path(out, ".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, images=arr, labels=np.asarray(labels, np.int64), files=np.asarray(files, dtype=str),
-                     skipped=np.asarray(skipped, dtype=str))
+    write_shard(out, arr[:len(files)], labels, files, skipped)
     return {"images": len(files), "skipped": len(skipped)}
 
 
@@ -69,8 +67,8 @@ def main(argv=None):
     ap.add_argument("--resize", type=int, required=True)
     ap.add_argument("--interpolation", required=True)
     ap.add_argument("--fast", action="store_true", help="torchvision JPEG decode + torch resize (not bit-exact)")
-    ap.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--on-bad-image", choices=["error", "skip"], required=True)
+    ap.add_argument("--workers", type=int, required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     rows = read_index(a.index)[a.shard * a.shard_size:(a.shard + 1) * a.shard_size]

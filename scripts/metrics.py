@@ -1,12 +1,15 @@
 """Score predictions against labels and write metrics/<variant>.json.
 
 Per quant mode: top-1, top-5, images scored, images skipped at preprocessing, and (for modes other than
-the reference) top-1 agreement with the reference mode's predictions. Plus the model facts: params (M),
-GMACs/GFLOPs with their convention, input size, the preprocessing spec and the weights source. Metrics
-from random weights carry ``"random_weights": true`` and a warning.
+the reference) top-1 agreement with the reference mode's predictions and the speed against it, both from the
+benchmark step's perf JSON (throughput at each batch size over the reference's; the headline is the largest
+batch size). Plus the model facts: params (M), GMACs/GFLOPs with their convention, input size, the
+preprocessing spec and the weights source. Predictions are checked against the sha256 in their predict.json
+before they are scored. Metrics from random weights carry ``"random_weights": true`` and a warning.
 
-CLI: python scripts/metrics.py --variant V --export-info X.json --spec-json S.json --datalist D.tsv \
-        --mode fp32 output/V-fp32/predictions.csv vacc/V-fp32/build.json [--mode ...] --out metrics/V.json
+CLI: python -m metrics --variant V --export-info X.json --spec-json S.json --datalist D.tsv --skipped S.tsv \
+        --dataset NAME --mode fp32 output/V-fp32/predictions.csv output/V-fp32/predict.json vacc/V-fp32/build.json \
+        [--mode ...] [--perf fp32 perf/V-fp32.json ...] --out metrics/V.json
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo_common import ZooError, read_json, run_main, write_json
+import fingerprint
+from zoo_common import ZooError, read_json, run_main, verify_file, write_json
 
 
 def read_predictions(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -42,34 +46,51 @@ def score(labels: np.ndarray, top: np.ndarray) -> dict:
             "images": int(n)}
 
 
-def read_skipped(datalist: str) -> list[str]:
-    """Files skipped at preprocessing, listed beside the datalist."""
-    p = Path(datalist).with_name("skipped.tsv")
-    return [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln] if p.exists() else []
+def read_skipped(path: str) -> list[str]:
+    """Files skipped at preprocessing (skipped.tsv beside the datalist; one line each, with the reason)."""
+    try:
+        return [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln]
+    except FileNotFoundError:
+        raise ZooError(f"{path}: file not found (the datalist step writes it beside datalist.tsv)") from None
 
 
-def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, datalist: str, dataset: str,
-                  reference: str = "fp32", perf: dict | None = None) -> dict:
-    """modes: name -> (predictions.csv, build.json); perf: name -> perf JSON. Returns the metrics document."""
+def speed_vs(perf: dict, ref: dict) -> dict:
+    """Throughput over the reference build's, per batch size, from two perf JSONs; headline: largest batch."""
+    per_batch = {bs: r["onnxruntime"]["throughput_ips"] / ref["results"][bs]["onnxruntime"]["throughput_ips"]
+                 for bs, r in perf["results"].items() if bs in ref["results"]}
+    if not per_batch:
+        return {}
+    top = max(per_batch, key=int)
+    return {"speedup_vs_fp32": round(per_batch[top], 3), "speedup_vs_fp32_batch": int(top),
+            "speedup_vs_fp32_per_batch": {bs: round(v, 3) for bs, v in per_batch.items()},
+            "faster_than_fp32": per_batch[top] > 1.0}
+
+
+def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, datalist: str, skipped_tsv: str,
+                  dataset: str, reference: str = "fp32", perf: dict | None = None) -> dict:
+    """modes: name -> (predictions.csv, predict.json, build.json); perf: name -> perf JSON path.
+    Returns the metrics document."""
     results, tops = {}, {}
-    skipped = read_skipped(datalist)
-    for name, (pred_csv, build_json) in modes.items():
+    skipped = read_skipped(skipped_tsv)
+    perf_docs = {name: read_json(path) for name, path in (perf or {}).items()}
+    for name, (pred_csv, predict_json, build_json) in modes.items():
+        verify_file(pred_csv, read_json(predict_json)["predictions"]["sha256"], predict_json)
         files, labels, top = read_predictions(pred_csv)
         build = read_json(build_json)
         res = score(labels, top)
         res.update({"skipped_images": len(skipped), "model_size_mb": build["model"]["size_mb"],
                     "build": str(build_json), "predictions": str(pred_csv), "kind": build["kind"]})
-        if build.get("speed"):
-            res["speedup_vs_fp32"] = build["speed"]["speedup_vs_fp32"]
-            res["faster_than_fp32"] = build["speed"]["faster_than_fp32"]
         if build.get("calibration"):
             cal = build["calibration"]
             res["calibration"] = {"images": cal["images"], "classes_represented": cal["classes_represented"],
                                   "content_sha256": cal["content_sha256"], "calibration_s": cal["calibration_s"],
-                                  "peak_rss_mb": build["peak_rss_mb"], "method": build["details"]["method"],
+                                  "peak_rss_mb": cal["peak_rss_mb"], "build_peak_rss_mb": build["build_peak_rss_mb"],
+                                  "method": build["details"]["method"],
                                   "reduce_range": build["details"]["reduce_range"]}
-        if perf and name in perf:
-            p = read_json(perf[name])
+        if name in perf_docs:
+            p = perf_docs[name]
+            if name != reference and reference in perf_docs:
+                res.update(speed_vs(p, perf_docs[reference]))
             res["batch1_latency_ms"] = p["batch1_latency_ms"]
             res["best_throughput_ips"] = p["best_throughput_ips"]
             res["speedup_vs_torch_eager"] = {bs: r["onnxruntime"].get("speedup_vs_torch_eager")
@@ -93,10 +114,9 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
         "input_size": spec["input_size"], "preprocess": spec,
         "params_m": export_info["params_m"], "params_torch": export_info["params_torch"],
         "gmacs": export_info["gmacs"], "gflops": export_info["gflops"],
-        "gflops_with_elementwise": export_info.get("gflops_with_elementwise"),
-        "gflops_torch_flopcounter": export_info.get("gflops_torch_flopcounter"),
+        "gflops_with_elementwise": export_info["gflops_with_elementwise"],
         "flops_convention": export_info["flops_convention"], "export_check": export_info["check"],
-        "results": results,
+        "results": results, "provenance": fingerprint.provenance("metrics"),
     }
     if w["random"]:
         doc["warning"] = "RANDOM WEIGHTS (explicitly configured): accuracy figures are meaningless"
@@ -109,15 +129,16 @@ def main(argv=None):
     ap.add_argument("--export-info", required=True)
     ap.add_argument("--spec-json", required=True)
     ap.add_argument("--datalist", required=True)
+    ap.add_argument("--skipped", required=True, help="skipped.tsv beside the datalist")
     ap.add_argument("--dataset", required=True)
-    ap.add_argument("--mode", nargs=3, action="append", metavar=("NAME", "PREDICTIONS", "BUILD_JSON"),
+    ap.add_argument("--mode", nargs=4, action="append", metavar=("NAME", "PREDICTIONS", "PREDICT_JSON", "BUILD_JSON"),
                     required=True)
     ap.add_argument("--perf", nargs=2, action="append", metavar=("NAME", "PERF_JSON"), default=[])
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    modes = {n: (p, b) for n, p, b in a.mode}
-    doc = build_metrics(a.variant, read_json(a.export_info), read_json(a.spec_json), modes, a.datalist, a.dataset,
-                        perf=dict(a.perf))
+    modes = {n: (p, j, b) for n, p, j, b in a.mode}
+    doc = build_metrics(a.variant, read_json(a.export_info), read_json(a.spec_json), modes, a.datalist, a.skipped,
+                        a.dataset, perf=dict(a.perf))
     write_json(a.out, doc)
 
 

@@ -1,10 +1,13 @@
 """Run a vacc build over npz shards: top-k class ids and softmax probabilities for every image.
 
-Writes a CSV (file, label, top1..topK ids, prob1..probK) in datalist order, plus the raw logits as .npy
-(for agreement checks between builds).
+Writes a CSV (file, label, top1..topK ids, prob1..probK) in datalist order, the raw logits as .npy (for
+agreement checks between builds), and a manifest (predict.json) with their sha256, the runtime session that
+ran and the code and package versions. The model is checked against the sha256 its build.json recorded, and
+every image row against the digest its shard recorded, before use.
 
-CLI: python scripts/predict.py --model vacc/X/model.onnx --shards a.npz b.npz --out predictions.csv \
-         --logits logits.npy [--batch 32 --threads 2 --topk 5 --layout-tuning on|off]
+CLI: python -m predict --model vacc/X/model.onnx --build-json vacc/X/build.json --shards a.npz b.npz \
+        --out predictions.csv --logits logits.npy --manifest predict.json --batch 32 --threads 2 \
+        --layout-tuning off [--topk 5]
 """
 from __future__ import annotations
 
@@ -14,37 +17,27 @@ import time
 
 import numpy as np
 
+import fingerprint
 from ort_session import make_session
-from zoo_common import LOG, Progress, atomic_path, run_main
+from shard_io import iter_shards, read_small
+from zoo_common import LOG, Progress, atomic_path, file_record, read_json, run_main, verify_file, write_json
 
 
-def iter_batches(shards, batch: int):
-    """(images, labels, files) batches read row-range by row-range (a shard is never loaded whole)."""
-    from calibrate import read_npz_rows
-
-    for s in shards:
-        with np.load(s) as z:
-            labels, files = z["labels"], z["files"]
-        for i in range(0, len(labels), batch):
-            rows = list(range(i, min(i + batch, len(labels))))
-            yield read_npz_rows(s, "images", rows), labels[rows], files[rows]
-
-
-def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, batch: int = 32,
-            threads: int = 2, topk: int = 5, layout_tuning: bool = True) -> dict:
+def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, batch: int, threads: int,
+            topk: int = 5, layout_tuning: bool = False) -> dict:
     """Run the model over the shards; write predictions CSV + logits; return counts, timing and runtime."""
     sess, runtime = make_session(model_path, threads, layout_tuning)
     LOG.info("%s: ONNX Runtime CPU session, %d threads, %s", model_path, threads, runtime)
     in_name = sess.get_inputs()[0].name
     total, skipped = 0, []
     for s in shards:
-        with np.load(s) as z:
-            total += len(z["labels"])
-            skipped.extend(z["skipped"].tolist())
+        labels, skip = read_small(s, "labels", "skipped")
+        total += len(labels)
+        skipped.extend(skip.tolist())
     progress = Progress(total, f"predict {model_path}")
     rows, all_logits = [], []
     t_run = 0.0
-    for images, labels, files in iter_batches(shards, batch):
+    for images, labels, files in iter_shards(shards, batch):
         t0 = time.perf_counter()
         logits, probs = sess.run(["logits", "probs"], {in_name: images})
         t_run += time.perf_counter() - t0
@@ -64,22 +57,28 @@ def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, b
             np.save(fh, np.concatenate(all_logits) if all_logits else np.zeros((0, 0), np.float32))
     LOG.info("predicted %d images in %.1fs of inference (%d skipped at preprocessing)", len(rows), t_run,
              len(skipped))
-    return {"images": len(rows), "skipped": skipped, "inference_s": t_run, "runtime": runtime}
+    return {"images": len(rows), "skipped": skipped, "inference_s": round(t_run, 3), "runtime": runtime}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
+    ap.add_argument("--build-json", required=True, help="the build's manifest (records the model's sha256)")
     ap.add_argument("--shards", nargs="+", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--logits", required=True)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--manifest", required=True, help="output: predict.json")
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--topk", type=int, default=5)
-    ap.add_argument("--layout-tuning", choices=["on", "off"], default="on",
+    ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
                     help="ORT CPU layout pass for SE/SiLU graphs (scripts/ort_session.py)")
     a = ap.parse_args(argv)
-    predict(a.model, a.shards, a.out, a.logits, a.batch, a.threads, a.topk, a.layout_tuning == "on")
+    verify_file(a.model, read_json(a.build_json)["model"]["sha256"], a.build_json)
+    res = predict(a.model, a.shards, a.out, a.logits, a.batch, a.threads, a.topk, a.layout_tuning == "on")
+    write_json(a.manifest, {**res, "model": a.model, "batch": a.batch, "threads": a.threads,
+                            "predictions": file_record(a.out), "logits": file_record(a.logits),
+                            "provenance": fingerprint.provenance("predict")})
 
 
 if __name__ == "__main__":

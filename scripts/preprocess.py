@@ -8,6 +8,7 @@ bit on the uint8 image (tests check this against timm on real photos): PIL decod
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zoo_common import ZooError
+from zoo_common import ZooError, atomic_path, run_main
 
 SPEC_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 INTERPOLATIONS = {
@@ -27,6 +28,8 @@ INTERPOLATIONS = {
     "box": Image.BOX,
     "hamming": Image.HAMMING,
 }
+# interpolations torch's tensor resize has; the others (lanczos, box, hamming) take the exact PIL path
+FAST_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 PINNED_SPECS_FILE = Path(__file__).with_name("timm_pretrained_specs.json")
 # Decompression-bomb guard: refuse images with more pixels than this (PIL warns at 89 Mpx by default).
 MAX_IMAGE_PIXELS = 178_956_970
@@ -44,7 +47,7 @@ def resolve_timm_spec(tag: str) -> dict:
 
 
 def pinned_specs() -> dict:
-    """Specs of the pinned tags, generated from timm (see `python scripts/preprocess.py --update`)."""
+    """Specs of the pinned tags, generated from timm (`python -m preprocess --update`)."""
     return json.loads(PINNED_SPECS_FILE.read_text())["specs"]
 
 
@@ -147,9 +150,12 @@ def fast_transform_uint8(path: str | Path, spec: dict) -> tuple[np.ndarray, bool
     """The fast path: libjpeg-turbo decode (torchvision.io) + torch's antialiased resize, ~2x+ timm per core.
 
     Not bit-identical (max pixel difference 7 on the sample; bench/preprocess_speed.py measures speed and top-1
-    agreement). Only baseline RGB/grayscale JPEGs take it; anything else (PNG, CMYK, a decode error) goes
-    through the exact path, which also raises the usual errors naming the file. Returns (image, took_fast).
+    agreement). Only baseline RGB/grayscale JPEGs with an interpolation torch has (FAST_INTERPOLATIONS) take it;
+    anything else (PNG, CMYK, lanczos/box/hamming, a decode error) goes through the exact path, which also raises
+    the usual errors naming the file. Returns (image, took_fast).
     """
+    if spec["interpolation"] not in FAST_INTERPOLATIONS:
+        return transform_uint8(load_image(path), spec), False
     import io
 
     import torch
@@ -191,16 +197,31 @@ def normalize(batch_uint8_nhwc: np.ndarray, spec: dict) -> np.ndarray:
     return (x - mean) / std
 
 
-def _update_table(tags: list[str]) -> None:
-    """Regenerate the pinned-spec table from the installed timm."""
+def update_table(tags: list[str], path: Path = PINNED_SPECS_FILE) -> dict:
+    """Regenerate the pinned-spec table from the installed timm (atomically); returns it."""
     import timm
 
-    specs = {t: resolve_timm_spec(t) for t in tags}
-    PINNED_SPECS_FILE.write_text(json.dumps({"timm_version": timm.__version__, "specs": specs}, indent=2,
-                                            sort_keys=True) + "\n")
+    if not tags:
+        raise ZooError("no tags: name the pinned timm tags whose specs the table holds")
+    table = {"timm_version": timm.__version__, "specs": {t: resolve_timm_spec(t) for t in tags}}
+    with atomic_path(path, ".json") as tmp:
+        tmp.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    return table
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Regenerate scripts/timm_pretrained_specs.json from the installed "
+                                             "timm (the preprocessing specs of the pinned tags).")
+    ap.add_argument("--update", action="store_true", required=True, help="rewrite the table")
+    ap.add_argument("tags", nargs="*", help="timm tags (default: the tags the table holds now)")
+    ap.add_argument("--out", default=str(PINNED_SPECS_FILE))
+    a = ap.parse_args(argv)
+    tags = a.tags
+    if not tags and Path(a.out).exists():
+        tags = sorted(json.loads(Path(a.out).read_text())["specs"])
+    table = update_table(tags, Path(a.out))
+    print(f"{a.out}: {len(table['specs'])} specs from timm {table['timm_version']}")
 
 
 if __name__ == "__main__":
-    import sys
-
-    _update_table(sys.argv[1:])
+    raise SystemExit(run_main(main))

@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from ort_session import make_session
+
 
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
@@ -29,10 +31,8 @@ def steal_percent(before, after) -> float | None:
     return 100.0 * (after[1] - before[1]) / (after[0] - before[0])
 
 
-def ort_runner(model_path: str, threads: int, instances: int, layout_tuning: bool = True):
+def ort_runner(model_path: str, threads: int, instances: int, layout_tuning: bool = False):
     """(callable on a uint8 batch, runtime info): the build as predict runs it (scripts/ort_session.py)."""
-    from ort_session import make_session
-
     made = [make_session(model_path, max(1, threads // instances), layout_tuning) for _ in range(instances)]
     sessions, info = [s for s, _ in made], made[0][1]
     name = sessions[0].get_inputs()[0].name

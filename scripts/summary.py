@@ -31,7 +31,7 @@ def fastest_build(results: dict) -> tuple[str, float] | None:
 
 
 def slower_than_fp32(metrics: list[dict]) -> list[str]:
-    """'variant mode (0.81x)' for every build measured slower than its fp32 build (build.json speed check)."""
+    """'variant mode (0.81x)' for every build the benchmark measured slower than its fp32 build."""
     out = []
     for m in metrics:
         for q, r in m["results"].items():
@@ -84,7 +84,36 @@ def to_markdown(cols: list[str], rows: list[dict], notes: list[str]) -> str:
     return out.getvalue()
 
 
-def plot(metrics: list[dict], path: str) -> None:
+def text_table(metrics: list[dict], order: list[str]) -> str:
+    """A plain-text result table (one row per variant and quant mode, modes in `order` first) for the console."""
+    head = ("variant", "quant", "top1", "top5", "agree_fp32", "speed_vs_fp32", "images", "MB", "params_M", "GFLOPs",
+            "size", "weights")
+    rows = []
+    for m in metrics:
+        for q in [q for q in order if q in m["results"]] + sorted(set(m["results"]) - set(order)):
+            r = m["results"][q]
+            agree, speed = r.get("top1_agreement_with_fp32"), r.get("speedup_vs_fp32")
+            rows.append((m["variant"], q, f"{r['top1']:.4f}", f"{r['top5']:.4f}",
+                         "-" if agree is None else f"{agree:.3f}", "-" if speed is None else f"{speed:.2f}x",
+                         str(r["images"]), f"{r['model_size_mb']:.1f}", f"{m['params_m']:.2f}", f"{m['gflops']:.3f}",
+                         str(m["input_size"][1]), "RANDOM" if m["random_weights"] else m["weights"]["source"]))
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
+    slow = slower_than_fp32(metrics)
+    if slow:
+        lines.append("slower than fp32 on this CPU (deploy fp32 or the fastest build instead): " + ", ".join(slow))
+    return "\n".join(lines)
+
+
+def throughput_ticks(lo: float, hi: float) -> list[float]:
+    """Round tick values spanning [lo, hi] (a log axis within one decade has no labelled decade ticks)."""
+    import matplotlib.ticker
+
+    return [t for t in matplotlib.ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi) if t > 0]
+
+
+def figure(metrics: list[dict]):
+    """The accuracy-vs-throughput figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,14 +134,25 @@ def plot(metrics: list[dict], path: str) -> None:
                        + (" (RANDOM)" if m["random_weights"] else ""))
         ax.plot(xs, ys, lw=0.5, color="grey")
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if ax.collections:  # something was benchmarked: round, labelled ticks over the data's range
+        lo, hi = ax.get_xlim()
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(throughput_ticks(lo, hi)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlim(lo, hi)
     ax.set_xlabel("throughput, images/s (ONNX Runtime, CPU, best batch)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy vs throughput")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def plot(metrics: list[dict], path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(metrics)
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -39,6 +39,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def file_record(path: str | os.PathLike) -> dict:
+    """What a manifest records about a file it describes: path, sha256 and size."""
+    return {"path": str(path), "sha256": sha256_file(path), "size_mb": round(os.path.getsize(path) / 1e6, 3)}
+
+
+def verify_file(path: str | os.PathLike, expected_sha256: str, recorded_in: str | os.PathLike) -> None:
+    """Check a step's input against the sha256 its manifest recorded when it was written; a clear error naming
+    the file and how to rebuild it otherwise (a flipped byte never reaches a result)."""
+    got = sha256_file(path)
+    if got != expected_sha256:
+        raise ZooError(f"{path}: its sha256 {got[:16]}... does not match {expected_sha256[:16]}... recorded in "
+                       f"{recorded_in} when it was written: the file was changed or damaged. Rebuild it: delete it "
+                       f"and run snakemake again (or `snakemake --forcerun` the rule that makes it)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.

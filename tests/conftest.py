@@ -27,17 +27,50 @@ def base_config() -> dict:
     return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
+def resolved_config(cfg: dict | None = None) -> dict:
+    """A config (default: config.yaml) validated, with every default from the schema filled in."""
+    from snakemake.utils import validate
+
+    cfg = base_config() if cfg is None else cfg
+    validate(cfg, str(REPO / "schemas" / "config.schema.yaml"))
+    return cfg
+
+
+def planned_jobs(work: Path, cfg: dict | None = None, **kw) -> dict[str, int]:
+    """Job counts per rule of `snakemake -n` ({} when nothing is to be done)."""
+    out = run_snakemake(work, "-n", "--quiet", "rules", config=cfg, **kw).stdout
+    jobs = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def copy_repo(dst: Path) -> Path:
+    """A copy of what the workflow runs from (Snakefile, rules, scripts, schemas, config, envs, report, profiles)."""
+    import shutil
+
+    dst.mkdir(parents=True)
+    shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
+    shutil.copy2(REPO / "config.yaml", dst / "config.yaml")
+    for d in ("rules", "scripts", "schemas", "envs", "report", "profiles"):
+        shutil.copytree(REPO / d, dst / d, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
 def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True,
-                  timeout: int = 1800) -> subprocess.CompletedProcess:
-    """Run the workflow's snakemake in `workdir` with an optional config file written there."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2"]
+                  timeout: int = 1800, repo: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the workflow's snakemake (of `repo`, by default this one) in `workdir` with an optional config file
+    written there and extra environment variables."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), "--cores", "2"]
     if config is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = workdir / "test-config.yaml"
         cfg.write_text(yaml.safe_dump(config))
         cmd += ["--configfile", str(cfg)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")

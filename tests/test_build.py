@@ -5,13 +5,16 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-import build_vacc
+import build_float
+import graph_edits
 import preprocess
 from demo_photos import photo_path
 from test_preprocess import timm_float
+from zoo_common import ZooError, file_record, sha256_file
 
 
 def tiny_classifier(size: int) -> onnx.ModelProto:
@@ -29,15 +32,15 @@ def tiny_classifier(size: int) -> onnx.ModelProto:
 def test_folded_normalization_matches_timm_within_1e6(tmp_path):
     spec = preprocess.spec_for("efficientnet_b0.ra_in1k")
     size = spec["input_size"][1]
-    folded = build_vacc.fold_preprocessing(tiny_classifier(size), spec)
+    folded = graph_edits.fold_preprocessing(tiny_classifier(size), spec)
     folded.graph.output.append(helper.make_tensor_value_info("input", TensorProto.FLOAT, None))
     raw, opt = tmp_path / "raw.onnx", tmp_path / "opt.onnx"
     onnx.save(folded, raw)
-    build_vacc.ort_optimize(str(raw), str(opt), "basic")
+    build_float.ort_optimize(str(raw), str(opt), "basic")
     sess = ort.InferenceSession(str(opt), providers=["CPUExecutionProvider"])
     imgs = [preprocess.load_image(photo_path(n)) for n in ("coffee", "camera", "chelsea")]
     batch = np.stack([preprocess.transform_uint8(im, spec) for im in imgs])
-    logits, probs, normalized = sess.run(["logits", "probs", "input"], {build_vacc.PRE_INPUT: batch})
+    logits, probs, normalized = sess.run(["logits", "probs", "input"], {graph_edits.PRE_INPUT: batch})
     ref = np.stack([timm_float(im, spec) for im in imgs])
     assert normalized.shape == ref.shape
     assert np.abs(normalized - ref).max() <= 1e-6
@@ -50,13 +53,91 @@ def test_build_fp32_writes_manifest(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(tiny_classifier(224), src)
     info = tmp_path / "m.json"
-    info.write_text(json.dumps({"weights": {"source": "random", "random": True}, "tag": "t"}))
+    info.write_text(json.dumps({"weights": {"source": "random", "random": True}, "tag": "t",
+                                "onnx": file_record(src)}))
     spec_json = tmp_path / "s.json"
     spec_json.write_text(json.dumps(spec))
-    build_vacc.main(["--onnx", str(src), "--export-info", str(info), "--spec-json", str(spec_json),
-                     "--quant", "fp32", "--options", '{"kind": "fp32"}', "--outdir", str(tmp_path / "vacc")])
+    build_float.main(["--onnx", str(src), "--export-info", str(info), "--spec-json", str(spec_json),
+                      "--quant", "fp32", "--options", '{"kind": "fp32", "graph_optimization": "basic"}',
+                      "--outdir", str(tmp_path / "vacc")])
     man = json.loads((tmp_path / "vacc" / "build.json").read_text())
     assert man["input"] == {"name": "image_uint8_nhwc", "dtype": "uint8", "layout": "NHWC"}
-    assert man["source_model"]["sha256"] and man["runtime"]["onnxruntime"] == ort.__version__
+    assert man["source_model"]["sha256"] == sha256_file(src) and man["runtime"]["onnxruntime"] == ort.__version__
+    assert man["model"]["sha256"] == sha256_file(tmp_path / "vacc" / "model.onnx")
+    assert man["options"] == {"kind": "fp32", "graph_optimization": "basic"}
+    assert man["provenance"]["code_modules"] == ["build_float", "build_manifest", "fingerprint", "graph_edits",
+                                                 "zoo_common"]
     assert man["weights"]["random"] is True and man["preprocess"] == spec
     assert not list((tmp_path / "vacc").glob(".tmp-*"))
+
+
+def test_float_build_needs_every_option(tmp_path):
+    with pytest.raises(ZooError, match=r"quant mode 'fp32': options \['graph_optimization'\] missing"):
+        build_float.main(["--onnx", "x.onnx", "--export-info", "x.json", "--spec-json", "s.json", "--quant", "fp32",
+                          "--options", '{"kind": "fp32"}', "--outdir", str(tmp_path)])
+
+
+def _int8_inputs(tmp_path):
+    """A calibrated tiny conv model: prepped model, statistics, calibration.json, shards + datalist, export."""
+    from test_int8_layers import conv_model, images, observed_ranges
+
+    import calibrate
+    import shard_io
+
+    rng = np.random.default_rng(0)
+    model = conv_model(rng.normal(0, 0.1, (4, 3, 3, 3)), rng.normal(0, 0.1, 4), rng.normal(0, 0.5, (3, 4, 1, 1)))
+    x = images(8)
+    prepped, stats = tmp_path / "prepped.onnx", tmp_path / "stats.npz"
+    onnx.save(model, prepped)
+    st = {}
+    for name, (lo, hi) in observed_ranges(model, x).items():
+        st[name] = calibrate.TensorStats(256)
+        st[name].update(lo, hi, np.linspace(lo, hi, 1000))
+    stats.write_bytes(calibrate.npz_bytes(calibrate.stats_to_arrays(st)))
+    npz = tmp_path / "npz"
+    shard_io.write_shard(npz / "shard-00000.npz", x, list(range(8)), [f"{i}.JPEG" for i in range(8)], [])
+    (npz / "datalist.tsv").write_text("shard\trow\tfile\tlabel\n" + "".join(
+        f"shard-00000.npz\t{i}\t{i}.JPEG\t{i}\n" for i in range(8)))
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"prepped": file_record(prepped), "stats": file_record(stats), "images": 8,
+                               "files": [f"{i}.JPEG" for i in range(8)], "calibration_s": 1.0, "peak_rss_mb": 1.0}))
+    src = tmp_path / "export.onnx"
+    onnx.save(tiny_classifier(8), src)
+    info = tmp_path / "export.json"
+    info.write_text(json.dumps({"weights": {"source": "random", "random": True}, "tag": "t", "onnx": file_record(src)}))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**preprocess.spec_for("tf_efficientnet_lite0.in1k"), "input_size": [3, 8, 8]}))
+    return ["--onnx", str(src), "--export-info", str(info), "--spec-json", str(spec)], \
+        ["--prepped", str(prepped), "--stats", str(stats), "--calibration", str(cal), "--calib-datalist",
+         str(npz / "datalist.tsv")]
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, monkeypatch, vnni):
+    """fp32, fp16 and int8 (both CPU policies: plain 8-bit, and 7-bit + measured exact layers) built twice."""
+    import build_int8
+    from build_manifest import TIMING_KEYS
+    from conftest import resolved_config
+
+    monkeypatch.setattr(build_int8, "cpu_has_vnni", lambda: vnni)
+    common, int8_args = _int8_inputs(tmp_path)
+    modes = resolved_config()["quant_modes"]
+    for quant in ("fp32", "fp16", "int8_percentile"):
+        opts = dict(modes[quant])
+        if quant.startswith("int8"):
+            opts["exact_layers"] = 1
+        builder, extra = (build_int8, int8_args) if quant.startswith("int8") else (build_float, [])
+        results = []
+        for i in range(2):
+            out = tmp_path / f"{quant}-{i}"
+            builder.main(common + ["--quant", quant, "--options", json.dumps(opts), "--outdir", str(out)] + extra)
+            manifest = json.loads((out / "build.json").read_text())
+            for k in TIMING_KEYS:
+                manifest.pop(k)
+            manifest["model"].pop("path")
+            results.append(((out / "model.onnx").read_bytes(), manifest))
+        assert results[0][0] == results[1][0], quant
+        assert results[0][1] == results[1][1], quant
+        if quant.startswith("int8") and not vnni:
+            assert results[0][1]["details"]["reduce_range"] == "saturating"
+            assert len(results[0][1]["details"]["exact_uint8_weight_layers"]) == 1

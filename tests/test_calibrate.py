@@ -7,6 +7,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import calibrate
+import shard_io
+from zoo_common import ZooError
 
 
 def hist_of(x, bins=2048):
@@ -35,7 +37,7 @@ def test_percentile_hand_computed():
     # signed: 2.5% each tail of [-5, 5] uniform bins -> [-4.75, 4.75]
     counts, edges = np.full(10, 100), np.arange(-5, 6, dtype=float)
     assert calibrate.percentile_range(counts, edges, -5.0, 5.0, 97.5) == pytest.approx((-4.75, 4.75))
-    with pytest.raises(Exception):
+    with pytest.raises(ZooError, match="percentile 30.0: expected 50 < percentile <= 100"):
         calibrate.percentile_range(counts, edges, -5.0, 5.0, 30.0)
 
 
@@ -86,7 +88,7 @@ def test_methods_and_full_range_tensors():
     assert mx["a"] == (stats["a"].min, stats["a"].max)
     assert stats["a"].min < pc["a"][0] < 0 < pc["a"][1] < stats["a"].max
     assert pc["b"] == mx["b"]
-    with pytest.raises(Exception, match="expected max, percentile or kl_divergence"):
+    with pytest.raises(ZooError, match="calibrate method 'mse': expected max, percentile or kl_divergence"):
         calibrate.compute_ranges(arrs, "mse", {})
 
 
@@ -102,11 +104,13 @@ def test_balanced_selection():
     assert calibrate.balanced_selection([0, 0, 1], 10) == [0, 1, 2]  # more asked than exist: all
 
 
-def test_read_npz_rows(tmp_path):
+def test_read_rows_of_a_shard(tmp_path):
     arr = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
     p = tmp_path / "s.npz"
-    np.savez(p, images=arr, labels=np.arange(5))
-    assert np.array_equal(calibrate.read_npz_rows(str(p), "images", [3, 0, 4]), arr[[3, 0, 4]])
+    shard_io.write_shard(p, arr, list(range(5)), [f"{i}.JPEG" for i in range(5)], [])
+    assert np.array_equal(shard_io.read_rows(str(p), [3, 0, 4]), arr[[3, 0, 4]])
+    with pytest.raises(ZooError, match="row 5 out of range"):
+        shard_io.read_rows(str(p), [5])
 
 
 def test_in_graph_statistics_match_numpy():

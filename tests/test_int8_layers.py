@@ -6,16 +6,23 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-import build_vacc
+import build_int8
+from graph_edits import PRE_INPUT
+
+
+# the int8 options the schema fills in (schemas/config.schema.yaml)
+INT8 = {"kind": "int8", "method": "max", "per_channel": True, "reduce_range": "auto", "exact_layers": 8,
+        "sensitivity_images": 16, "activation_type": "uint8", "weight_type": "int8", "exclude_layers": [],
+        "keep_bounded_ranges": True}
 
 
 def conv_model(w_a: np.ndarray, b_a: np.ndarray, w_b: np.ndarray, size: int = 8) -> onnx.ModelProto:
     """uint8 NHWC input -> float -> Conv A (3x3) -> Relu -> Conv B (1x1) -> GAP -> logits, like a built model."""
-    x = helper.make_tensor_value_info(build_vacc.PRE_INPUT, TensorProto.UINT8, ["batch", size, size, 3])
+    x = helper.make_tensor_value_info(PRE_INPUT, TensorProto.UINT8, ["batch", size, size, 3])
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", w_b.shape[0]])
     inits = [numpy_helper.from_array(w_a.astype(np.float32), "wa"), numpy_helper.from_array(b_a.astype(np.float32), "ba"),
              numpy_helper.from_array(w_b.astype(np.float32), "wb")]
-    nodes = [helper.make_node("Transpose", [build_vacc.PRE_INPUT], ["t"], name="pre_nchw", perm=[0, 3, 1, 2]),
+    nodes = [helper.make_node("Transpose", [PRE_INPUT], ["t"], name="pre_nchw", perm=[0, 3, 1, 2]),
              helper.make_node("Cast", ["t"], ["xf"], name="pre_cast", to=TensorProto.FLOAT),
              helper.make_node("Conv", ["xf", "wa", "ba"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["r"], name="relu"),
@@ -38,7 +45,7 @@ def observed_ranges(model: onnx.ModelProto, images: np.ndarray) -> dict[str, tup
         if n != "logits":
             m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    outs = sess.run(names, {build_vacc.PRE_INPUT: images})
+    outs = sess.run(names, {PRE_INPUT: images})
     return {n: (float(min(v.min(), 0)), float(max(v.max(), 0))) for n, v in zip(names, outs)}
 
 
@@ -59,16 +66,16 @@ def test_saturating_layers_are_the_gemm_kernels_not_depthwise():
              helper.make_node("Conv", ["x", "c1"], ["dyn"], name="dynamic_weight")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 1, 1])],
                           [helper.make_tensor_value_info("g", TensorProto.FLOAT, None)], inits)
-    layers = build_vacc.saturating_layers(helper.make_model(g))
+    layers = build_int8.saturating_layers(helper.make_model(g))
     assert layers == [("full", "w_full", 0), ("gemm", "w_gemm", 0), ("mm", "w_mm", 1)]
 
 
 def test_reduce_range_policy(monkeypatch):
-    monkeypatch.setattr(build_vacc, "cpu_has_vnni", lambda: False)
-    assert build_vacc.resolve_reduce_range("auto") == "saturating"
-    monkeypatch.setattr(build_vacc, "cpu_has_vnni", lambda: True)
-    assert build_vacc.resolve_reduce_range("auto") == "none"
-    assert build_vacc.resolve_reduce_range(True) == "all" and build_vacc.resolve_reduce_range(False) == "none"
+    monkeypatch.setattr(build_int8, "cpu_has_vnni", lambda: False)
+    assert build_int8.resolve_reduce_range("auto") == "saturating"
+    monkeypatch.setattr(build_int8, "cpu_has_vnni", lambda: True)
+    assert build_int8.resolve_reduce_range("auto") == "none"
+    assert build_int8.resolve_reduce_range(True) == "all" and build_int8.resolve_reduce_range(False) == "none"
 
 
 def test_exact_uint8_weights_never_clip_the_int32_bias(tmp_path):
@@ -80,11 +87,11 @@ def test_exact_uint8_weights_never_clip_the_int32_bias(tmp_path):
     model = conv_model(w_a, b_a, rng.normal(0, 0.5, (2, 4, 1, 1)))
     x = images()
     ranges = observed_ranges(model, x)
-    layers = build_vacc.saturating_layers(model)
-    ov = build_vacc.exact_weight_overrides(model, layers, ranges)
+    layers = build_int8.saturating_layers(model)
+    ov = build_int8.exact_weight_overrides(model, layers, ranges)
     assert ov["wa"][2]["rmax"] > 1e4 * 1e-12 and np.isclose(ov["wa"][0]["rmax"], np.abs(w_a[0]).max() * 255 / 254, rtol=1e-6)
     out = tmp_path / "q.onnx"
-    build_vacc._quantize_model(model, ranges, out, {}, ["pre_nchw", "pre_cast"], ov, False)
+    build_int8._quantize_model(model, ranges, out, INT8, ["pre_nchw", "pre_cast"], ov, False)
     q = onnx.load(str(out))
     qb = next(numpy_helper.to_array(i) for i in q.graph.initializer if i.name.startswith("ba") and i.data_type == TensorProto.INT32)
     assert np.abs(qb).max() < np.iinfo(np.int32).max
@@ -93,8 +100,8 @@ def test_exact_uint8_weights_never_clip_the_int32_bias(tmp_path):
     # the dead channel's output (relu(bias) = 1 everywhere, through conv_b) survives quantization
     sess_f = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     sess_q = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    ref = sess_f.run(["logits"], {build_vacc.PRE_INPUT: x})[0]
-    got = sess_q.run(["logits"], {build_vacc.PRE_INPUT: x})[0]
+    ref = sess_f.run(["logits"], {PRE_INPUT: x})[0]
+    got = sess_q.run(["logits"], {PRE_INPUT: x})[0]
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
 
 
@@ -109,12 +116,12 @@ def test_sensitivity_is_zero_for_a_layer_exact_at_7_bits_and_positive_for_one_th
     ranges = observed_ranges(model, x)
     prepped = tmp_path / "prepped.onnx"
     onnx.save(model, prepped)
-    layers = build_vacc.saturating_layers(model)
+    layers = build_int8.saturating_layers(model)
     exact, reduced = tmp_path / "exact.onnx", tmp_path / "reduced.onnx"
     ex = ["pre_nchw", "pre_cast"]
-    build_vacc._quantize_model(model, ranges, exact, {}, ex, build_vacc.exact_weight_overrides(model, layers, ranges), False)
-    build_vacc._quantize_model(model, ranges, reduced, {}, ex, build_vacc.reduced_weight_overrides(layers), False)
-    sens = build_vacc.layer_sensitivity(str(prepped), exact, reduced, layers, x)
+    build_int8._quantize_model(model, ranges, exact, INT8, ex, build_int8.exact_weight_overrides(model, layers, ranges), False)
+    build_int8._quantize_model(model, ranges, reduced, INT8, ex, build_int8.reduced_weight_overrides(layers), False)
+    sens = build_int8.layer_sensitivity(str(prepped), exact, reduced, layers, x)
     assert set(sens) == {"conv_a", "conv_b"}
     assert abs(sens["conv_b"]) < 1e-9 < sens["conv_a"]
 
@@ -132,7 +139,8 @@ def test_exact_layers_by_name_must_exist(tmp_path, monkeypatch):
     names = list(ranges)
     np.savez(tmp_path / "stats.npz", names=np.array(names), min=np.array([ranges[n][0] for n in names]),
              max=np.array([ranges[n][1] for n in names]))
-    opts = {"kind": "int8", "method": "max", "reduce_range": "auto", "exact_layers": ["conv_a", "nope"]}
-    monkeypatch.setattr(build_vacc, "cpu_has_vnni", lambda: False)
-    with pytest.raises(ZooError, match="nope"):
-        build_vacc.build_int8(str(prepped), str(tmp_path / "stats.npz"), tmp_path / "m.onnx", tmp_path / "r.json", opts)
+    opts = {**INT8, "exact_layers": ["conv_a", "nope"]}
+    monkeypatch.setattr(build_int8, "cpu_has_vnni", lambda: False)
+    with pytest.raises(ZooError, match=r"exact_layers: \['nope'\] are not quantized GEMM layers of this model"):
+        build_int8.build_int8(str(prepped), str(tmp_path / "stats.npz"), tmp_path / "m.onnx", tmp_path / "r.json", opts,
+                              {"files": []}, str(tmp_path / "unused-datalist.tsv"))

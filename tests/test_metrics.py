@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics import score
+from metrics import score, speed_vs
 from zoo_common import ZooError
 
 
@@ -15,8 +15,46 @@ def test_score_top1_top5():
 
 
 def test_score_empty_is_an_error():
-    with pytest.raises(ZooError):
+    with pytest.raises(ZooError, match="no images to score"):
         score(np.zeros(0, int), np.zeros((0, 5), int))
+
+
+def test_speed_against_fp32_comes_from_the_perf_files():
+    def perf(ips1, ips16):
+        return {"results": {"1": {"onnxruntime": {"throughput_ips": ips1}},
+                            "16": {"onnxruntime": {"throughput_ips": ips16}}}}
+    s = speed_vs(perf(50.0, 240.0), perf(40.0, 200.0))
+    assert s == {"speedup_vs_fp32": 1.2, "speedup_vs_fp32_batch": 16,
+                 "speedup_vs_fp32_per_batch": {"1": 1.25, "16": 1.2}, "faster_than_fp32": True}
+    assert speed_vs(perf(30.0, 180.0), perf(40.0, 200.0))["faster_than_fp32"] is False
+
+
+def test_text_table_recommends_fp32_over_a_slower_build():
+    from summary import text_table
+
+    m = {"variant": "v", "params_m": 4.65, "gflops": 0.77, "input_size": [3, 224, 224], "random_weights": False,
+         "weights": {"source": "pypi:x"},
+         "results": {"fp32": {"top1": 0.9, "top5": 1.0, "images": 6, "model_size_mb": 18.7},
+                     "fp16": {"top1": 0.9, "top5": 1.0, "images": 6, "model_size_mb": 9.5,
+                              "top1_agreement_with_fp32": 1.0, "speedup_vs_fp32": 0.89}}}
+    lines = text_table([m], ["fp32", "fp16"]).splitlines()
+    assert lines[2].split()[:6] == ["v", "fp16", "0.9000", "1.0000", "1.000", "0.89x"]
+    assert lines[-1] == "slower than fp32 on this CPU (deploy fp32 or the fastest build instead): v fp16 (0.89x)"
+
+
+def test_throughput_axis_has_labelled_ticks_within_one_decade():
+    from summary import figure
+
+    m = {"variant": "v", "random_weights": False,
+         "results": {q: {"best_throughput_ips": ips, "top1": 0.8} for q, ips in
+                     (("fp32", 96.0), ("int8_max", 125.0), ("fp16", 66.0))}}
+    fig = figure([m])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    labels = [(t.get_position()[0], t.get_text()) for t in ax.get_xticklabels() if t.get_text()]
+    inside = [float(text) for x, text in labels if lo <= x <= hi]
+    assert len(inside) >= 3 and all(lo <= v <= hi for v in inside)
 
 
 def test_fastest_build_needs_agreement_and_slow_builds_are_listed():

@@ -1,10 +1,12 @@
 """The ORT CPU layout pass for SE/SiLU graphs (scripts/ort_session.py): same outputs, guarded, skipped when idle."""
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ort_session
+from zoo_common import ZooError
 
 needs_blocked_layout = pytest.mark.skipif(ort_session.nchwc_block_size() == 0,
                                           reason="ONNX Runtime uses no blocked (NCHWc) layout on this CPU")
@@ -59,8 +61,8 @@ def test_tuned_session_matches_standard(tmp_path, channels, size, se_blocked):
     """24 channels: the depthwise conv is not blocked (not a multiple of the block), so the SE gate stays."""
     path = tmp_path / "m.onnx"
     onnx.save(se_silu_model(channels, size), path)
-    tuned, info = ort_session.make_session(str(path), 1)
-    standard, off = ort_session.make_session(str(path), 1, tuning=False)
+    tuned, info = ort_session.make_session(str(path), 1, tuning=True)
+    standard, off = ort_session.make_session(str(path), 1)
     assert off == {"layout_tuning": "off"}
     assert info["layout_tuning"] == "on", info
     assert info["silu_blocked"] == 3 and info["se_mul_blocked"] == se_blocked and info["spatial_mean_to_gap"] == 1
@@ -94,7 +96,7 @@ def test_probe_mismatch_falls_back_to_the_standard_session(tmp_path, monkeypatch
                 n.op_type = "Add"   # a wrong rewrite
         return counts
     monkeypatch.setattr(ort_session, "_rewrite_blocked", broken)
-    sess, info = ort_session.make_session(str(path), 1)
+    sess, info = ort_session.make_session(str(path), 1, tuning=True)
     assert info["layout_tuning"].startswith("off: probe mismatch")
     assert "using the standard session" in caplog.text
     x = np.random.default_rng(1).standard_normal((2, 3, 10, 10)).astype(np.float32)
@@ -109,8 +111,8 @@ def test_graphs_without_se_or_silu_are_left_alone(tmp_path):
             n.op_type = "Relu"
     path = tmp_path / "m.onnx"
     onnx.save(m, path)
-    _, info = ort_session.make_session(str(path), 1)
-    assert info["layout_tuning"].startswith("off: ")
+    _, info = ort_session.make_session(str(path), 1, tuning=True)
+    assert info == {"layout_tuning": "off: no SiLU or SE gate in the graph"}
 
 
 def test_spatial_mean_to_gap_keeps_other_reductions():
@@ -130,3 +132,14 @@ def test_half_precision_graphs_are_left_alone(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(m, path)
     assert ort_session.tuned_model(str(path)) == (None, "not a float32 graph")
+
+
+def test_layout_pass_runs_only_on_the_onnx_runtime_version_it_was_checked_on(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    onnx.save(se_silu_model(32), path)
+    monkeypatch.setattr(ort, "__version__", "1.99.0")
+    with pytest.raises(ZooError, match="checked on onnxruntime 1.32.0, not the installed 1.99.0; set "
+                                       "inference.layout_tuning: false"):
+        ort_session.make_session(str(path), 1, tuning=True)
+    _, info = ort_session.make_session(str(path), 1)   # the default (off) is unaffected
+    assert info == {"layout_tuning": "off"}

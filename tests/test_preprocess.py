@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import preprocess
-from conftest import SAMPLE, needs_sample
+from conftest import SAMPLE, base_config, needs_sample
 from demo_photos import DEMO_LABELS, photo_path
 from zoo_common import ZooError
 
@@ -37,9 +38,22 @@ def timm_float(img: Image.Image, spec: dict) -> np.ndarray:
 
 
 def test_pinned_specs_match_timm():
-    """The committed spec table equals what the installed timm resolves for every pinned tag."""
-    for tag, spec in preprocess.pinned_specs().items():
+    """The committed spec table holds every tag config.yaml pins and equals what the installed timm resolves."""
+    table = preprocess.pinned_specs()
+    assert set(table) == {v["tag"] for v in base_config()["variants"].values()}
+    for tag, spec in table.items():
         assert preprocess.resolve_timm_spec(tag) == spec, tag
+
+
+def test_spec_table_cli_needs_update_and_keeps_its_tags(tmp_path, capsys):
+    out = tmp_path / "specs.json"
+    with pytest.raises(SystemExit) as e:   # no arguments: a usage error, nothing written
+        preprocess.main(["--out", str(out)])
+    assert e.value.code == 2 and not out.exists()
+    preprocess.main(["--update", "--out", str(out), "efficientnet_b0.ra_in1k"])   # --update is a flag, not a tag
+    assert set(json.loads(out.read_text())["specs"]) == {"efficientnet_b0.ra_in1k"}
+    preprocess.main(["--update", "--out", str(out)])   # no tags: regenerate the tags the table holds
+    assert set(json.loads(out.read_text())["specs"]) == {"efficientnet_b0.ra_in1k"}
 
 
 def test_vendor_input_sizes():
@@ -173,6 +187,14 @@ def test_fast_path_falls_back_to_exact_for_other_formats(tmp_path):
     gray = _jpeg(tmp_path, "g.JPEG", src.convert("L"))
     fast, took = preprocess.fast_transform_uint8(gray, spec)
     assert took and np.abs(fast.astype(int) - timm_uint8(Image.open(gray).convert("RGB"), spec)).max() <= 3
+
+
+@pytest.mark.parametrize("interpolation", ["lanczos", "box", "hamming"])
+def test_fast_path_takes_the_exact_path_for_interpolations_torch_lacks(tmp_path, interpolation):
+    spec = preprocess.spec_for("tf_efficientnet_lite0.in1k", {"interpolation": interpolation})
+    path = _jpeg(tmp_path, "x.JPEG", Image.open(photo_path("coffee")).convert("RGB"))
+    img, took = preprocess.fast_transform_uint8(path, spec)
+    assert not took and np.array_equal(img, preprocess.transform_uint8(preprocess.load_image(path), spec))
 
 
 def test_fast_path_bad_images_name_the_file(tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 
 import make_shards
 import preprocess
-from conftest import REPO, base_config, run_snakemake
+from conftest import REPO, base_config, planned_jobs, run_snakemake
 from demo_photos import photo_path
 from zoo_common import ZooError
 
@@ -51,9 +51,9 @@ def test_shard_skip_policy_lists_bad_files(tmp_path):
     (tmp_path / "bad é.JPEG").write_bytes(b"\xff\xd8\xff garbage")
     rows = [("good one.JPEG", 967), ("bad é.JPEG", 1)]
     with pytest.raises(ZooError, match="bad é.JPEG: cannot decode"):
-        make_shards.make_shard(tmp_path, rows, lite_spec(), tmp_path / "s.npz")
+        make_shards.make_shard(tmp_path, rows, lite_spec(), tmp_path / "s.npz", 1, "error")
     assert not (tmp_path / "s.npz").exists()
-    counts = make_shards.make_shard(tmp_path, rows, lite_spec(), tmp_path / "s.npz", on_bad_image="skip")
+    counts = make_shards.make_shard(tmp_path, rows, lite_spec(), tmp_path / "s.npz", 1, "skip")
     assert counts == {"images": 1, "skipped": 1}
     with np.load(tmp_path / "s.npz") as z:
         assert z["files"].tolist() == ["good one.JPEG"] and "bad é.JPEG" in z["skipped"][0]
@@ -80,13 +80,13 @@ def small_config(**changes) -> dict:
     cfg["variants"]["efficientnet_b0"]["weights"] = "random"
     cfg["run_variants"] = [LITE0, "efficientnet_b0"]
     cfg["run_quant"] = ["fp32", "int8_max"]
-    cfg["benchmark"]["enabled"] = False
-    cfg["calibration"]["images"] = 6
+    cfg["benchmark"] = {"enabled": False}
+    cfg["calibration"] = {"images": 6}
     for path, value in changes.items():
         node = cfg
         keys = path.split(".")
         for k in keys[:-1]:
-            node = node[k]
+            node = node.setdefault(k, {})
         node[keys[-1]] = value
     return cfg
 
@@ -97,15 +97,6 @@ def completed(tmp_path_factory):
     run_snakemake(work, config=small_config())
     return work
 
-
-def planned_jobs(work: Path, cfg: dict) -> dict[str, int]:
-    out = run_snakemake(work, "-n", "--quiet", "rules", config=cfg).stdout
-    jobs = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 @pytest.mark.slow
@@ -199,6 +190,6 @@ def test_unknown_quant_mode_and_wrong_type(tmp_path):
     proc = run_snakemake(tmp_path, "-n", config=cfg, check=False)
     assert proc.returncode != 0 and "unknown quant mode 'int4'" in proc.stdout + proc.stderr
     cfg = base_config()
-    cfg["preprocessing"]["shard_size"] = "big"
+    cfg["preprocessing"] = {"shard_size": "big"}
     proc = run_snakemake(tmp_path, "-n", config=cfg, check=False)
     assert proc.returncode != 0 and "'big' is not of type 'integer'" in proc.stdout + proc.stderr

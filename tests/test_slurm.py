@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 def small_config() -> dict:
     cfg = base_config()
     cfg["run_quant"] = ["fp32"]
-    cfg["benchmark"]["enabled"] = False
+    cfg["benchmark"] = {"enabled": False}
     return cfg
 
 

@@ -1,0 +1,23 @@
+"""Helper of the bench scripts: the workflow's config with the schema's defaults filled in (their one home)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def resolved_config() -> dict:
+    """config.yaml, validated, every default from schemas/config.schema.yaml filled in."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    validate(cfg, str(REPO / "schemas" / "config.schema.yaml"))
+    return cfg
+
+
+def calibrate_args(images: int, batch: int | None = None) -> list[str]:
+    """calibrate.py's settings flags as the workflow passes them, with `images` (and `batch`) changed."""
+    c = resolved_config()["calibration"]
+    return ["--images", str(images), "--seed", str(c["seed"]), "--batch", str(batch or c["batch"]),
+            "--samples", str(c["samples_per_tensor"]), "--num-bins", str(c["num_bins"]), "--threads", "2"]
