@@ -16,6 +16,7 @@ include: "rules/predict.smk"
 include: "rules/metrics.smk"
 include: "rules/benchmark.smk"
 include: "rules/report.smk"
+include: "rules/deploy.smk"
 
 
 report: "report/workflow.rst"
@@ -29,6 +30,7 @@ localrules:
     datalist,
     metrics,
     summary,
+    deploy,
 
 
 wildcard_constraints:
@@ -43,6 +45,7 @@ rule all:
     input:
         expand("metrics/{variant}.json", variant=config["run_variants"]),
         "reports/summary.md",
+        expand("deploy/{variant}", variant=config["run_variants"]),
     default_target: True
 
 

@@ -3,8 +3,7 @@
 
 rule benchmark:
     input:
-        model="vacc/{variant}-{quant}/model.onnx",
-        build="vacc/{variant}-{quant}/build.json",
+        unpack(build_files),
     output:
         "perf/{variant}-{quant}.json",
     params:

@@ -1,4 +1,4 @@
-"""Build: onnx/<variant>.onnx -> vacc/<variant>-<quant>/ deployable model + build.json."""
+"""Build: onnx/<variant>.onnx -> vacc/<variant>-<quant>/ deployable model + build.json, for the mode's runtime."""
 
 
 rule build_vacc:
@@ -7,6 +7,8 @@ rule build_vacc:
     output:
         model="vacc/{variant}-{quant}/model.onnx",
         manifest="vacc/{variant}-{quant}/build.json",
+    wildcard_constraints:
+        quant=quant_re("onnxruntime"),
     params:
         script=build_script,
         options=lambda w: json.dumps(quant_cfg(w.quant), sort_keys=True),
@@ -26,6 +28,15 @@ rule build_vacc:
         "python -m {params.script} --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
         " --quant {wildcards.quant} --options {params.options:q} --outdir vacc/{wildcards.variant}-{wildcards.quant}"
         " {params.extra} 2> {log:q}"
+
+
+use rule build_vacc as build_vacc_openvino with:
+    output:
+        model="vacc/{variant}-{quant}/model.xml",
+        weights="vacc/{variant}-{quant}/model.bin",
+        manifest="vacc/{variant}-{quant}/build.json",
+    wildcard_constraints:
+        quant=quant_re("openvino"),
 
 
 rule calibrate:

@@ -46,6 +46,26 @@ def step(script):
     return f"{fingerprint.code_version(script)} {fingerprint.step_versions(script)}"
 
 
+def quant_re(runtime):
+    """Regex of the quant modes whose builds are for `runtime` (matches nothing when there is none)."""
+    names = [q for q, opts in QUANT_MODES.items() if opts["runtime"] == runtime]
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+def build_files(wildcards):
+    """A build's model (model.onnx, or OpenVINO's model.xml with its weights, model.bin) and manifest."""
+    d = f"vacc/{wildcards.variant}-{wildcards.quant}"
+    if quant_cfg(wildcards.quant)["runtime"] == "openvino":
+        return {"model": f"{d}/model.xml", "weights": f"{d}/model.bin", "build": f"{d}/build.json"}
+    return {"model": f"{d}/model.onnx", "build": f"{d}/build.json"}
+
+
+def deploy_model_files(wildcards):
+    """The model files of every configured build of a variant (deploy copies the chosen one's)."""
+    return [f for q in config["run_quant"] for k, f in
+            build_files(type("W", (), {"variant": wildcards.variant, "quant": q})).items() if k != "build"]
+
+
 def build_script(wildcards):
     """The builder of a quant mode: float builds and int8 builds are separate step scripts."""
     return "build_int8" if quant_cfg(wildcards.quant)["kind"] == "int8" else "build_float"
@@ -244,4 +264,4 @@ def print_summary(variants):
     if metrics:
         print(f"\n{text_table(metrics, config['run_quant'])}")
         print(f"\nmetrics: metrics/<variant>.json  predictions: output/<variant>-<quant>/predictions.csv  "
-              f"models: vacc/<variant>-<quant>/model.onnx  (dataset: {DATASET})")
+              f"models: vacc/<variant>-<quant>/ (model.onnx or OpenVINO model.xml)  deployed: deploy/<variant>/  (dataset: {DATASET})")

@@ -3,8 +3,7 @@
 
 rule predict:
     input:
-        model="vacc/{variant}-{quant}/model.onnx",
-        build="vacc/{variant}-{quant}/build.json",
+        unpack(build_files),
         shards=eval_shards,
     output:
         predictions="output/{variant}-{quant}/predictions.csv",

@@ -9,6 +9,8 @@ rule summary:
         csv=report("reports/summary.csv", caption="../report/summary.rst", category="Model table"),
         plot=report("reports/accuracy_vs_throughput.png", caption="../report/plot.rst", category="Plots"),
     params:
+        min_agreement=config["deploy"]["min_agreement"],
+        max_top1_loss=config["deploy"]["max_top1_loss"],
         step=step("summary"),
     log:
         "logs/summary.log",
@@ -16,4 +18,4 @@ rule summary:
         CONDA_ENV
     shell:
         "python -m summary --metrics {input:q} --md {output.md:q} --csv {output.csv:q} --plot {output.plot:q}"
-        " 2> {log:q}"
+        " --min-agreement {params.min_agreement} --max-top1-loss {params.max_top1_loss} 2> {log:q}"

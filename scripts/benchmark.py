@@ -1,17 +1,17 @@
 """Throughput and latency of a build, with timm's PyTorch eager model as the baseline, in one process.
 
 Like the vendor's benchmark tool (-b batch, -i iterations, instances): for every batch size, `rounds`
-rounds of `iterations` calls after `warmup` calls, the ONNX Runtime build and PyTorch eager interleaved
-(rotating order, so machine noise hits both alike). Reported per batch size and engine: throughput
-(images/s; median over rounds, with min/max as the spread) and latency (mean, p50, p90, p99 ms over all
-calls). `instances` > 1 runs that many sessions concurrently (threads split between them) and reports their
-aggregate throughput. The load average before and after and the CPU steal time during the run are
-recorded; a warning is added when the machine was busy. The PyTorch baseline uses timm's random init: speed
-does not depend on the weights. The ONNX Runtime session is the one predict uses (scripts/ort_session.py).
+rounds of `iterations` calls after `warmup` calls, the build on its own runtime (ONNX Runtime or OpenVINO,
+scripts/runtime.py) and PyTorch eager interleaved (rotating order, so machine noise hits both alike).
+Reported per batch size and engine: throughput (images/s; median over rounds, with min/max as the spread) and
+latency (mean, p50, p90, p99 ms over all calls). `build` is the latency mode predict runs; `build_throughput`
+(OpenVINO builds, and any build with instances > 1) is the throughput mode: `instances` streams or sessions
+with several requests in flight, aggregate images/s. The load average before and after, the CPU steal time
+during the run, the CPU's flags and the check of the CPU against what the build requires are recorded; a
+warning is added when the machine was busy. The PyTorch baseline uses timm's random init: speed does not
+depend on the weights. The model is checked against the sha256 its build.json recorded before it is timed.
 
-The model is checked against the sha256 its build.json recorded before it is timed.
-
-CLI: python -m benchmark --model vacc/V-Q/model.onnx --build-json vacc/V-Q/build.json --out perf/V-Q.json \
+CLI: python -m benchmark --model vacc/V-Q/model.onnx|model.xml --build-json vacc/V-Q/build.json --out perf/V-Q.json \
         --batch-sizes 1 16 --iterations 5 --warmup 2 --rounds 3 --threads 2 --instances 1 --layout-tuning off
 """
 from __future__ import annotations
@@ -19,12 +19,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+from pathlib import Path
 
 import numpy as np
 
 import fingerprint
+import runtime
 import speed
-from zoo_common import LOG, Progress, read_json, run_main, verify_file, write_json
+from cpu_target import check, cpu_flags
+from zoo_common import LOG, Progress, read_json, run_main, verify_files, write_json
+
+REPORTED_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}
 
 
 def torch_runner(tag: str, threads: int, spec: dict):
@@ -56,25 +61,32 @@ def cpu_name() -> str:
 
 def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, warmup: int, rounds: int,
               threads: int, instances: int, baseline: bool = True, layout_tuning: bool = False) -> dict:
-    import onnxruntime as ort
-
+    """Time the build (latency mode; also throughput mode on OpenVINO or with instances > 1) and PyTorch eager,
+    interleaved, at every batch size."""
     size = build["preprocess"]["input_size"][1]
     load_before = os.getloadavg()
     ticks_before = speed.cpu_ticks()
-    runner, runtime = speed.ort_runner(model, threads, instances, layout_tuning)
-    runners = {"onnxruntime": runner}
-    versions = {"onnxruntime": ort.__version__, "python": platform.python_version()}
+    run, info = runtime.open_build(model, threads, layout_tuning)
+    runners, per_call, modes = {"build": run}, {"build": 1}, {"latency": info}
+    if info["runtime"] == "openvino" or instances > 1:
+        runners["build_throughput"], modes["throughput"] = runtime.open_throughput(model, threads, instances,
+                                                                                   layout_tuning)
+        per_call["build_throughput"] = modes["throughput"]["requests"]
+    versions = {info["runtime"]: info["version"], "python": platform.python_version()}
     if baseline:
         runners["torch_eager"], versions["torch"] = torch_runner(build["tag"], threads, build["preprocess"])
+        per_call["torch_eager"] = 1
     progress = Progress(len(batch_sizes) * rounds * len(runners), f"benchmark {model}")
     results = {}
     rng = np.random.default_rng(0)
     for bs in batch_sizes:
         x = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
-        per = speed.measure(runners, x, bs * instances, iterations, warmup, rounds, progress)
+        per = speed.measure(runners, x, {n: bs * k for n, k in per_call.items()}, iterations, warmup, rounds,
+                            progress)
         if baseline:
-            per["onnxruntime"]["speedup_vs_torch_eager"] = (per["onnxruntime"]["throughput_ips"]
-                                                            / per["torch_eager"]["throughput_ips"])
+            for n in runners:
+                if n != "torch_eager":
+                    per[n]["speedup_vs_torch_eager"] = per[n]["throughput_ips"] / per["torch_eager"]["throughput_ips"]
         results[str(bs)] = per
     load_after = os.getloadavg()
     steal = speed.steal_percent(ticks_before, speed.cpu_ticks())
@@ -87,13 +99,16 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
     if load_after[0] > threads + 0.75:
         warnings.append(f"load average {load_after[0]:.2f} after the run exceeds the {threads} threads used: "
                         f"other work competed for the CPU")
-    best = max(results.values(), key=lambda r: r["onnxruntime"]["throughput_ips"])["onnxruntime"]
+    best_bs, best_mode = max(((bs, n) for bs, r in results.items() for n in r if n != "torch_eager"),
+                             key=lambda k: results[k[0]][k[1]]["throughput_ips"])
     return {"quant": build["quant"], "tag": build["tag"], "model": model, "cpu": cpu_name(),
-            "cores": os.cpu_count(), "threads": threads, "instances": instances, "iterations": iterations,
-            "warmup": warmup, "rounds": rounds, "versions": versions, "runtime": runtime, "results": results,
-            "batch1_latency_ms": results.get("1", {}).get("onnxruntime", {}).get("latency_p50_ms"),
-            "best_throughput_ips": best["throughput_ips"], "loadavg_before": load_before,
-            "provenance": fingerprint.provenance("benchmark"),
+            "cpu_flags": sorted(cpu_flags() & REPORTED_FLAGS), "cores": os.cpu_count(), "threads": threads,
+            "instances": instances, "iterations": iterations, "warmup": warmup, "rounds": rounds,
+            "versions": versions, "runtime": modes, "results": results,
+            "batch1_latency_ms": results.get("1", {}).get("build", {}).get("latency_p50_ms"),
+            "best_throughput_ips": results[best_bs][best_mode]["throughput_ips"],
+            "best_throughput_at": {"batch": int(best_bs), "mode": best_mode},
+            "loadavg_before": load_before, "provenance": fingerprint.provenance("benchmark"),
             "loadavg_after": load_after, "cpu_steal_pct": steal, "warnings": warnings,
             "method": "median over rounds of interleaved engines (rotating order, 0.1 s pause between turns); "
                       "warm-up excluded"}
@@ -114,9 +129,14 @@ def main(argv=None):
     ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
                     help="ORT CPU layout pass for SE/SiLU graphs, as predict uses it (scripts/ort_session.py)")
     a = ap.parse_args(argv)
-    verify_file(a.model, read_json(a.build_json)["model"]["sha256"], a.build_json)
-    res = benchmark(a.model, read_json(a.build_json), a.batch_sizes, a.iterations, a.warmup, a.rounds, a.threads,
+    build = read_json(a.build_json)
+    verify_files(build["files"], Path(a.build_json).parent, a.build_json)
+    cpu = check(build, a.build_json)
+    res = benchmark(a.model, build, a.batch_sizes, a.iterations, a.warmup, a.rounds, a.threads,
                     a.instances, not a.no_baseline, a.layout_tuning == "on")
+    res["cpu_check"] = cpu
+    if "warning" in cpu:
+        res["warnings"].append(cpu["warning"])
     for w in res["warnings"]:
         LOG.warning(w)
     write_json(a.out, res)

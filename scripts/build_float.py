@@ -1,25 +1,29 @@
-"""Build a deployable float ONNX Runtime model ("vacc" build): fp32 or fp16.
+"""Build a deployable float model ("vacc" build): fp32 or fp16, for ONNX Runtime or (fp32) OpenVINO.
 
 fp32: the model takes the uint8 NHWC tensors of the npz shards directly (graph_edits.fold_preprocessing:
 timm's ToTensor/Normalize as graph ops, Softmax appended) and is optimized offline by ONNX Runtime at the
 mode's `graph_optimization` level (basic is provider-independent, portable). fp16: float16 weights and
-compute; the preprocessing and the softmax stay float32 (exact normalization, stable softmax).
+compute; the preprocessing and the softmax stay float32 (exact normalization, stable softmax). With
+`runtime: openvino` the same fp32 graph is written as OpenVINO IR (model.xml + model.bin, fp32 weights).
+Float builds have no CPU-specific numerics: they run on any x86-64 CPU with AVX2.
 
 CLI: python -m build_float --onnx X.onnx --export-info X.json --spec-json S.json --quant fp32 \
         --options '{"kind": "fp32", "graph_optimization": "basic"}' --outdir vacc/X-fp32
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 import onnx
 
-from build_manifest import build_parser, checked_source, parse_options, write_build
+from build_manifest import COMMON_OPTIONS, build_parser, checked_source, cpu_record, parse_options, write_build
 from graph_edits import edge_nodes, fold_preprocessing
+from openvino_ir import save_ir
 from zoo_common import ZooError, atomic_path, read_json, run_main
 
-OPTIONS = {"fp32": ("kind", "graph_optimization"), "fp16": ("kind",)}
+OPTIONS = {"fp32": COMMON_OPTIONS + ("graph_optimization",), "fp16": COMMON_OPTIONS}
 
 
 def ort_optimize(src: str, dst: str, level: str) -> None:
@@ -68,14 +72,22 @@ def main(argv=None):
         raise ZooError(f"quant mode {a.quant!r}: kind {kind!r} is not a float build (fp32, fp16); int8 builds "
                        f"run `python -m build_int8`")
     options = parse_options(a.options, a.quant, OPTIONS[kind])
+    if options["runtime"] == "openvino" and kind != "fp32":
+        raise ZooError(f"quant mode {a.quant!r}: OpenVINO builds are fp32 or int8 (this CPU plugin has no fp16 "
+                       f"compute); use runtime: onnxruntime for fp16")
     export_info = checked_source(a.onnx, a.export_info)
     spec = read_json(a.spec_json)
-    model_path = Path(a.outdir) / "model.onnx"
-    if kind == "fp32":
-        details = build_fp32(a.onnx, spec, model_path, options["graph_optimization"])
+    outdir = Path(a.outdir)
+    if kind == "fp16":
+        details = build_fp16(a.onnx, spec, outdir / "model.onnx")
+    elif options["runtime"] == "onnxruntime":
+        details = build_fp32(a.onnx, spec, outdir / "model.onnx", options["graph_optimization"])
     else:
-        details = build_fp16(a.onnx, spec, model_path)
-    write_build("build_float", a, kind, options, details, export_info, spec, t0)
+        with tempfile.TemporaryDirectory() as td:
+            details = build_fp32(a.onnx, spec, Path(td) / "model.onnx", options["graph_optimization"])
+            save_ir(str(Path(td) / "model.onnx"), outdir)
+    write_build("build_float", a, kind, options, details, export_info, spec, t0,
+                cpu_record(options, "avx2", "float build: no CPU-specific numerics"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """What every build shares: its command line, the check of its input model, and its build.json manifest.
 
 build.json records the build's options as used (the workflow passes every option, defaults filled from the
-schema), the source model's and the built model's sha256, preprocessing, runtime and package versions, the
+schema), the source model's and every built file's sha256, the runtime the build is for and the CPU it is made
+for (and what it requires of the CPU that runs it: scripts/cpu_target.py), preprocessing, package versions, the
 fingerprint of the code that made it, and the time and peak memory it took. Two builds from the same inputs
 give byte-identical models and manifests equal but for those timings (tested). Speed is measured by the
 benchmark step, never here.
@@ -17,11 +18,14 @@ from pathlib import Path
 
 import onnx
 
+import cpu_target
 import fingerprint
 from graph_edits import PRE_INPUT
 from zoo_common import LOG, ZooError, file_record, read_json, verify_file, write_json
 
 TIMING_KEYS = ("build_s", "build_peak_rss_mb")
+COMMON_OPTIONS = ("kind", "runtime", "cpu_target", "on_cpu_mismatch")
+MODEL_FILES = {"onnxruntime": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 
 
 def build_parser(doc: str) -> argparse.ArgumentParser:
@@ -57,24 +61,41 @@ def checked_source(onnx_path: str, export_info_path: str) -> dict:
     return info
 
 
-def runtime_versions() -> dict:
+def runtime_versions(runtime: str) -> dict:
     import onnxruntime as ort
 
-    return {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "providers_available": ort.get_available_providers()}
+    out = {"runtime": runtime, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+           "python": platform.python_version(), "machine": platform.machine()}
+    if runtime == "openvino":
+        import openvino as ov
+
+        out["openvino"] = ov.__version__
+    return out
+
+
+def cpu_record(options: dict, requires: str, why: str) -> dict:
+    """build.json's 'cpu': the target it is made for, the machine that made it, what it requires of the CPU that
+    runs it and why, and what predict and benchmark do on a CPU that lacks it."""
+    return {"target": cpu_target.resolve(options["cpu_target"]), "target_option": options["cpu_target"],
+            "build_host": cpu_target.cpu_kind(), "requires": requires, "why": why,
+            "on_mismatch": options["on_cpu_mismatch"]}
 
 
 def write_build(step: str, a: argparse.Namespace, kind: str, options: dict, details: dict, export_info: dict,
-                spec: dict, t0: float, extra: dict | None = None) -> dict:
-    """Write build.json for the model in a.outdir; returns the manifest."""
-    model_path = Path(a.outdir) / "model.onnx"
+                spec: dict, t0: float, cpu: dict, extra: dict | None = None) -> dict:
+    """Write build.json for the model files in a.outdir; returns the manifest."""
+    outdir = Path(a.outdir)
+    files = {name: {k: v for k, v in file_record(outdir / name).items() if k != "path"}
+             for name in MODEL_FILES[options["runtime"]]}
+    model_path = outdir / MODEL_FILES[options["runtime"]][0]
     manifest = {
         "quant": a.quant, "kind": kind, "options": options, "details": details,
         "source_model": {"path": a.onnx, "sha256": export_info["onnx"]["sha256"]},
-        "model": file_record(model_path),
+        "model": {"path": str(model_path), "size_mb": round(sum(f["size_mb"] for f in files.values()), 3)},
+        "files": files, "cpu": cpu,
         "input": {"name": PRE_INPUT, "dtype": "uint8", "layout": "NHWC"}, "outputs": ["logits", "probs"],
         "preprocess": spec, "weights": export_info["weights"], "tag": export_info["tag"],
-        "runtime": runtime_versions(), "provenance": fingerprint.provenance(step),
+        "runtime": runtime_versions(options["runtime"]), "provenance": fingerprint.provenance(step),
         "build_s": round(time.monotonic() - t0, 2),
         "build_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **(extra or {}),
@@ -82,3 +103,4 @@ def write_build(step: str, a: argparse.Namespace, kind: str, options: dict, deta
     write_json(Path(a.outdir) / "build.json", manifest)
     LOG.info("built %s (%s, %.1f MB)", model_path, a.quant, manifest["model"]["size_mb"])
     return manifest
+

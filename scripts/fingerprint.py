@@ -26,12 +26,13 @@ STEP_PACKAGES = {
     "make_datalist": (),
     "export_onnx": ("torch", "timm", "onnx", "onnxscript"),
     "calibrate": ("onnxruntime", "onnx"),
-    "build_float": ("onnxruntime", "onnx"),
-    "build_int8": ("onnxruntime", "onnx"),
-    "predict": ("onnxruntime",),
-    "benchmark": ("onnxruntime", "torch", "timm"),
+    "build_float": ("onnxruntime", "onnx", "openvino"),
+    "build_int8": ("onnxruntime", "onnx", "openvino"),
+    "predict": ("onnxruntime", "openvino"),
+    "benchmark": ("onnxruntime", "openvino", "torch", "timm"),
     "metrics": (),
     "summary": ("matplotlib",),
+    "deploy": (),
 }
 
 

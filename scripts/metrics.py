@@ -54,16 +54,17 @@ def read_skipped(path: str) -> list[str]:
         raise ZooError(f"{path}: file not found (the datalist step writes it beside datalist.tsv)") from None
 
 
-def speed_vs(perf: dict, ref: dict) -> dict:
-    """Throughput over the reference build's, per batch size, from two perf JSONs; headline: largest batch."""
-    per_batch = {bs: r["onnxruntime"]["throughput_ips"] / ref["results"][bs]["onnxruntime"]["throughput_ips"]
+def speed_vs(perf: dict, ref: dict, key: str = "fp32") -> dict:
+    """Throughput (latency mode) over the reference build's, per batch size, from two perf JSONs; headline: the
+    largest batch. Keys are named speedup_vs_<key>."""
+    per_batch = {bs: r["build"]["throughput_ips"] / ref["results"][bs]["build"]["throughput_ips"]
                  for bs, r in perf["results"].items() if bs in ref["results"]}
     if not per_batch:
         return {}
     top = max(per_batch, key=int)
-    return {"speedup_vs_fp32": round(per_batch[top], 3), "speedup_vs_fp32_batch": int(top),
-            "speedup_vs_fp32_per_batch": {bs: round(v, 3) for bs, v in per_batch.items()},
-            "faster_than_fp32": per_batch[top] > 1.0}
+    return {f"speedup_vs_{key}": round(per_batch[top], 3), f"speedup_vs_{key}_batch": int(top),
+            f"speedup_vs_{key}_per_batch": {bs: round(v, 3) for bs, v in per_batch.items()},
+            f"faster_than_{key}": per_batch[top] > 1.0}
 
 
 def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, datalist: str, skipped_tsv: str,
@@ -72,14 +73,24 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
     Returns the metrics document."""
     results, tops = {}, {}
     skipped = read_skipped(skipped_tsv)
-    perf_docs = {name: read_json(path) for name, path in (perf or {}).items()}
-    for name, (pred_csv, predict_json, build_json) in modes.items():
+    for pred_csv, predict_json, _ in modes.values():
         verify_file(pred_csv, read_json(predict_json)["predictions"]["sha256"], predict_json)
+    perf_docs = {name: read_json(path) for name, path in (perf or {}).items()}
+    builds = {name: read_json(b) for name, (_, _, b) in modes.items()}
+    # the fp32 build of each runtime: int8 on OpenVINO is compared with fp32 on OpenVINO too
+    runtime_fp32 = {}
+    for name, b in builds.items():
+        if b["kind"] == "fp32":
+            runtime_fp32.setdefault(b["options"]["runtime"], name)
+    for name, (pred_csv, predict_json, build_json) in modes.items():
         files, labels, top = read_predictions(pred_csv)
-        build = read_json(build_json)
+        build = builds[name]
         res = score(labels, top)
+        predicted = read_json(predict_json)
         res.update({"skipped_images": len(skipped), "model_size_mb": build["model"]["size_mb"],
-                    "build": str(build_json), "predictions": str(pred_csv), "kind": build["kind"]})
+                    "build": str(build_json), "predictions": str(pred_csv), "kind": build["kind"],
+                    "runtime": build["options"]["runtime"], "cpu": build["cpu"],
+                    "cpu_check": predicted["cpu_check"]})
         if build.get("calibration"):
             cal = build["calibration"]
             res["calibration"] = {"images": cal["images"], "classes_represented": cal["classes_represented"],
@@ -91,10 +102,15 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
             p = perf_docs[name]
             if name != reference and reference in perf_docs:
                 res.update(speed_vs(p, perf_docs[reference]))
+            same = runtime_fp32.get(res["runtime"])
+            if same not in (None, name) and same in perf_docs:
+                res.update(speed_vs(p, perf_docs[same], "runtime_fp32"), runtime_fp32=same)
             res["batch1_latency_ms"] = p["batch1_latency_ms"]
             res["best_throughput_ips"] = p["best_throughput_ips"]
-            res["speedup_vs_torch_eager"] = {bs: r["onnxruntime"].get("speedup_vs_torch_eager")
+            res["speedup_vs_torch_eager"] = {bs: r["build"].get("speedup_vs_torch_eager")
                                              for bs, r in p["results"].items()}
+            res["best_throughput_at"] = p["best_throughput_at"]
+            res["benchmark_cpu"] = {"model": p["cpu"], "flags": p["cpu_flags"]}
             res["benchmark"] = str(perf[name])
             if p["warnings"]:
                 res["benchmark_warnings"] = p["warnings"]

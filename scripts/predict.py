@@ -1,11 +1,12 @@
-"""Run a vacc build over npz shards: top-k class ids and softmax probabilities for every image.
+"""Run a vacc build over npz shards on its own runtime: top-k class ids and softmax probabilities per image.
 
 Writes a CSV (file, label, top1..topK ids, prob1..probK) in datalist order, the raw logits as .npy (for
-agreement checks between builds), and a manifest (predict.json) with their sha256, the runtime session that
-ran and the code and package versions. The model is checked against the sha256 its build.json recorded, and
-every image row against the digest its shard recorded, before use.
+agreement checks between builds), and a manifest (predict.json) with their sha256, the runtime that ran, the
+check of this CPU against what the build requires, and the code and package versions. The model is checked
+against the sha256 its build.json recorded, and every image row against the digest its shard recorded, before
+use. A CPU that lacks what the build requires stops the run (or warns: the build's on_cpu_mismatch).
 
-CLI: python -m predict --model vacc/X/model.onnx --build-json vacc/X/build.json --shards a.npz b.npz \
+CLI: python -m predict --model vacc/X/model.onnx|model.xml --build-json vacc/X/build.json --shards a.npz b.npz \
         --out predictions.csv --logits logits.npy --manifest predict.json --batch 32 --threads 2 \
         --layout-tuning off [--topk 5]
 """
@@ -14,21 +15,22 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+from pathlib import Path
 
 import numpy as np
 
 import fingerprint
-from ort_session import make_session
+from cpu_target import check
+from runtime import open_build
 from shard_io import iter_shards, read_small
-from zoo_common import LOG, Progress, atomic_path, file_record, read_json, run_main, verify_file, write_json
+from zoo_common import LOG, Progress, atomic_path, file_record, read_json, run_main, verify_files, write_json
 
 
 def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, batch: int, threads: int,
             topk: int = 5, layout_tuning: bool = False) -> dict:
     """Run the model over the shards; write predictions CSV + logits; return counts, timing and runtime."""
-    sess, runtime = make_session(model_path, threads, layout_tuning)
-    LOG.info("%s: ONNX Runtime CPU session, %d threads, %s", model_path, threads, runtime)
-    in_name = sess.get_inputs()[0].name
+    run, runtime = open_build(model_path, threads, layout_tuning)
+    LOG.info("%s: %s", model_path, runtime)
     total, skipped = 0, []
     for s in shards:
         labels, skip = read_small(s, "labels", "skipped")
@@ -39,7 +41,7 @@ def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, b
     t_run = 0.0
     for images, labels, files in iter_shards(shards, batch):
         t0 = time.perf_counter()
-        logits, probs = sess.run(["logits", "probs"], {in_name: images})
+        logits, probs = run(images)
         t_run += time.perf_counter() - t0
         top = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
         for j in range(len(top)):
@@ -74,9 +76,11 @@ def main(argv=None):
     ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
                     help="ORT CPU layout pass for SE/SiLU graphs (scripts/ort_session.py)")
     a = ap.parse_args(argv)
-    verify_file(a.model, read_json(a.build_json)["model"]["sha256"], a.build_json)
+    build = read_json(a.build_json)
+    verify_files(build["files"], Path(a.build_json).parent, a.build_json)
+    cpu = check(build, a.build_json)
     res = predict(a.model, a.shards, a.out, a.logits, a.batch, a.threads, a.topk, a.layout_tuning == "on")
-    write_json(a.manifest, {**res, "model": a.model, "batch": a.batch, "threads": a.threads,
+    write_json(a.manifest, {**res, "cpu_check": cpu, "model": a.model, "batch": a.batch, "threads": a.threads,
                             "predictions": file_record(a.out), "logits": file_record(a.logits),
                             "provenance": fingerprint.provenance("predict")})
 

@@ -1,13 +1,10 @@
-"""Timing helpers: interleaved measurement of engines (medians over rounds), the builds' ORT runner, load."""
+"""Timing helpers: interleaved measurement of engines (medians over rounds), load and CPU steal."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import numpy as np
-
-from ort_session import make_session
 
 
 def load_average() -> tuple[float, float, float]:
@@ -31,27 +28,11 @@ def steal_percent(before, after) -> float | None:
     return 100.0 * (after[1] - before[1]) / (after[0] - before[0])
 
 
-def ort_runner(model_path: str, threads: int, instances: int, layout_tuning: bool = False):
-    """(callable on a uint8 batch, runtime info): the build as predict runs it (scripts/ort_session.py)."""
-    made = [make_session(model_path, max(1, threads // instances), layout_tuning) for _ in range(instances)]
-    sessions, info = [s for s, _ in made], made[0][1]
-    name = sessions[0].get_inputs()[0].name
-    if instances == 1:
-        return (lambda x: sessions[0].run(["probs"], {name: x})), info
-
-    def run_parallel(x):
-        ts = [threading.Thread(target=s.run, args=(["probs"], {name: x})) for s in sessions]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-    return run_parallel, info
-
-
-def measure(runners: dict, batch: np.ndarray, images_per_call: int, iterations: int, warmup: int,
+def measure(runners: dict, batch: np.ndarray, images_per_call: int | dict, iterations: int, warmup: int,
             rounds: int, progress=None, settle_s: float = 0.1) -> dict:
     """{name: callable(batch)} timed in interleaved rounds, engines in rotating order so that machine noise
     hits every engine alike; returns per engine throughput (median over rounds, min/max) and latency stats.
+    `images_per_call`: images one call processes, for every engine or per engine name.
 
     Each engine's turn starts `settle_s` after the previous one's: idle worker threads keep spinning for a
     while after a call (measured here: the engine right after PyTorch ran 5-11% slower without the pause).
@@ -70,7 +51,8 @@ def measure(runners: dict, batch: np.ndarray, images_per_call: int, iterations: 
                 t0 = time.perf_counter()
                 runners[n](batch)
                 lat[n].append((time.perf_counter() - t0) * 1000)
-            thr[n].append(images_per_call * iterations / (time.perf_counter() - t_round))
+            per_call = images_per_call[n] if isinstance(images_per_call, dict) else images_per_call
+            thr[n].append(per_call * iterations / (time.perf_counter() - t_round))
             if progress is not None:
                 progress.update()
     out = {}

@@ -16,14 +16,24 @@ import io
 from zoo_common import atomic_path, read_json, run_main
 
 VENDOR_COLUMNS = ["model", "weights", "top1", "top5", "gflops", "params_m", "input_size"]
-MIN_AGREEMENT = 0.97  # a build counts as a deployable choice at >= 97% top-1 agreement with fp32
 
 
-def fastest_build(results: dict) -> tuple[str, float] | None:
-    """The quant mode with the highest measured throughput among those that keep >= 97% agreement with fp32
-    (fp32 itself always qualifies); None when no mode was benchmarked."""
+def within_budget(q: str, results: dict, budget: dict) -> bool:
+    """Whether a build keeps the accuracy budget against the fp32 build: top-1 agreement >= min_agreement and a
+    top-1 loss of at most max_top1_loss (fp32 itself always does)."""
+    r, ref = results[q], results.get("fp32")
+    if q == "fp32":
+        return True
+    agree = r.get("top1_agreement_with_fp32")
+    return (ref is not None and agree is not None and agree >= budget["min_agreement"]
+            and ref["top1"] - r["top1"] <= budget["max_top1_loss"] + 1e-12)
+
+
+def fastest_build(results: dict, budget: dict) -> tuple[str, float] | None:
+    """The quant mode with the highest measured throughput among those within the accuracy budget; None when no
+    mode was benchmarked."""
     ok = {q: r["best_throughput_ips"] for q, r in results.items() if r.get("best_throughput_ips")
-          and (q == "fp32" or (r.get("top1_agreement_with_fp32") or 0) >= MIN_AGREEMENT)}
+          and within_budget(q, results, budget)}
     if not ok:
         return None
     q = max(ok, key=ok.get)
@@ -31,16 +41,18 @@ def fastest_build(results: dict) -> tuple[str, float] | None:
 
 
 def slower_than_fp32(metrics: list[dict]) -> list[str]:
-    """'variant mode (0.81x)' for every build the benchmark measured slower than its fp32 build."""
+    """'variant mode (0.81x)' for every build the benchmark measured slower than the fp32 build of its own
+    runtime (of the reference fp32 build where its runtime has none)."""
     out = []
     for m in metrics:
         for q, r in m["results"].items():
-            if q != "fp32" and r.get("speedup_vs_fp32") is not None and r["speedup_vs_fp32"] < 1.0:
-                out.append(f"{m['variant']} {q} ({r['speedup_vs_fp32']:.2f}x)")
+            speed = r.get("speedup_vs_runtime_fp32", r.get("speedup_vs_fp32"))
+            if speed is not None and speed < 1.0:
+                out.append(f"{m['variant']} {q} ({speed:.2f}x)")
     return out
 
 
-def rows_from(metrics: list[dict]) -> tuple[list[str], list[dict]]:
+def rows_from(metrics: list[dict], budget: dict) -> tuple[list[str], list[dict]]:
     """Table columns and rows (one per variant)."""
     modes = []
     for m in metrics:
@@ -48,7 +60,7 @@ def rows_from(metrics: list[dict]) -> tuple[list[str], list[dict]]:
             if q not in modes:
                 modes.append(q)
     modes.sort(key=lambda q: (q != "fp32", q))
-    cols = list(VENDOR_COLUMNS) + ["fastest_build", "fastest_ips"]
+    cols = list(VENDOR_COLUMNS) + ["fastest_build", "fastest_runtime", "fastest_ips"]
     for q in modes:
         cols += [f"{q}_top1"] + ([f"{q}_agree_fp32"] if q != "fp32" else []) + [f"{q}_ips"]
     rows = []
@@ -57,8 +69,9 @@ def rows_from(metrics: list[dict]) -> tuple[list[str], list[dict]]:
         row = {"model": m["variant"], "weights": "RANDOM" if m["random_weights"] else m["weights"]["source"],
                "top1": round(100 * ref["top1"], 3), "top5": round(100 * ref["top5"], 3), "gflops": m["gflops"],
                "params_m": m["params_m"], "input_size": m["input_size"][1]}
-        best = fastest_build(m["results"])
+        best = fastest_build(m["results"], budget)
         row["fastest_build"], row["fastest_ips"] = (best[0], round(best[1], 1)) if best else ("", "")
+        row["fastest_runtime"] = m["results"][best[0]].get("runtime", "") if best else ""
         for q in modes:
             r = m["results"].get(q)
             if r is None:
@@ -76,7 +89,7 @@ def rows_from(metrics: list[dict]) -> tuple[list[str], list[dict]]:
 def to_markdown(cols: list[str], rows: list[dict], notes: list[str]) -> str:
     out = io.StringIO()
     out.write("# Model table\n\nTop-1/top-5 in %, from the fp32 build; per quant mode: top-1 (%), top-1 "
-              "agreement with fp32 (%), best throughput (images/s, ONNX Runtime CPU).\n\n")
+              "agreement with fp32 (%), best throughput (images/s, CPU, on the build's runtime).\n\n")
     out.write("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n")
     for r in rows:
         out.write("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n")
@@ -86,14 +99,14 @@ def to_markdown(cols: list[str], rows: list[dict], notes: list[str]) -> str:
 
 def text_table(metrics: list[dict], order: list[str]) -> str:
     """A plain-text result table (one row per variant and quant mode, modes in `order` first) for the console."""
-    head = ("variant", "quant", "top1", "top5", "agree_fp32", "speed_vs_fp32", "images", "MB", "params_M", "GFLOPs",
-            "size", "weights")
+    head = ("variant", "quant", "runtime", "top1", "top5", "agree_fp32", "speed_vs_fp32", "images", "MB", "params_M",
+            "GFLOPs", "size", "weights")
     rows = []
     for m in metrics:
         for q in [q for q in order if q in m["results"]] + sorted(set(m["results"]) - set(order)):
             r = m["results"][q]
             agree, speed = r.get("top1_agreement_with_fp32"), r.get("speedup_vs_fp32")
-            rows.append((m["variant"], q, f"{r['top1']:.4f}", f"{r['top5']:.4f}",
+            rows.append((m["variant"], q, r.get("runtime", "-"), f"{r['top1']:.4f}", f"{r['top5']:.4f}",
                          "-" if agree is None else f"{agree:.3f}", "-" if speed is None else f"{speed:.2f}x",
                          str(r["images"]), f"{r['model_size_mb']:.1f}", f"{m['params_m']:.2f}", f"{m['gflops']:.3f}",
                          str(m["input_size"][1]), "RANDOM" if m["random_weights"] else m["weights"]["source"]))
@@ -101,7 +114,8 @@ def text_table(metrics: list[dict], order: list[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
     slow = slower_than_fp32(metrics)
     if slow:
-        lines.append("slower than fp32 on this CPU (deploy fp32 or the fastest build instead): " + ", ".join(slow))
+        lines.append("slower than fp32 on its runtime and this CPU (deploy fp32 or the fastest build instead): "
+                     + ", ".join(slow))
     return "\n".join(lines)
 
 
@@ -121,7 +135,7 @@ def figure(metrics: list[dict]):
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    markers = {"fp32": "o", "fp16": "s", "int8_max": "^", "int8_percentile": "v", "int8_kl_divergence": "D"}
+    markers = {"fp32": "o", "fp16": "s", "max": "^", "percentile": "v", "kl_divergence": "D"}
     for m in metrics:
         xs, ys = [], []
         for q, r in sorted(m["results"].items()):
@@ -130,7 +144,8 @@ def figure(metrics: list[dict]):
             x, y = r["best_throughput_ips"], 100 * r["top1"]
             xs.append(x)
             ys.append(y)
-            ax.scatter(x, y, marker=markers.get(q, "x"), label=f"{m['variant']} {q}"
+            shape = markers.get(r.get("calibration", {}).get("method") or r.get("kind"), "x")
+            ax.scatter(x, y, marker=shape, label=f"{m['variant']} {q}"
                        + (" (RANDOM)" if m["random_weights"] else ""))
         ax.plot(xs, ys, lw=0.5, color="grey")
     ax.set_xscale("log")
@@ -140,7 +155,7 @@ def figure(metrics: list[dict]):
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlim(lo, hi)
-    ax.set_xlabel("throughput, images/s (ONNX Runtime, CPU, best batch)")
+    ax.set_xlabel("throughput, images/s (CPU, the build's runtime, best batch and mode)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy vs throughput")
     ax.grid(True, which="both", alpha=0.3)
@@ -164,17 +179,22 @@ def main(argv=None):
     ap.add_argument("--md", required=True)
     ap.add_argument("--csv", required=True)
     ap.add_argument("--plot", required=True)
+    ap.add_argument("--min-agreement", type=float, required=True, help="accuracy budget: top-1 agreement with fp32")
+    ap.add_argument("--max-top1-loss", type=float, required=True, help="accuracy budget: top-1 loss against fp32")
     a = ap.parse_args(argv)
+    budget = {"min_agreement": a.min_agreement, "max_top1_loss": a.max_top1_loss}
     metrics = [read_json(p) for p in a.metrics]
-    cols, rows = rows_from(metrics)
+    cols, rows = rows_from(metrics, budget)
     notes = [f"dataset: {metrics[0]['dataset']['name']} ({metrics[0]['dataset']['images_scored']} images scored)",
              f"GFLOPs: {metrics[0]['flops_convention']}",
              "params: timm's parameter count (PyTorch), as the vendor table"]
-    notes.append(f"fastest_build: the highest throughput among the builds with >= {MIN_AGREEMENT:.0%} top-1 "
-                 "agreement with fp32 (fp32 included)")
+    notes.append(f"fastest_build: the highest throughput among the builds within the accuracy budget (top-1 "
+                 f"agreement with fp32 >= {a.min_agreement:.1%}, top-1 loss <= {100 * a.max_top1_loss:.1f} pt; "
+                 f"fp32 included)")
     slow = slower_than_fp32(metrics)
     if slow:
-        notes.append("slower than their fp32 build on this CPU (use the fastest_build instead): " + ", ".join(slow))
+        notes.append("slower than the fp32 build of their runtime on this CPU (deploy fp32 or the fastest_build "
+                     "instead): " + ", ".join(slow))
     if any(m["random_weights"] for m in metrics):
         notes.append("RANDOM: explicitly configured random weights; their accuracy is meaningless")
     with atomic_path(a.md, ".md") as tmp:

@@ -54,6 +54,12 @@ def verify_file(path: str | os.PathLike, expected_sha256: str, recorded_in: str 
                        f"and run snakemake again (or `snakemake --forcerun` the rule that makes it)")
 
 
+def verify_files(files: dict, folder: str | os.PathLike, recorded_in: str | os.PathLike) -> None:
+    """verify_file for every {file name: record} of a manifest, the files lying in `folder`."""
+    for name, rec in files.items():
+        verify_file(Path(folder) / name, rec["sha256"], recorded_in)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.

@@ -14,7 +14,14 @@ import graph_edits
 import preprocess
 from demo_photos import photo_path
 from test_preprocess import timm_float
+from conftest import resolved_config
 from zoo_common import ZooError, file_record, sha256_file
+
+FP32 = resolved_config()["quant_modes"]["fp32"]
+
+
+def man_sha(tmp_path):
+    return sha256_file(tmp_path / "vacc" / "model.onnx")
 
 
 def tiny_classifier(size: int) -> onnx.ModelProto:
@@ -58,23 +65,25 @@ def test_build_fp32_writes_manifest(tmp_path):
     spec_json = tmp_path / "s.json"
     spec_json.write_text(json.dumps(spec))
     build_float.main(["--onnx", str(src), "--export-info", str(info), "--spec-json", str(spec_json),
-                      "--quant", "fp32", "--options", '{"kind": "fp32", "graph_optimization": "basic"}',
+                      "--quant", "fp32", "--options", json.dumps(FP32),
                       "--outdir", str(tmp_path / "vacc")])
     man = json.loads((tmp_path / "vacc" / "build.json").read_text())
     assert man["input"] == {"name": "image_uint8_nhwc", "dtype": "uint8", "layout": "NHWC"}
     assert man["source_model"]["sha256"] == sha256_file(src) and man["runtime"]["onnxruntime"] == ort.__version__
-    assert man["model"]["sha256"] == sha256_file(tmp_path / "vacc" / "model.onnx")
-    assert man["options"] == {"kind": "fp32", "graph_optimization": "basic"}
-    assert man["provenance"]["code_modules"] == ["build_float", "build_manifest", "fingerprint", "graph_edits",
+    assert man["options"] == {"kind": "fp32", "graph_optimization": "basic", "runtime": "onnxruntime",
+                              "cpu_target": "auto", "on_cpu_mismatch": "warn"}
+    assert man["cpu"]["requires"] == "avx2" and man["files"]["model.onnx"]["sha256"] == man_sha(tmp_path)
+    assert man["provenance"]["code_modules"] == ["build_float", "build_manifest", "cpu_target", "fingerprint", "graph_edits", "openvino_ir",
                                                  "zoo_common"]
     assert man["weights"]["random"] is True and man["preprocess"] == spec
     assert not list((tmp_path / "vacc").glob(".tmp-*"))
 
 
 def test_float_build_needs_every_option(tmp_path):
+    opts = {k: v for k, v in FP32.items() if k != "graph_optimization"}
     with pytest.raises(ZooError, match=r"quant mode 'fp32': options \['graph_optimization'\] missing"):
         build_float.main(["--onnx", "x.onnx", "--export-info", "x.json", "--spec-json", "s.json", "--quant", "fp32",
-                          "--options", '{"kind": "fp32"}', "--outdir", str(tmp_path)])
+                          "--options", json.dumps(opts), "--outdir", str(tmp_path)])
 
 
 def _int8_inputs(tmp_path):
@@ -86,6 +95,8 @@ def _int8_inputs(tmp_path):
 
     rng = np.random.default_rng(0)
     model = conv_model(rng.normal(0, 0.1, (4, 3, 3, 3)), rng.normal(0, 0.1, 4), rng.normal(0, 0.5, (3, 4, 1, 1)))
+    model.graph.node.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="post_softmax"))
+    model.graph.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3]))
     x = images(8)
     prepped, stats = tmp_path / "prepped.onnx", tmp_path / "stats.npz"
     onnx.save(model, prepped)
@@ -112,21 +123,20 @@ def _int8_inputs(tmp_path):
          str(npz / "datalist.tsv")]
 
 
-@pytest.mark.parametrize("vnni", [True, False])
-def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, monkeypatch, vnni):
-    """fp32, fp16 and int8 (both CPU policies: plain 8-bit, and 7-bit + measured exact layers) built twice."""
+@pytest.mark.parametrize("target", ["vnni", "avx512"])
+def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, target):
+    """fp32, fp16 and int8 for ONNX Runtime and OpenVINO (both int8 CPU policies: plain 8-bit for a vnni target,
+    7-bit + measured exact layers for avx512) built twice."""
     import build_int8
     from build_manifest import TIMING_KEYS
-    from conftest import resolved_config
 
-    monkeypatch.setattr(build_int8, "cpu_has_vnni", lambda: vnni)
     common, int8_args = _int8_inputs(tmp_path)
     modes = resolved_config()["quant_modes"]
-    for quant in ("fp32", "fp16", "int8_percentile"):
-        opts = dict(modes[quant])
-        if quant.startswith("int8"):
+    for quant in ("fp32", "fp16", "int8_percentile", "ov_fp32", "ov_int8_percentile"):
+        opts = {**modes[quant], "cpu_target": target}
+        if "int8" in quant:
             opts["exact_layers"] = 1
-        builder, extra = (build_int8, int8_args) if quant.startswith("int8") else (build_float, [])
+        builder, extra = (build_int8, int8_args) if "int8" in quant else (build_float, [])
         results = []
         for i in range(2):
             out = tmp_path / f"{quant}-{i}"
@@ -135,9 +145,9 @@ def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, monkeypatch, v
             for k in TIMING_KEYS:
                 manifest.pop(k)
             manifest["model"].pop("path")
-            results.append(((out / "model.onnx").read_bytes(), manifest))
+            results.append(([(out / f).read_bytes() for f in sorted(manifest["files"])], manifest))
         assert results[0][0] == results[1][0], quant
         assert results[0][1] == results[1][1], quant
-        if quant.startswith("int8") and not vnni:
+        if "int8" in quant and target == "avx512":
             assert results[0][1]["details"]["reduce_range"] == "saturating"
             assert len(results[0][1]["details"]["exact_uint8_weight_layers"]) == 1

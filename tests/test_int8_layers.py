@@ -7,13 +7,12 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import build_int8
+from conftest import resolved_config
 from graph_edits import PRE_INPUT
 
 
-# the int8 options the schema fills in (schemas/config.schema.yaml)
-INT8 = {"kind": "int8", "method": "max", "per_channel": True, "reduce_range": "auto", "exact_layers": 8,
-        "sensitivity_images": 16, "activation_type": "uint8", "weight_type": "int8", "exclude_layers": [],
-        "keep_bounded_ranges": True}
+# the int8 options as the workflow passes them (defaults from schemas/config.schema.yaml)
+INT8 = resolved_config()["quant_modes"]["int8_max"]
 
 
 def conv_model(w_a: np.ndarray, b_a: np.ndarray, w_b: np.ndarray, size: int = 8) -> onnx.ModelProto:
@@ -70,12 +69,12 @@ def test_saturating_layers_are_the_gemm_kernels_not_depthwise():
     assert layers == [("full", "w_full", 0), ("gemm", "w_gemm", 0), ("mm", "w_mm", 1)]
 
 
-def test_reduce_range_policy(monkeypatch):
-    monkeypatch.setattr(build_int8, "cpu_has_vnni", lambda: False)
-    assert build_int8.resolve_reduce_range("auto") == "saturating"
-    monkeypatch.setattr(build_int8, "cpu_has_vnni", lambda: True)
-    assert build_int8.resolve_reduce_range("auto") == "none"
-    assert build_int8.resolve_reduce_range(True) == "all" and build_int8.resolve_reduce_range(False) == "none"
+def test_reduce_range_policy_follows_the_target_cpu():
+    assert build_int8.resolve_reduce_range("auto", "avx512") == "saturating"
+    assert build_int8.resolve_reduce_range("auto", "avx2") == "saturating"
+    assert build_int8.resolve_reduce_range("auto", "vnni") == "none"
+    assert build_int8.resolve_reduce_range(True, "vnni") == "all" and build_int8.resolve_reduce_range(False, "avx2") == "none"
+    assert build_int8.cpu_requirement("none")[0] == "vnni" and build_int8.cpu_requirement("saturating")[0] == "avx2"
 
 
 def test_exact_uint8_weights_never_clip_the_int32_bias(tmp_path):
@@ -140,7 +139,6 @@ def test_exact_layers_by_name_must_exist(tmp_path, monkeypatch):
     np.savez(tmp_path / "stats.npz", names=np.array(names), min=np.array([ranges[n][0] for n in names]),
              max=np.array([ranges[n][1] for n in names]))
     opts = {**INT8, "exact_layers": ["conv_a", "nope"]}
-    monkeypatch.setattr(build_int8, "cpu_has_vnni", lambda: False)
     with pytest.raises(ZooError, match=r"exact_layers: \['nope'\] are not quantized GEMM layers of this model"):
         build_int8.build_int8(str(prepped), str(tmp_path / "stats.npz"), tmp_path / "m.onnx", tmp_path / "r.json", opts,
-                              {"files": []}, str(tmp_path / "unused-datalist.tsv"))
+                              {"files": []}, str(tmp_path / "unused-datalist.tsv"), "avx512")

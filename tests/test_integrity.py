@@ -18,7 +18,10 @@ import preprocess
 import shard_io
 from test_build import tiny_classifier
 from test_int8_layers import INT8, conv_model, images, observed_ranges
+from conftest import resolved_config
 from zoo_common import ZooError, file_record
+
+FP32 = resolved_config()["quant_modes"]["fp32"]
 
 REBUILD = "delete it and run snakemake again"
 
@@ -43,7 +46,7 @@ def fp32_build(tmp_path):
     spec_json.write_text(json.dumps(spec))
     out = tmp_path / "vacc"
     build_float.main(["--onnx", str(src), "--export-info", str(info), "--spec-json", str(spec_json), "--quant",
-                      "fp32", "--options", '{"kind": "fp32", "graph_optimization": "basic"}', "--outdir", str(out)])
+                      "fp32", "--options", json.dumps(FP32), "--outdir", str(out)])
     return {"src": src, "info": info, "spec_json": spec_json, "model": out / "model.onnx", "build": out / "build.json"}
 
 
@@ -94,7 +97,7 @@ def test_a_damaged_export_stops_the_build(tmp_path, fp32_build):
     with pytest.raises(ZooError, match=rf"{fp32_build['src']}: its sha256 .* recorded in {fp32_build['info']}"):
         build_float.main(["--onnx", str(fp32_build["src"]), "--export-info", str(fp32_build["info"]), "--spec-json",
                           str(fp32_build["spec_json"]), "--quant", "fp32", "--options",
-                          '{"kind": "fp32", "graph_optimization": "basic"}', "--outdir", str(tmp_path / "again")])
+                          json.dumps(FP32), "--outdir", str(tmp_path / "again")])
 
 
 @pytest.mark.parametrize("which", ["prepped", "stats"])

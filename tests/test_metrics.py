@@ -21,8 +21,8 @@ def test_score_empty_is_an_error():
 
 def test_speed_against_fp32_comes_from_the_perf_files():
     def perf(ips1, ips16):
-        return {"results": {"1": {"onnxruntime": {"throughput_ips": ips1}},
-                            "16": {"onnxruntime": {"throughput_ips": ips16}}}}
+        return {"results": {"1": {"build": {"throughput_ips": ips1}},
+                            "16": {"build": {"throughput_ips": ips16}}}}
     s = speed_vs(perf(50.0, 240.0), perf(40.0, 200.0))
     assert s == {"speedup_vs_fp32": 1.2, "speedup_vs_fp32_batch": 16,
                  "speedup_vs_fp32_per_batch": {"1": 1.25, "16": 1.2}, "faster_than_fp32": True}
@@ -36,10 +36,11 @@ def test_text_table_recommends_fp32_over_a_slower_build():
          "weights": {"source": "pypi:x"},
          "results": {"fp32": {"top1": 0.9, "top5": 1.0, "images": 6, "model_size_mb": 18.7},
                      "fp16": {"top1": 0.9, "top5": 1.0, "images": 6, "model_size_mb": 9.5,
-                              "top1_agreement_with_fp32": 1.0, "speedup_vs_fp32": 0.89}}}
+                              "top1_agreement_with_fp32": 1.0, "speedup_vs_fp32": 0.89, "runtime": "onnxruntime"}}}
     lines = text_table([m], ["fp32", "fp16"]).splitlines()
-    assert lines[2].split()[:6] == ["v", "fp16", "0.9000", "1.0000", "1.000", "0.89x"]
-    assert lines[-1] == "slower than fp32 on this CPU (deploy fp32 or the fastest build instead): v fp16 (0.89x)"
+    assert lines[2].split()[:7] == ["v", "fp16", "onnxruntime", "0.9000", "1.0000", "1.000", "0.89x"]
+    assert lines[-1] == ("slower than fp32 on its runtime and this CPU (deploy fp32 or the fastest build instead): "
+                         "v fp16 (0.89x)")
 
 
 def test_throughput_axis_has_labelled_ticks_within_one_decade():
@@ -57,13 +58,19 @@ def test_throughput_axis_has_labelled_ticks_within_one_decade():
     assert len(inside) >= 3 and all(lo <= v <= hi for v in inside)
 
 
-def test_fastest_build_needs_agreement_and_slow_builds_are_listed():
+def test_fastest_build_keeps_the_accuracy_budget_and_slow_builds_are_listed():
     from summary import fastest_build, slower_than_fp32
 
-    res = {"fp32": {"best_throughput_ips": 100.0},
-           "int8_a": {"best_throughput_ips": 300.0, "top1_agreement_with_fp32": 0.96, "speedup_vs_fp32": 2.9},
-           "int8_b": {"best_throughput_ips": 150.0, "top1_agreement_with_fp32": 0.98, "speedup_vs_fp32": 1.4},
-           "fp16": {"best_throughput_ips": 60.0, "top1_agreement_with_fp32": 1.0, "speedup_vs_fp32": 0.6}}
-    assert fastest_build(res) == ("int8_b", 150.0)
-    assert fastest_build({"fp32": {"best_throughput_ips": None}}) is None
-    assert slower_than_fp32([{"variant": "v", "results": res}]) == ["v fp16 (0.60x)"]
+    budget = {"min_agreement": 0.98, "max_top1_loss": 0.005}
+    res = {"fp32": {"best_throughput_ips": 100.0, "top1": 0.880},
+           "int8_a": {"best_throughput_ips": 300.0, "top1": 0.880, "top1_agreement_with_fp32": 0.97,
+                      "speedup_vs_fp32": 2.9},                                   # agreement below 98%
+           "int8_b": {"best_throughput_ips": 250.0, "top1": 0.874, "top1_agreement_with_fp32": 0.99,
+                      "speedup_vs_fp32": 2.5},                                   # loses 0.6 pt
+           "ov_int8": {"best_throughput_ips": 150.0, "top1": 0.878, "top1_agreement_with_fp32": 0.985,
+                       "speedup_vs_fp32": 1.4, "speedup_vs_runtime_fp32": 0.95},  # slower than OpenVINO fp32
+           "fp16": {"best_throughput_ips": 60.0, "top1": 0.880, "top1_agreement_with_fp32": 1.0,
+                    "speedup_vs_fp32": 0.6}}
+    assert fastest_build(res, budget) == ("ov_int8", 150.0)
+    assert fastest_build({"fp32": {"best_throughput_ips": None, "top1": 0.9}}, budget) is None
+    assert slower_than_fp32([{"variant": "v", "results": res}]) == ["v ov_int8 (0.95x)", "v fp16 (0.60x)"]

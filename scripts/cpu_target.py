@@ -1,0 +1,70 @@
+"""The CPU a build is made for, what it needs of the CPU that runs it, and the check where it runs.
+
+Kinds, each including the one before: avx2 < avx512 < vnni (AVX512-VNNI, AVX-VNNI or AMX int8 dot products).
+A build's `cpu_target` (option; `auto` = the kind of the machine that builds) decides its int8 numerics: plain
+8-bit u8s8 weights are exact only with VNNI (without it ONNX Runtime's and oneDNN's u8s8 kernels add pairs of
+products in int16 and saturate), so an int8 build for a vnni target *requires* VNNI, while builds for avx512 or
+avx2 targets (7-bit weights where they would saturate, exact uint8 elsewhere) and float builds run correctly on
+any kind. predict and benchmark compare the running CPU with what the build requires; `on_cpu_mismatch` (error
+or warn) decides whether the step stops. Standard library only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from zoo_common import LOG, ZooError
+
+KINDS = ("avx2", "avx512", "vnni")
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def cpu_flags() -> set[str]:
+    """Flags of this machine's CPU (/proc/cpuinfo; empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
+def cpu_kind(flags: set[str] | None = None) -> str:
+    """The kind (KINDS) of a CPU with these flags (default: this machine's); 'other' below avx2."""
+    flags = cpu_flags() if flags is None else flags
+    if flags & VNNI_FLAGS:
+        return "vnni"
+    if {"avx512f", "avx512bw"} <= flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "other"
+
+
+def resolve(target: str) -> str:
+    """A cpu_target option as a kind: 'auto' is the kind of this (the building) machine."""
+    if target == "auto":
+        return cpu_kind()
+    if target not in KINDS:
+        raise ZooError(f"cpu_target {target!r}: expected auto or one of {', '.join(KINDS)}")
+    return target
+
+
+def covers(running: str, required: str) -> bool:
+    """Whether a CPU of kind `running` has everything a build that requires `required` needs."""
+    return running in KINDS and KINDS.index(running) >= KINDS.index(required)
+
+
+def check(build: dict, what: str, running: str | None = None) -> dict:
+    """Compare the running CPU with what a build requires (build.json 'cpu'); stop with a clear error when it
+    lacks it and the build says on_cpu_mismatch: error, else warn. Returns the record the step writes."""
+    cpu = build["cpu"]
+    running = running or cpu_kind()
+    ok = covers(running, cpu["requires"])
+    record = {"running": running, "target": cpu["target"], "requires": cpu["requires"], "ok": ok}
+    if ok:
+        return record
+    message = (f"{what}: built for a {cpu['target']} CPU and requires {cpu['requires']} ({cpu['why']}), but this "
+               f"CPU is {running}: its results here would not be the build's. Rebuild it for this CPU "
+               f"(quant mode option cpu_target: {running} or auto, on a machine of this kind)")
+    if cpu["on_mismatch"] == "error":
+        raise ZooError(message + "; or set on_cpu_mismatch: warn to run it anyway")
+    LOG.warning("%s", message)
+    return {**record, "warning": message}

@@ -1,0 +1,78 @@
+"""A build is made for a declared CPU, records what it requires, and predict stops (or warns) on a CPU that
+lacks it; forced targets test both directions on any CPU kind."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import build_int8
+import cpu_target
+import predict
+import shard_io
+from conftest import resolved_config
+from test_build import _int8_inputs
+from zoo_common import ZooError
+
+
+def test_cpu_kinds_from_flags():
+    assert cpu_target.cpu_kind({"avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"}) == "vnni"
+    assert cpu_target.cpu_kind({"avx2", "avx_vnni"}) == "vnni"
+    assert cpu_target.cpu_kind({"avx2", "avx512f", "avx512bw"}) == "avx512"
+    assert cpu_target.cpu_kind({"avx2", "fma"}) == "avx2"
+    assert cpu_target.covers("vnni", "avx512") and cpu_target.covers("avx512", "avx2")
+    assert not cpu_target.covers("avx512", "vnni") and not cpu_target.covers("other", "avx2")
+
+
+def build(tmp_path, target: str, **options) -> tuple[dict, list[str]]:
+    """An int8 build of a tiny model made for `target`; returns (build.json, predict's arguments)."""
+    common, int8_args = _int8_inputs(tmp_path)
+    opts = {**resolved_config()["quant_modes"]["int8_max"], "cpu_target": target, "exact_layers": 1, **options}
+    out = tmp_path / f"int8-{target}"
+    build_int8.main(common + ["--quant", "int8_max", "--options", json.dumps(opts), "--outdir", str(out)] + int8_args)
+    shard = tmp_path / "npz" / "shard-00000.npz"
+    args = ["--model", str(out / "model.onnx"), "--build-json", str(out / "build.json"), "--shards", str(shard),
+            "--out", str(tmp_path / "p.csv"), "--logits", str(tmp_path / "l.npy"), "--manifest",
+            str(tmp_path / "p.json"), "--batch", "4", "--threads", "1", "--layout-tuning", "off"]
+    return json.loads((out / "build.json").read_text()), args
+
+
+def test_a_vnni_build_stops_on_a_cpu_without_vnni(tmp_path, monkeypatch):
+    built, args = build(tmp_path, "vnni")
+    assert built["cpu"]["target"] == "vnni" and built["cpu"]["requires"] == "vnni"
+    assert built["details"]["reduce_range"] == "none" and built["cpu"]["on_mismatch"] == "error"
+    monkeypatch.setattr(cpu_target, "cpu_kind", lambda flags=None: "avx512")
+    with pytest.raises(ZooError, match=r"built for a vnni CPU and requires vnni .* but this CPU is avx512.*"
+                                       r"cpu_target: avx512 or auto.*on_cpu_mismatch: warn"):
+        predict.main(args)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_on_cpu_mismatch_warn_runs_and_says_so(tmp_path, monkeypatch):
+    built, args = build(tmp_path, "vnni", on_cpu_mismatch="warn")
+    monkeypatch.setattr(cpu_target, "cpu_kind", lambda flags=None: "avx2")
+    predict.main(args)
+    check = json.loads((tmp_path / "p.json").read_text())["cpu_check"]
+    assert check["ok"] is False and check["running"] == "avx2" and "requires vnni" in check["warning"]
+
+
+def test_a_build_for_a_cpu_without_vnni_runs_exactly_everywhere(tmp_path, monkeypatch):
+    built, args = build(tmp_path, "avx512")
+    assert built["cpu"]["target"] == "avx512" and built["cpu"]["requires"] == "avx2"
+    assert built["details"]["reduce_range"] == "saturating"
+    assert len(built["details"]["exact_uint8_weight_layers"]) == 1
+    for running in ("vnni", "avx512", "avx2"):
+        monkeypatch.setattr(cpu_target, "cpu_kind", lambda flags=None, r=running: r)
+        predict.main(args)
+        assert json.loads((tmp_path / "p.json").read_text())["cpu_check"] == {
+            "running": running, "target": "avx512", "requires": "avx2", "ok": True}
+    labels = shard_io.read_small(str(tmp_path / "npz" / "shard-00000.npz"), "labels")[0]
+    assert np.load(tmp_path / "l.npy").shape == (len(labels), 3)
+
+
+def test_auto_is_the_building_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_target, "cpu_kind", lambda flags=None: "avx512")
+    built, _ = build(tmp_path, "auto")
+    assert built["cpu"]["target"] == "avx512" and built["cpu"]["target_option"] == "auto"
+    assert built["cpu"]["build_host"] == "avx512" and built["details"]["reduce_range"] == "saturating"
