@@ -46,7 +46,10 @@ def slower_than_fp32(metrics: list[dict]) -> list[str]:
     out = []
     for m in metrics:
         for q, r in m["results"].items():
-            speed = r.get("speedup_vs_runtime_fp32", r.get("speedup_vs_fp32"))
+            if "runtime_fp32" in r:
+                speed = r.get("speedup_vs_runtime_fp32")
+            else:  # a runtime's own fp32 build is its reference, not slower than itself
+                speed = None if r.get("kind") == "fp32" else r.get("speedup_vs_fp32")
             if speed is not None and speed < 1.0:
                 out.append(f"{m['variant']} {q} ({speed:.2f}x)")
     return out

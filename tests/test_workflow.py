@@ -149,7 +149,9 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     env = {**os.environ, "PYTHONPATH": str(REPO / "scripts")}
     out = subprocess.run([sys.executable, "-m", "classify", str(tmp_path / "deploy/tf_efficientnet_lite0"),
                           str(photo_path("chelsea"))], capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and "tabby" in out.stdout.splitlines()[1], out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and lines[0] == str(photo_path("chelsea")) and len(lines) == 6, out.stdout + out.stderr
+    assert " cat" in lines[1] and any("tabby" in ln for ln in lines[1:])   # Chelsea is a tabby cat
     out = subprocess.run([sys.executable, "-m", "classify", str(tmp_path / "deploy/tf_efficientnet_lite0"), str(bad)],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 2 and f"{bad}: cannot decode image" in out.stderr
