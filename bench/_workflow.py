@@ -21,3 +21,11 @@ def calibrate_args(images: int, batch: int | None = None) -> list[str]:
     c = resolved_config()["calibration"]
     return ["--images", str(images), "--seed", str(c["seed"]), "--batch", str(batch or c["batch"]),
             "--samples", str(c["samples_per_tensor"]), "--num-bins", str(c["num_bins"]), "--threads", "2"]
+
+
+def timing_args(ap, variant: str = "tf_efficientnet_lite0") -> None:
+    """The arguments the runtime comparisons share: variant, batch, interleaved rounds and calls per round."""
+    ap.add_argument("--variant", default=variant)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iterations", type=int, default=3)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _workflow import REPO
+from _workflow import REPO, timing_args
 
 sys.path.insert(0, str(REPO / "scripts"))
 import benchmark  # noqa: E402
@@ -84,11 +84,8 @@ def evaluate(model: str, shards: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", default="tf_efficientnet_lite0")
+    timing_args(ap)
     ap.add_argument("--workdir", default="bench-out/sample")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--iterations", type=int, default=3)
     a = ap.parse_args()
     work = (REPO / a.workdir).resolve()
     if not (work / f"metrics/{a.variant}.json").exists():

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from _workflow import REPO, timing_args
+
 sys.path.insert(0, str(REPO / "scripts"))
 
 
@@ -44,12 +45,9 @@ def main():
     from zoo_common import Progress
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    timing_args(ap)
     ap.add_argument("--workdir", default=".")
-    ap.add_argument("--variant", default="tf_efficientnet_lite0")
-    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--iterations", type=int, default=3)
     a = ap.parse_args()
     work = Path(a.workdir).resolve()
     builds = sorted(p.parent for p in (work / "vacc").glob(f"{a.variant}-*/build.json"))

@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-from pathlib import Path
 
 import numpy as np
 
 import fingerprint
 import runtime
 import speed
-from cpu_target import check, cpu_flags
-from zoo_common import LOG, Progress, read_json, run_main, verify_files, write_json
+from cpu_target import cpu_flags
+from zoo_common import LOG, Progress, run_main, write_json
 
 REPORTED_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}
 
@@ -129,9 +128,7 @@ def main(argv=None):
     ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
                     help="ORT CPU layout pass for SE/SiLU graphs, as predict uses it (scripts/ort_session.py)")
     a = ap.parse_args(argv)
-    build = read_json(a.build_json)
-    verify_files(build["files"], Path(a.build_json).parent, a.build_json)
-    cpu = check(build, a.build_json)
+    build, cpu = runtime.checked_build(a.build_json)
     res = benchmark(a.model, build, a.batch_sizes, a.iterations, a.warmup, a.rounds, a.threads,
                     a.instances, not a.no_baseline, a.layout_tuning == "on")
     res["cpu_check"] = cpu

@@ -14,17 +14,13 @@ from pathlib import Path
 import numpy as np
 
 import preprocess
-from cpu_target import check
-from runtime import open_build
-from zoo_common import read_json, run_main, verify_files
+from runtime import checked_build, open_build
+from zoo_common import run_main
 
 
 def classify(deploy_dir: str, images: list[str], topk: int = 5) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) for every image, in order."""
-    manifest = Path(deploy_dir) / "model.json"
-    doc = read_json(manifest)
-    verify_files(doc["files"], deploy_dir, manifest)
-    check(doc, str(manifest))
+    doc, _ = checked_build(str(Path(deploy_dir) / "model.json"))
     run, _ = open_build(str(Path(deploy_dir) / doc["model"]), threads=2)
     batch = np.stack([preprocess.transform_uint8(preprocess.load_image(p), doc["preprocess"]) for p in images])
     probs = run(batch)[1]

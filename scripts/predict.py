@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from pathlib import Path
 
 import numpy as np
 
 import fingerprint
-from cpu_target import check
-from runtime import open_build
+from runtime import checked_build, open_build
 from shard_io import iter_shards, read_small
-from zoo_common import LOG, Progress, atomic_path, file_record, read_json, run_main, verify_files, write_json
+from zoo_common import LOG, Progress, atomic_path, file_record, run_main, write_json
 
 
 def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, batch: int, threads: int,
@@ -76,9 +74,7 @@ def main(argv=None):
     ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
                     help="ORT CPU layout pass for SE/SiLU graphs (scripts/ort_session.py)")
     a = ap.parse_args(argv)
-    build = read_json(a.build_json)
-    verify_files(build["files"], Path(a.build_json).parent, a.build_json)
-    cpu = check(build, a.build_json)
+    build, cpu = checked_build(a.build_json)
     res = predict(a.model, a.shards, a.out, a.logits, a.batch, a.threads, a.topk, a.layout_tuning == "on")
     write_json(a.manifest, {**res, "cpu_check": cpu, "model": a.model, "batch": a.batch, "threads": a.threads,
                             "predictions": file_record(a.out), "logits": file_record(a.logits),

@@ -15,7 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+from cpu_target import check
 from ort_session import make_session
+from zoo_common import read_json, verify_files
+
+
+def checked_build(manifest: str) -> tuple[dict, dict]:
+    """(manifest, CPU check) of a build.json or deploy model.json, after checking its model files against their
+    recorded sha256 and this CPU against what the build requires (stops, or warns, on a mismatch)."""
+    doc = read_json(manifest)
+    verify_files(doc["files"], Path(manifest).parent, manifest)
+    return doc, check(doc, str(manifest))
 
 
 def runtime_of(model_path: str) -> str:

@@ -76,3 +76,12 @@ def test_fastest_build_keeps_the_accuracy_budget_and_slow_builds_are_listed():
     assert fastest_build(res, budget) == ("ov_int8", 150.0)
     assert fastest_build({"fp32": {"best_throughput_ips": None, "top1": 0.9}}, budget) is None
     assert slower_than_fp32([{"variant": "v", "results": res}]) == ["v ov_int8 (0.95x)", "v fp16 (0.60x)"]
+
+
+def test_a_missing_skipped_list_is_an_error_not_nothing_skipped(tmp_path):
+    from metrics import read_skipped
+
+    with pytest.raises(ZooError, match=rf"{tmp_path / 'skipped.tsv'}: file not found \(the datalist step writes it"):
+        read_skipped(str(tmp_path / "skipped.tsv"))
+    (tmp_path / "skipped.tsv").write_text("bad.JPEG\tcannot decode\n")
+    assert read_skipped(str(tmp_path / "skipped.tsv")) == ["bad.JPEG\tcannot decode"]

