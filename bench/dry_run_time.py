@@ -1,4 +1,5 @@
-"""No-op `snakemake -n` time: the demo, and the ImageNet-scale DAG (50,000 images x 9 variants x 5 modes).
+"""No-op `snakemake -n` time: the demo, and the ImageNet-scale DAG (50,000 images x 9 variants x 5 modes, or
+every configured mode with --all-modes).
 
 Both workdirs are made up to date without computing anything (bench/imagenet_scale.py's touch_all), then
 each no-op dry run is timed `--repeat` times in a fresh snakemake process. `--cycle-local-slurm` first
@@ -47,6 +48,7 @@ def main():
     ap.add_argument("--images", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cycle-local-slurm", action="store_true")
+    ap.add_argument("--all-modes", action="store_true", help="ImageNet scale with every configured quant mode")
     a = ap.parse_args()
     if a.cycle_local_slurm:
         for cmd in ("start", "stop"):
@@ -63,11 +65,13 @@ def main():
     snakemake(demo, demo_cfg, "data/demo/val_label.txt")
     touch_all(demo, demo_cfg)
     make_dataset(scale / "imagenet-val", a.images)
-    scale_cfg = scale_config(scale)
+    scale_cfg = scale_config(scale, a.all_modes)
+    n_modes = len(yaml.safe_load(scale_cfg.read_text())["run_quant"])
     snakemake(scale, scale_cfg, "npz/imagenet/index.tsv")
     touch_all(scale, scale_cfg)
     for name, work, cfg, bar in (("demo", demo, demo_cfg, 3.0),
-                                 (f"ImageNet scale ({a.images} images x 9 variants x 5 modes)", scale, scale_cfg, 5.0)):
+                                 (f"ImageNet scale ({a.images} images x 9 variants x {n_modes} modes)", scale,
+                                  scale_cfg, 5.0)):
         t = noop_times(work, cfg, a.repeat)
         print(f"no-op snakemake -n, {name}: median {statistics.median(t):.2f} s "
               f"(runs {', '.join(f'{x:.2f}' for x in t)}; bar {bar:.0f} s)")
