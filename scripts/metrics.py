@@ -1,9 +1,9 @@
 """Score predictions against labels and write metrics/<variant>.json.
 
 Per quant mode: top-1, top-5, images scored, images skipped at preprocessing, and (for modes other than
-the reference) top-1 agreement with the reference mode's predictions and the speed against it, both from the
-benchmark step's perf JSON (throughput at each batch size over the reference's; the headline is the largest
-batch size). Plus the model facts: params (M), GMACs/GFLOPs with their convention, input size, the
+the reference) top-1 agreement with the reference mode's predictions, and the speed against the reference and
+against the fp32 build of the same runtime from the benchmark step's perf JSONs (throughput at each batch size
+over theirs; the headline is the largest batch size). Plus the model facts: params (M), GMACs/GFLOPs with their convention, input size, the
 preprocessing spec and the weights source. Predictions are checked against the sha256 in their predict.json
 before they are scored. Metrics from random weights carry ``"random_weights": true`` and a warning.
 
@@ -73,8 +73,9 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
     Returns the metrics document."""
     results, tops = {}, {}
     skipped = read_skipped(skipped_tsv)
-    for pred_csv, predict_json, _ in modes.values():
-        verify_file(pred_csv, read_json(predict_json)["predictions"]["sha256"], predict_json)
+    predicted = {name: read_json(j) for name, (_, j, _) in modes.items()}
+    for name, (pred_csv, predict_json, _) in modes.items():
+        verify_file(pred_csv, predicted[name]["predictions"]["sha256"], predict_json)
     perf_docs = {name: read_json(path) for name, path in (perf or {}).items()}
     builds = {name: read_json(b) for name, (_, _, b) in modes.items()}
     # the fp32 build of each runtime: int8 on OpenVINO is compared with fp32 on OpenVINO too
@@ -82,15 +83,14 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
     for name, b in builds.items():
         if b["kind"] == "fp32":
             runtime_fp32.setdefault(b["options"]["runtime"], name)
-    for name, (pred_csv, predict_json, build_json) in modes.items():
+    for name, (pred_csv, _, build_json) in modes.items():
         files, labels, top = read_predictions(pred_csv)
         build = builds[name]
         res = score(labels, top)
-        predicted = read_json(predict_json)
         res.update({"skipped_images": len(skipped), "model_size_mb": build["model"]["size_mb"],
                     "build": str(build_json), "predictions": str(pred_csv), "kind": build["kind"],
                     "runtime": build["options"]["runtime"], "cpu": build["cpu"],
-                    "cpu_check": predicted["cpu_check"]})
+                    "cpu_check": predicted[name]["cpu_check"]})
         if build.get("calibration"):
             cal = build["calibration"]
             res["calibration"] = {"images": cal["images"], "classes_represented": cal["classes_represented"],
