@@ -57,7 +57,8 @@ def prepare(work: Path, variant_tag: str, weights: str, name: str) -> tuple[Path
     npz = work / "npz" / geom
     index = work / "index.tsv"
     if not index.exists():
-        run([PY, "-m", "dataset_index", str(SAMPLE), "--out", str(index), "--classes", str(work / "classes.txt")])
+        run([PY, "-m", "dataset_index", str(SAMPLE), "--out", str(index), "--classes", str(work / "classes.txt"),
+             "--num-classes", str(resolved_config()["num_classes"])])
     shards = []
     for i in range(2):
         out = npz / f"shard-{i:05d}.npz"

@@ -151,7 +151,7 @@ def main(argv=None):
     ap.add_argument("root")
     ap.add_argument("--out", required=True, help="index TSV to write")
     ap.add_argument("--classes", required=True, help="class names file to write (one a line)")
-    ap.add_argument("--num-classes", type=int, default=1000)
+    ap.add_argument("--num-classes", type=int, required=True)
     a = ap.parse_args(argv)
     rows, names = build_index(a.root, a.num_classes)
     with atomic_path(a.classes) as tmp:
