@@ -264,4 +264,5 @@ def print_summary(variants):
     if metrics:
         print(f"\n{text_table(metrics, config['run_quant'])}")
         print(f"\nmetrics: metrics/<variant>.json  predictions: output/<variant>-<quant>/predictions.csv  "
-              f"models: vacc/<variant>-<quant>/ (model.onnx or OpenVINO model.xml)  deployed: deploy/<variant>/  (dataset: {DATASET})")
+              f"models: vacc/<variant>-<quant>/ (model.onnx or OpenVINO model.xml)  deployed: deploy/<variant>/  "
+              f"(dataset: {DATASET})")

@@ -35,6 +35,12 @@ from openvino_ir import save_ir
 from shard_io import iter_datalist_rows, read_datalist
 from zoo_common import LOG, ZooError, atomic_path, read_json, run_main, verify_file, write_json
 
+OPTIONS = COMMON_OPTIONS + ("quantized_ops", "method", "per_channel", "reduce_range", "exact_layers",
+                            "sensitivity_images", "activation_type", "weight_type", "exclude_layers",
+                            "keep_bounded_ranges")
+METHOD_OPTIONS = {"max": (), "percentile": ("percentile",), "kl_divergence": ("levels", "candidates")}
+
+
 def quantized_op_types(which: str) -> list[str] | None:
     """Op types quantize_static quantizes: 'all' (None: every op ONNX Runtime can, so its QLinear kernels run the
     SE gate and SiLU in int8), or 'no_gates': all but Sigmoid and Mul, so the SE gate and SiLU stay float."""
@@ -43,9 +49,6 @@ def quantized_op_types(which: str) -> list[str] | None:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - {"Sigmoid", "Mul"})
-OPTIONS = COMMON_OPTIONS + ("quantized_ops", "method", "per_channel", "reduce_range", "exact_layers", "sensitivity_images",
-           "activation_type", "weight_type", "exclude_layers", "keep_bounded_ranges")
-METHOD_OPTIONS = {"max": (), "percentile": ("percentile",), "kl_divergence": ("levels", "candidates")}
 
 
 def layers_to_exclude(model: onnx.ModelProto, which: list[str]) -> list[str]:

@@ -95,7 +95,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     build_jsons = dict(a.build)
-    classes = [ln for ln in Path(a.classes).read_text(encoding="utf-8").splitlines()]
+    classes = Path(a.classes).read_text(encoding="utf-8").splitlines()
     deploy(a.variant, read_json(a.metrics), {q: read_json(p) for q, p in build_jsons.items()}, build_jsons, classes,
            {"min_agreement": a.min_agreement, "max_top1_loss": a.max_top1_loss}, Path(a.out))
 

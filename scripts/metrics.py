@@ -8,8 +8,8 @@ preprocessing spec and the weights source. Predictions are checked against the s
 before they are scored. Metrics from random weights carry ``"random_weights": true`` and a warning.
 
 CLI: python -m metrics --variant V --export-info X.json --spec-json S.json --datalist D.tsv --skipped S.tsv \
-        --dataset NAME --mode fp32 output/V-fp32/predictions.csv output/V-fp32/predict.json vacc/V-fp32/build.json \
-        [--mode ...] [--perf fp32 perf/V-fp32.json ...] --out metrics/V.json
+        --dataset NAME --mode fp32 output/V-fp32/predictions.csv output/V-fp32/predict.json \
+        vacc/V-fp32/build.json [--mode ...] [--perf fp32 perf/V-fp32.json ...] --out metrics/V.json
 """
 from __future__ import annotations
 
