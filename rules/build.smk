@@ -52,6 +52,7 @@ rule calibrate:
         manifest="calib/{variant}/calibration.json",
     params:
         images=CALIB["images"],
+        validation_images=CALIB["validation_images"],
         seed=CALIB["seed"],
         batch=CALIB["batch"],
         samples=CALIB["samples_per_tensor"],
@@ -69,6 +70,7 @@ rule calibrate:
         CONDA_ENV
     shell:
         "python -m calibrate --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
-        " --datalist {input.datalist:q} --images {params.images} --seed {params.seed} --batch {params.batch}"
+        " --datalist {input.datalist:q} --images {params.images}"
+        " --validation-images {params.validation_images} --seed {params.seed} --batch {params.batch}"
         " --samples {params.samples} --num-bins {params.bins} --threads {threads} --prepped {output.prepped:q}"
         " --stats {output.stats:q} --manifest {output.manifest:q} 2> {log:q}"

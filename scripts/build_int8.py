@@ -8,10 +8,12 @@ OpenVINO IR, which runs its quantized convolutions in int8.
 int8 weights and the CPU the build is made for (`cpu_target`; auto = the building machine's kind): without
 VNNI/AMX, the u8s8 GEMM kernels (Conv with group 1, Gemm, MatMul) add pairs of u8 x s8 products in int16 and
 saturate. For such a target `reduce_range: auto` gives those layers 7-bit weights (depthwise convs have their
-own int32 kernel and keep 8 bits), except the `exact_layers` most sensitive ones (measured on
-`sensitivity_images` calibration images), which keep exact uint8 weights that run on ORT's exact u8u8 kernel;
-the build then runs exactly on any CPU. For a vnni target every weight is plain 8-bit, and the build requires
-VNNI where it runs (build.json 'cpu'; predict and benchmark check it).
+own int32 kernel and keep 8 bits), and the build runs exactly on any CPU. For a vnni target every weight is
+plain 8-bit, and the build requires VNNI where it runs (build.json 'cpu'; predict and benchmark check it).
+
+Accuracy budget (int8_search): the build must agree with the fp32 model on at least `min_agreement` of the
+calibration source's validation split; the most sensitive layers are promoted (to exact uint8 weights on ORT's
+exact u8u8 kernel for a target without VNNI, else to float) until it does, or until `max_promoted_macs`.
 
 CLI: python -m build_int8 --onnx X.onnx --export-info X.json --spec-json S.json --quant int8_max \
         --options '{...every option...}' --outdir vacc/X-int8_max --prepped P.onnx --stats S.npz \
@@ -29,15 +31,16 @@ from onnx import numpy_helper
 
 from build_manifest import COMMON_OPTIONS, build_parser, checked_source, cpu_record, parse_options, write_build
 from calibrate import compute_ranges, full_range_tensors
-from cpu_target import resolve
-from graph_edits import EDGE_PREFIXES, PRE_INPUT, edge_nodes
+from cpu_target import covers, resolve
+from graph_edits import edge_nodes
+from int8_search import search, weight_layers
 from openvino_ir import save_ir
 from shard_io import iter_datalist_rows, read_datalist
-from zoo_common import LOG, ZooError, atomic_path, read_json, run_main, verify_file, write_json
+from zoo_common import ZooError, atomic_path, read_json, run_main, verify_file, write_json
 
-OPTIONS = COMMON_OPTIONS + ("quantized_ops", "method", "per_channel", "reduce_range", "exact_layers",
-                            "sensitivity_images", "activation_type", "weight_type", "exclude_layers",
-                            "keep_bounded_ranges")
+OPTIONS = COMMON_OPTIONS + ("quantized_ops", "method", "per_channel", "reduce_range", "min_agreement",
+                            "max_promoted_macs", "sensitivity_images", "activation_type", "weight_type",
+                            "exclude_layers", "keep_bounded_ranges")
 METHOD_OPTIONS = {"max": (), "percentile": ("percentile",), "kl_divergence": ("levels", "candidates")}
 
 
@@ -68,19 +71,7 @@ def saturating_layers(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
     """(node, weight, channel axis) of the layers that run on ORT's u8s8 GEMM kernels: Conv with group 1, Gemm,
     MatMul with a constant weight. Without VNNI these kernels add pairs of u8 x s8 products in int16 and saturate
     (255 * 127 * 2 > 32767); depthwise Conv has its own kernel that sums in int32."""
-    inits = {i.name for i in model.graph.initializer}
-    out = []
-    for n in model.graph.node:
-        if n.name.startswith(EDGE_PREFIXES) or len(n.input) < 2 or n.input[1] not in inits:
-            continue
-        attrs = {a.name: a for a in n.attribute}
-        if n.op_type == "Conv" and (attrs["group"].i if "group" in attrs else 1) == 1:
-            out.append((n.name, n.input[1], 0))
-        elif n.op_type == "Gemm":
-            out.append((n.name, n.input[1], 0 if "transB" in attrs and attrs["transB"].i else 1))
-        elif n.op_type == "MatMul":
-            out.append((n.name, n.input[1], 1))
-    return out
+    return [(la.name, la.weight, la.axis) for la in weight_layers(model) if la.saturating]
 
 
 def exact_weight_overrides(model: onnx.ModelProto, layers: list[tuple[str, str, int]],
@@ -157,83 +148,33 @@ def _quantize_model(prepped, ranges: dict, out_model: Path, options: dict, exclu
                             op_types_to_quantize=quantized_op_types(options["quantized_ops"]), extra_options=extra)
 
 
-def _weight_dq_inputs(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]) -> list[str]:
-    """Initializer names (quantized value, scale, zero point) of the DequantizeLinear nodes feeding a layer's
-    weight and, when quantized, its bias (the int32 bias is scaled by the weight scale: they go together)."""
-    node_name = node.name
-    dq = producer.get(node.input[1])
-    if dq is None or dq.op_type != "DequantizeLinear":
-        raise ZooError(f"layer {node_name}: weight is not fed by a DequantizeLinear")
-    names = list(dq.input)
-    if len(node.input) > 2 and node.input[2] in producer and producer[node.input[2]].op_type == "DequantizeLinear":
-        names += list(producer[node.input[2]].input)
-    return names
-
-
-def layer_sensitivity(prepped: str, exact_model: Path, reduced_model: Path, layers: list[tuple[str, str, int]],
-                      images: np.ndarray, threads: int = 2) -> dict[str, float]:
-    """How much each layer's 7-bit weights cost: mean squared logit error against the float model, with every
-    listed layer at exact 8 bits except this one at 7 bits, minus the all-exact error. Measured on `images`."""
-    import onnxruntime as ort
-
-    def logits(model_bytes) -> np.ndarray:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-        # one image per call: memory stays that of batch-1 inference (b7 at 600 with a batch of 8 would not)
-        return np.concatenate([sess.run(["logits"], {PRE_INPUT: images[i:i + 1]})[0] for i in range(len(images))])
-
-    ref = logits(prepped)
-    exact, reduced = onnx.load(str(exact_model)), onnx.load(str(reduced_model))
-    base = float(((logits(exact.SerializeToString()) - ref) ** 2).mean())
-    inits = {i.name: i for i in exact.graph.initializer}
-    alt = {i.name: i for i in reduced.graph.initializer}
-    producer = {o: n for n in exact.graph.node for o in n.output}
-    nodes = {n.name: n for n in exact.graph.node}
-    out = {}
-    for k, (node_name, _, _) in enumerate(layers):
-        names = _weight_dq_inputs(nodes[node_name], producer)
-        saved = {n: onnx.TensorProto() for n in names if n in inits}
-        for n in saved:
-            saved[n].CopyFrom(inits[n])
-            inits[n].CopyFrom(alt[n])
-        out[node_name] = float(((logits(exact.SerializeToString()) - ref) ** 2).mean()) - base
-        for n, t in saved.items():
-            inits[n].CopyFrom(t)
-        LOG.info("sensitivity %d/%d %s: %+.3g", k + 1, len(layers), node_name, out[node_name])
-    return out
-
-
-def sensitivity_images(calibration: dict, datalist: str, count: int) -> np.ndarray:
-    """The first `count` images of the calibration set (its recorded order), read from the shards."""
-    files = calibration["files"][:count]
+def calibration_images(files: list[str], datalist: str) -> np.ndarray:
+    """These calibration-source images (uint8 NHWC), read from the shards in the given order."""
     rows = {r[2]: i for i, r in enumerate(read_datalist(datalist))}
     missing = [f for f in files if f not in rows]
     if missing:
         raise ZooError(f"{datalist}: calibration images {missing[:3]} are not in this datalist")
+    if not files:
+        return np.zeros((0,), np.uint8)
     return np.concatenate([b for b, _ in iter_datalist_rows(datalist, [rows[f] for f in files], 16)])
 
 
-def rank_layers(prepped: str, model: onnx.ModelProto, ranges: dict, options: dict, exclude: list[str],
-                layers: list[tuple[str, str, int]], calibration: dict,
-                calib_datalist: str) -> tuple[list[tuple[str, float]], int]:
-    """Layers by measured sensitivity, most sensitive first, and the number of images it was measured on."""
-    images = sensitivity_images(calibration, calib_datalist, options["sensitivity_images"])
-    with tempfile.TemporaryDirectory() as td:
-        exact, reduced = Path(td) / "exact.onnx", Path(td) / "reduced.onnx"
-        _quantize_model(prepped, ranges, exact, options, exclude, exact_weight_overrides(model, layers, ranges),
-                        False)
-        _quantize_model(prepped, ranges, reduced, options, exclude, reduced_weight_overrides(layers), False)
-        sens = layer_sensitivity(prepped, exact, reduced, layers, images)
-    return sorted(sens.items(), key=lambda kv: kv[1], reverse=True), len(images)
+def validation_split(calibration: dict, datalist: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The validation split's images and the fp32 model's top-1 on them (calibration.json), or None. Images come
+    in the order of the fp32 top-1 margin, smallest first: the ones int8 flips first, so that a trial that
+    cannot meet the budget stops early."""
+    split = calibration.get("validation")
+    if not split or not split["files"]:
+        return None
+    order = np.argsort(np.asarray(split["fp32_margin"]), kind="stable")
+    files = [split["files"][i] for i in order]
+    return calibration_images(files, datalist), np.asarray(split["fp32_top1"], np.int64)[order]
 
 
 def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, options: dict,
                calibration: dict, calib_datalist: str, target: str) -> dict:
-    """QDQ int8 model from the calibrated float model and the method's per-tensor ranges.
-
-    On CPUs without VNNI (reduce_range auto) the u8s8 GEMM layers get 7-bit weights, except the
-    `exact_layers` most sensitive ones (measured, see layer_sensitivity), which get exact uint8 weights."""
+    """QDQ int8 model from the calibrated float model and the method's per-tensor ranges, with the fewest
+    promoted layers that meet the accuracy budget on the validation split (int8_search)."""
     method = options["method"]
     model = onnx.load(prepped)
     keep_full = full_range_tensors(model) if options["keep_bounded_ranges"] else set()
@@ -244,32 +185,33 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
                             "ranges": {n: [lo, hi] for n, (lo, hi) in ranges.items()},
                             "observed": {n: list(v) for n, v in full.items()}, "kept_full_range": sorted(keep_full)})
     exclude = edge_nodes(model) + layers_to_exclude(model, options["exclude_layers"])
-    layers = [x for x in saturating_layers(model) if x[0] not in exclude]
+    layers = weight_layers(model, set(exclude))
+    saturating = [(la.name, la.weight, la.axis) for la in layers if la.saturating]
     policy = resolve_reduce_range(options["reduce_range"], target)
-    details: dict = {"reduce_range": policy, "cpu_target": target}
-    overrides: dict = {}
+    runtime = options["runtime"]
+    with tempfile.TemporaryDirectory() as td:
+        base_path, exact_path = Path(td) / "base.onnx", Path(td) / "exact.onnx"
+        _quantize_model(prepped, ranges, base_path, options, exclude,
+                        reduced_weight_overrides(saturating) if policy == "saturating" else {}, policy == "all")
+        exact = None
+        if policy == "saturating" and runtime == "onnxruntime":
+            _quantize_model(prepped, ranges, exact_path, options, exclude,
+                            exact_weight_overrides(model, saturating, ranges), False)
+            exact = onnx.load(str(exact_path))
+        emulate = not covers(resolve("auto"), cpu_requirement(policy)[0])  # the building CPU
+        final, budget = search(onnx.load(str(base_path)), exact, model, layers, policy, runtime,
+                               validation_split(calibration, calib_datalist),
+                               calibration_images(calibration["files"][:options["sensitivity_images"]], calib_datalist),
+                               options, emulate)
+    with atomic_path(out_model, ".onnx") as tmp:
+        onnx.save(final, str(tmp))
+    exact_layers = [name for name, kind in budget["promoted"] if kind == "exact_uint8"]
+    details: dict = {"reduce_range": policy, "cpu_target": target, "accuracy_budget": budget}
     if policy == "saturating":
-        want = options["exact_layers"]
-        if isinstance(want, int):
-            exact = []
-            if want > 0:
-                ranking, n_img = rank_layers(prepped, model, ranges, options, exclude, layers, calibration,
-                                             calib_datalist)
-                exact = [name for name, _ in ranking[:want]]
-                details["sensitivity"] = {"images": n_img, "metric": "increase of mean squared logit error "
-                                          "vs the float model when this layer alone has 7-bit weights",
-                                          "ranking": [[k, round(v, 6)] for k, v in ranking]}
-        else:
-            unknown = sorted(set(want) - {x[0] for x in layers})
-            if unknown:
-                raise ZooError(f"exact_layers: {unknown} are not quantized GEMM layers of this model; "
-                               f"valid: {[x[0] for x in layers][:8]}...")
-            exact = list(want)
-        overrides = {**reduced_weight_overrides([x for x in layers if x[0] not in exact]),
-                     **exact_weight_overrides(model, [x for x in layers if x[0] in exact], ranges)}
-        details["exact_uint8_weight_layers"] = exact
-        details["reduced_7bit_weight_layers"] = len(layers) - len(exact)
-    _quantize_model(prepped, ranges, out_model, options, exclude, overrides, policy == "all")
+        details["exact_uint8_weight_layers"] = exact_layers
+        details["reduced_7bit_weight_layers"] = len(saturating) - len(exact_layers) - sum(
+            1 for name, kind in budget["promoted"] if kind == "float" and name in {x[0] for x in saturating})
+    details["float_layers"] = [name for name, kind in budget["promoted"] if kind == "float"]
     clipped = sum(1 for n, (lo, hi) in ranges.items() if hi < full[n][1] * 0.999 or lo > full[n][0] * 0.999)
     return {"method": method, "tensors": len(ranges), "float_outputs_of": ["Gemm", "MatMul"],
             "tensors_clipped": clipped, "excluded_nodes": exclude, "format": "QDQ",

@@ -24,6 +24,8 @@ from graph_edits import PRE_INPUT
 from zoo_common import LOG, ZooError, file_record, read_json, verify_file, write_json
 
 TIMING_KEYS = ("build_s", "build_peak_rss_mb")
+# measured times inside details.accuracy_budget (int8_search): per trial, ranking pass, whole search
+SEARCH_TIMING_KEYS = ("s", "open_s", "rank_s", "search_s")
 COMMON_OPTIONS = ("kind", "runtime", "cpu_target", "on_cpu_mismatch")
 MODEL_FILES = {"onnxruntime": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 

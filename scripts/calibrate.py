@@ -21,8 +21,11 @@ Range methods (activations are uint8, asymmetric, so 0 is always representable):
     about 0 and quantizes it to 128 bins, so a non-negative ReLU6 output gets only 64 levels' worth of
     candidates: it clipped lite0's head from [0, 6] to [0, 0.38] and lost 9 points.)
 
+The calibration source is split, seeded and class-balanced, into the range images and a disjoint validation
+split on which the int8 builds check their accuracy budget; the fp32 model's top-1 on the split is recorded.
+
 CLI: python -m calibrate --onnx X.onnx --export-info X.json --spec-json S.json --datalist D.tsv --images 1000 \
-        --seed 0 --batch 4 --samples 32768 --num-bins 2048 --threads 2 --prepped P.onnx --stats S.npz \
+        --validation-images 200 --seed 0 --batch 4 --samples 32768 --num-bins 2048 --threads 2 --prepped P.onnx --stats S.npz \
         --manifest calibration.json
 """
 from __future__ import annotations
@@ -63,6 +66,26 @@ def balanced_selection(labels: list[int], n: int, seed: int = 0) -> list[int]:
             if queues[c] and len(chosen) < n:
                 chosen.append(int(queues[c].pop()))
     return sorted(chosen)
+
+
+def split_sizes(available: int, images: int, validation: int) -> tuple[int, int]:
+    """(range images, validation images) from a source of `available` images; when it holds fewer than both
+    counts, each gets its proportional share."""
+    if available >= images + validation:
+        return images, validation
+    val = round(available * validation / (images + validation))
+    return available - val, val
+
+
+def calibration_split(labels: list[int], images: int, validation: int, seed: int) -> tuple[list[int], list[int]]:
+    """(range rows, validation rows): the validation split is drawn first, seeded and class-balanced; the range
+    images are drawn the same way from the rest, so the two never share an image."""
+    n_range, n_val = split_sizes(len(labels), images, validation)
+    val = balanced_selection(labels, n_val, seed) if n_val else []
+    taken = set(val)
+    rest = [i for i in range(len(labels)) if i not in taken]
+    chosen = balanced_selection([labels[i] for i in rest], n_range, seed)
+    return [rest[j] for j in chosen], val
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,6 +360,23 @@ def compute_ranges(arrs, method: str, options: dict, keep_full: set[str] = froze
     return out
 
 
+def reference_top1(prepped: str, datalist: str, rows: list[int], batch: int, threads: int) -> tuple[list, list, list]:
+    """(files, top-1 class, top-1 minus top-2 probability) of the calibrated float model on these rows: the fp32
+    reference of the int8 builds' accuracy budget (the statistics pass's session options: the same bounded
+    memory)."""
+    sess = stats_session(onnx.load(prepped), threads)
+    files, top1, margin = [], [], []
+    progress = Progress(len(rows), "fp32 reference on the validation split")
+    for x, bfiles in iter_datalist_rows(datalist, rows, batch):
+        files.extend(bfiles)
+        probs = sess.run(["probs"], {sess.get_inputs()[0].name: x})[0]
+        best = np.sort(probs, axis=1)[:, -2:]
+        top1.extend(int(t) for t in probs.argmax(axis=1))
+        margin.extend(round(float(m), 6) for m in best[:, 1] - best[:, 0])
+        progress.update(len(x))
+    return files, top1, margin
+
+
 def npz_bytes(arrs: dict) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrs)
@@ -353,7 +393,9 @@ def main(argv=None):
     ap.add_argument("--export-info", required=True, help="its export manifest (records its sha256)")
     ap.add_argument("--spec-json", required=True)
     ap.add_argument("--datalist", required=True, help="datalist.tsv of the calibration source at this geometry")
-    ap.add_argument("--images", type=int, required=True)
+    ap.add_argument("--images", type=int, required=True, help="range images")
+    ap.add_argument("--validation-images", type=int, required=True,
+                    help="validation split for the int8 accuracy budget (disjoint from the range images)")
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--samples", type=int, required=True, help="sampled values per tensor per image")
@@ -382,11 +424,12 @@ def main(argv=None):
     sess = stats_session(aug, a.threads)
     del aug
     rows = read_datalist(a.datalist)
-    chosen = balanced_selection([r[3] for r in rows], a.images, a.seed)
+    chosen, val_rows = calibration_split([r[3] for r in rows], a.images, a.validation_images, a.seed)
     n_classes = len({rows[i][3] for i in chosen})
-    if len(chosen) < a.images:
-        LOG.warning("calibration source has %d images, fewer than the %d asked for: using all", len(rows),
-                    a.images)
+    if len(chosen) < a.images or len(val_rows) < a.validation_images:
+        LOG.warning("calibration source has %d images, fewer than the %d range + %d validation images asked "
+                    "for: %d range + %d validation", len(rows), a.images, a.validation_images, len(chosen),
+                    len(val_rows))
     stats = {n: TensorStats(a.num_bins) for n in names}
     digest = hashlib.sha256()
     progress = Progress(len(chosen), "calibration")
@@ -401,11 +444,16 @@ def main(argv=None):
         progress.update(len(batch))
     with atomic_path(a.stats, ".npz") as tmp:
         tmp.write_bytes(npz_bytes(stats_to_arrays(stats)))
+    val_files, val_top1, val_margin = reference_top1(a.prepped, a.datalist, val_rows, a.batch, a.threads)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     manifest = {
         "images": len(chosen), "images_requested": a.images, "classes_represented": n_classes,
         "classes_in_source": len({r[3] for r in rows}), "seed": a.seed, "batch": a.batch,
         "source_datalist": a.datalist, "content_sha256": digest.hexdigest(), "files": files,
+        "validation": {"images": len(val_rows), "images_requested": a.validation_images,
+                       "classes_represented": len({rows[i][3] for i in val_rows}), "files": val_files,
+                       "fp32_top1": val_top1, "fp32_margin": val_margin,
+                       "reference": "the calibrated float model (ONNX Runtime, fp32)"},
         "tensors": len(names), "samples_per_tensor_per_image": a.samples, "num_bins": a.num_bins,
         "prepped": file_record(a.prepped), "stats": file_record(a.stats),
         "provenance": fingerprint.provenance("calibrate"),

@@ -98,6 +98,10 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
                                   "peak_rss_mb": cal["peak_rss_mb"], "build_peak_rss_mb": build["build_peak_rss_mb"],
                                   "method": build["details"]["method"],
                                   "reduce_range": build["details"]["reduce_range"]}
+            budget = build["details"]["accuracy_budget"]
+            res["accuracy_budget"] = {k: budget.get(k) for k in (
+                "min_agreement", "status", "final_agreement", "split_images", "promoted_macs_fraction", "search_s")}
+            res["accuracy_budget"]["promoted_layers"] = len(budget["promoted"])
         if name in perf_docs:
             p = perf_docs[name]
             if name != reference and reference in perf_docs:
@@ -120,6 +124,9 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
         for name in results:
             if name != reference:
                 results[name]["top1_agreement_with_" + reference] = float((tops[name] == tops[reference]).mean())
+                if "accuracy_budget" in results[name]:  # beside it: the same figure on the calibration split
+                    results[name]["split_agreement_with_" + reference] = results[name]["accuracy_budget"][
+                        "final_agreement"]
     w = export_info["weights"]
     doc = {
         "variant": variant, "timm_tag": export_info["tag"], "weights": w, "random_weights": bool(w["random"]),

@@ -41,7 +41,7 @@ def fastest_build(results: dict, budget: dict) -> tuple[str, float] | None:
 
 
 def slower_than_fp32(metrics: list[dict]) -> list[str]:
-    """'variant mode (0.81x)' for every build the benchmark measured slower than the fp32 build of its own
+    """'variant mode (0.81x)' for every build the benchmark measured no faster than the fp32 build of its own
     runtime (of the reference fp32 build where its runtime has none)."""
     out = []
     for m in metrics:
@@ -50,9 +50,17 @@ def slower_than_fp32(metrics: list[dict]) -> list[str]:
                 speed = r.get("speedup_vs_runtime_fp32")
             else:  # a runtime's own fp32 build is its reference, not slower than itself
                 speed = None if r.get("kind") == "fp32" else r.get("speedup_vs_fp32")
-            if speed is not None and speed < 1.0:
+            if speed is not None and speed <= 1.0:
                 out.append(f"{m['variant']} {q} ({speed:.2f}x)")
     return out
+
+
+def budget_not_met(metrics: list[dict]) -> list[str]:
+    """'variant mode (0.982 on 100)' for every int8 build whose accuracy budget search reached its cap."""
+    return [f"{m['variant']} {q} ({r['accuracy_budget']['final_agreement']:.3f} on "
+            f"{r['accuracy_budget']['split_images']} split images)"
+            for m in metrics for q, r in m["results"].items()
+            if r.get("accuracy_budget", {}).get("status") == "cap_reached"]
 
 
 def rows_from(metrics: list[dict], budget: dict) -> tuple[list[str], list[dict]]:
@@ -102,23 +110,28 @@ def to_markdown(cols: list[str], rows: list[dict], notes: list[str]) -> str:
 
 def text_table(metrics: list[dict], order: list[str]) -> str:
     """A plain-text result table (one row per variant and quant mode, modes in `order` first) for the console."""
-    head = ("variant", "quant", "runtime", "top1", "top5", "agree_fp32", "speed_vs_fp32", "images", "MB", "params_M",
+    head = ("variant", "quant", "runtime", "top1", "top5", "agree_fp32", "split_agree", "speed_vs_fp32", "images", "MB", "params_M",
             "GFLOPs", "size", "weights")
     rows = []
     for m in metrics:
         for q in [q for q in order if q in m["results"]] + sorted(set(m["results"]) - set(order)):
             r = m["results"][q]
             agree, speed = r.get("top1_agreement_with_fp32"), r.get("speedup_vs_fp32")
+            split = r.get("split_agreement_with_fp32")
             rows.append((m["variant"], q, r.get("runtime", "-"), f"{r['top1']:.4f}", f"{r['top5']:.4f}",
-                         "-" if agree is None else f"{agree:.3f}", "-" if speed is None else f"{speed:.2f}x",
+                         "-" if agree is None else f"{agree:.3f}", "-" if split is None else f"{split:.3f}",
+                         "-" if speed is None else f"{speed:.2f}x",
                          str(r["images"]), f"{r['model_size_mb']:.1f}", f"{m['params_m']:.2f}", f"{m['gflops']:.3f}",
                          str(m["input_size"][1]), "RANDOM" if m["random_weights"] else m["weights"]["source"]))
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
     slow = slower_than_fp32(metrics)
     if slow:
-        lines.append("slower than fp32 on its runtime and this CPU (deploy fp32 or the fastest build instead): "
+        lines.append("not faster than fp32 on its runtime and this CPU (fp32 is recommended over it): "
                      + ", ".join(slow))
+    short = budget_not_met(metrics)
+    if short:
+        lines.append("int8 accuracy budget not met within the promotion cap: " + ", ".join(short))
     return "\n".join(lines)
 
 
@@ -196,8 +209,12 @@ def main(argv=None):
                  f"fp32 included)")
     slow = slower_than_fp32(metrics)
     if slow:
-        notes.append("slower than the fp32 build of their runtime on this CPU (deploy fp32 or the fastest_build "
-                     "instead): " + ", ".join(slow))
+        notes.append("not faster than the fp32 build of their runtime on this CPU (fp32 is recommended over "
+                     "them): " + ", ".join(slow))
+    short = budget_not_met(metrics)
+    if short:
+        notes.append("int8 accuracy budget (quant mode min_agreement on the calibration split) not met within "
+                     "the promotion cap: " + ", ".join(short))
     if any(m["random_weights"] for m in metrics):
         notes.append("RANDOM: explicitly configured random weights; their accuracy is meaningless")
     with atomic_path(a.md, ".md") as tmp:

@@ -110,8 +110,13 @@ def _int8_inputs(tmp_path):
     (npz / "datalist.tsv").write_text("shard\trow\tfile\tlabel\n" + "".join(
         f"shard-00000.npz\t{i}\t{i}.JPEG\t{i}\n" for i in range(8)))
     cal = tmp_path / "calibration.json"
-    cal.write_text(json.dumps({"prepped": file_record(prepped), "stats": file_record(stats), "images": 8,
-                               "files": [f"{i}.JPEG" for i in range(8)], "calibration_s": 1.0, "peak_rss_mb": 1.0}))
+    probs = ort.InferenceSession(str(prepped)).run(["probs"], {graph_edits.PRE_INPUT: x[4:]})[0]
+    ranked = np.sort(probs, axis=1)
+    cal.write_text(json.dumps({"prepped": file_record(prepped), "stats": file_record(stats), "images": 4,
+                               "files": [f"{i}.JPEG" for i in range(4)], "calibration_s": 1.0, "peak_rss_mb": 1.0,
+                               "validation": {"images": 4, "files": [f"{i}.JPEG" for i in range(4, 8)],
+                                              "fp32_top1": probs.argmax(axis=1).tolist(),
+                                              "fp32_margin": (ranked[:, -1] - ranked[:, -2]).tolist()}}))
     src = tmp_path / "export.onnx"
     onnx.save(tiny_classifier(8), src)
     info = tmp_path / "export.json"
@@ -128,14 +133,14 @@ def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, target):
     """fp32, fp16 and int8 for ONNX Runtime and OpenVINO (both int8 CPU policies: plain 8-bit for a vnni target,
     7-bit + measured exact layers for avx512) built twice."""
     import build_int8
-    from build_manifest import TIMING_KEYS
+    from build_manifest import SEARCH_TIMING_KEYS, TIMING_KEYS
 
     common, int8_args = _int8_inputs(tmp_path)
     modes = resolved_config()["quant_modes"]
     for quant in ("fp32", "fp16", "int8_percentile", "ov_fp32", "ov_int8_percentile"):
         opts = {**modes[quant], "cpu_target": target}
         if "int8" in quant:
-            opts["exact_layers"] = 1
+            opts["min_agreement"] = 1.0
         builder, extra = (build_int8, int8_args) if "int8" in quant else (build_float, [])
         results = []
         for i in range(2):
@@ -145,9 +150,13 @@ def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, target):
             for k in TIMING_KEYS:
                 manifest.pop(k)
             manifest["model"].pop("path")
+            budget = manifest["details"].get("accuracy_budget", {})
+            for entry in [budget] + budget.get("steps", []):
+                for k in SEARCH_TIMING_KEYS:
+                    entry.pop(k, None)
             results.append(([(out / f).read_bytes() for f in sorted(manifest["files"])], manifest))
         assert results[0][0] == results[1][0], quant
         assert results[0][1] == results[1][1], quant
-        if "int8" in quant and target == "avx512":
-            assert results[0][1]["details"]["reduce_range"] == "saturating"
-            assert len(results[0][1]["details"]["exact_uint8_weight_layers"]) == 1
+        if "int8" in quant:
+            assert results[0][1]["details"]["reduce_range"] == ("saturating" if target == "avx512" else "none")
+            assert results[0][1]["details"]["accuracy_budget"]["split_images"] == 4

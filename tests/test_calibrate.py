@@ -104,6 +104,18 @@ def test_balanced_selection():
     assert calibrate.balanced_selection([0, 0, 1], 10) == [0, 1, 2]  # more asked than exist: all
 
 
+def test_the_validation_split_is_class_balanced_and_disjoint_from_the_range_images():
+    labels = [i % 10 for i in range(200)]
+    ranges, split = calibrate.calibration_split(labels, 100, 50, seed=0)
+    assert len(ranges) == 100 and len(split) == 50 and not set(ranges) & set(split)
+    assert sorted(np.bincount([labels[i] for i in split])) == [5] * 10
+    assert sorted(np.bincount([labels[i] for i in ranges])) == [10] * 10
+    assert calibrate.calibration_split(labels, 100, 50, seed=0) == (ranges, split)
+    assert calibrate.split_sizes(60, 1000, 200) == (50, 10)    # too few images: shared in proportion
+    assert calibrate.split_sizes(6, 1000, 200) == (5, 1) and calibrate.split_sizes(6, 1000, 0) == (6, 0)
+    assert calibrate.calibration_split(labels, 300, 0, seed=0) == (list(range(200)), [])
+
+
 def test_read_rows_of_a_shard(tmp_path):
     arr = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
     p = tmp_path / "s.npz"

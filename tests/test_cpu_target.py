@@ -28,7 +28,8 @@ def test_cpu_kinds_from_flags():
 def build(tmp_path, target: str, **options) -> tuple[dict, list[str]]:
     """An int8 build of a tiny model made for `target`; returns (build.json, predict's arguments)."""
     common, int8_args = _int8_inputs(tmp_path)
-    opts = {**resolved_config()["quant_modes"]["int8_max"], "cpu_target": target, "exact_layers": 1, **options}
+    opts = {**resolved_config()["quant_modes"]["int8_max"], "cpu_target": target, "min_agreement": 1.0,
+            **options}
     out = tmp_path / f"int8-{target}"
     build_int8.main(common + ["--quant", "int8_max", "--options", json.dumps(opts), "--outdir", str(out)] + int8_args)
     shard = tmp_path / "npz" / "shard-00000.npz"
@@ -61,7 +62,9 @@ def test_a_build_for_a_cpu_without_vnni_runs_exactly_everywhere(tmp_path, monkey
     built, args = build(tmp_path, "avx512")
     assert built["cpu"]["target"] == "avx512" and built["cpu"]["requires"] == "avx2"
     assert built["details"]["reduce_range"] == "saturating"
-    assert len(built["details"]["exact_uint8_weight_layers"]) == 1
+    budget = built["details"]["accuracy_budget"]
+    assert budget["status"] in ("met", "cap_reached") and budget["split_images"] == 4
+    assert budget["trials_run_as"] == "onnxruntime, the build's own kernels"   # 7-bit/exact: exact on any CPU
     for running in ("vnni", "avx512", "avx2"):
         monkeypatch.setattr(cpu_target, "cpu_kind", lambda flags=None, r=running: r)
         predict.main(args)

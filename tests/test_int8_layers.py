@@ -1,4 +1,5 @@
-"""int8 weight precision per layer: which layers saturate without VNNI, bias-safe exact weights, sensitivity."""
+"""int8 weight precision per layer: which layers saturate without VNNI, bias-safe exact weights, the accuracy
+budget search (sensitivity, promoted graphs, schedule)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import build_int8
+import int8_search
 from conftest import resolved_config
 from graph_edits import PRE_INPUT
 
@@ -104,41 +106,111 @@ def test_exact_uint8_weights_never_clip_the_int32_bias(tmp_path):
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
 
 
-def test_sensitivity_is_zero_for_a_layer_exact_at_7_bits_and_positive_for_one_that_is_not(tmp_path):
-    rng = np.random.default_rng(1)
-    # conv_a: per-channel weights spread over 255 levels (7 bits lose half of them); conv_b: weights in {-1, 0, 1}
-    w_a = rng.uniform(-1, 1, (4, 3, 3, 3))
-    w_b = rng.integers(-1, 2, (3, 4, 1, 1)).astype(np.float64)
-    w_b[:, 0] = 1.0
-    model = conv_model(w_a, np.zeros(4), w_b)
-    x = images(8)
+def quantized_pair(tmp_path, w_a, w_b, x, overrides=None):
+    """(float model, its QDQ int8 graph with ranges observed on x)."""
+    model = conv_model(w_a, np.zeros(w_a.shape[0]), w_b)
     ranges = observed_ranges(model, x)
-    prepped = tmp_path / "prepped.onnx"
-    onnx.save(model, prepped)
-    layers = build_int8.saturating_layers(model)
-    exact, reduced = tmp_path / "exact.onnx", tmp_path / "reduced.onnx"
-    ex = ["pre_nchw", "pre_cast"]
-    build_int8._quantize_model(model, ranges, exact, INT8, ex, build_int8.exact_weight_overrides(model, layers, ranges), False)
-    build_int8._quantize_model(model, ranges, reduced, INT8, ex, build_int8.reduced_weight_overrides(layers), False)
-    sens = build_int8.layer_sensitivity(str(prepped), exact, reduced, layers, x)
-    assert set(sens) == {"conv_a", "conv_b"}
-    assert abs(sens["conv_b"]) < 1e-9 < sens["conv_a"]
+    out = tmp_path / "q.onnx"
+    build_int8._quantize_model(model, ranges, out, INT8, ["pre_nchw", "pre_cast"], overrides or {}, False)
+    return model, onnx.load(str(out))
 
 
-def test_exact_layers_by_name_must_exist(tmp_path, monkeypatch):
-    import pytest
+def logits_of(model: onnx.ModelProto, x: np.ndarray, optimize: bool = True) -> np.ndarray:
+    so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
+        ["logits"], {PRE_INPUT: x})[0]
 
-    from zoo_common import ZooError
 
+def test_weight_layers_count_multiply_accumulates():
     rng = np.random.default_rng(0)
-    model = conv_model(rng.normal(0, 0.1, (4, 3, 3, 3)), np.zeros(4), rng.normal(0, 0.5, (2, 4, 1, 1)))
-    ranges = observed_ranges(model, images())
-    prepped = tmp_path / "p.onnx"
-    onnx.save(model, prepped)
-    names = list(ranges)
-    np.savez(tmp_path / "stats.npz", names=np.array(names), min=np.array([ranges[n][0] for n in names]),
-             max=np.array([ranges[n][1] for n in names]))
-    opts = {**INT8, "exact_layers": ["conv_a", "nope"]}
-    with pytest.raises(ZooError, match=r"exact_layers: \['nope'\] are not quantized GEMM layers of this model"):
-        build_int8.build_int8(str(prepped), str(tmp_path / "stats.npz"), tmp_path / "m.onnx", tmp_path / "r.json", opts,
-                              {"files": []}, str(tmp_path / "unused-datalist.tsv"), "avx512")
+    model = conv_model(rng.normal(0, 0.1, (4, 3, 3, 3)), np.zeros(4), rng.normal(0, 0.5, (3, 4, 1, 1)))
+    layers = {la.name: la for la in int8_search.weight_layers(model)}
+    assert layers["conv_a"].macs == 8 * 8 * 4 * (3 * 3 * 3) and layers["conv_b"].macs == 8 * 8 * 3 * 4
+    assert layers["conv_a"].saturating and int8_search.promotion_kind(layers["conv_a"], "saturating",
+                                                                      "onnxruntime") == "exact_uint8"
+    assert int8_search.promotion_kind(layers["conv_a"], "saturating", "openvino") == "float"
+    assert int8_search.promotion_kind(layers["conv_a"], "none", "onnxruntime") == "float"
+
+
+def test_a_float_promoted_layer_runs_in_float_in_the_optimized_session(tmp_path):
+    """With a float weight *and* a float bias, ONNX Runtime's WeightBiasQuantization pass requantizes the weight
+    per-tensor: the promoted graph must compute the same logits fused as unfused (float) and match float weights."""
+    rng = np.random.default_rng(2)
+    w_a, w_b = rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.5, (3, 4, 1, 1))
+    w_a[0] *= 40  # one wide channel: per-tensor int8 weights would flatten the other three
+    x = images(8)
+    model, qdq = quantized_pair(tmp_path, w_a, w_b, x)
+    layers = int8_search.weight_layers(model)
+    promoted = int8_search.promoted_model(qdq, [(la, "float") for la in layers], model, None)
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] in {"conv_a", "conv_b"} for n in promoted.graph.node)
+    inits = {i.name: numpy_helper.to_array(i) for i in promoted.graph.initializer}
+    node_a = next(n for n in promoted.graph.node if n.name == "conv_a")
+    assert np.array_equal(inits[node_a.input[1]], w_a.astype(np.float32))
+    fused, unfused = logits_of(promoted, x), logits_of(promoted, x, optimize=False)
+    assert np.abs(fused - unfused).max() < 1e-4 * np.abs(unfused).max()
+
+
+def test_exact_promotion_takes_the_exact_weights(tmp_path):
+    rng = np.random.default_rng(3)
+    w_a, w_b = rng.uniform(-1, 1, (4, 3, 3, 3)), rng.uniform(-1, 1, (3, 4, 1, 1))
+    x = images(8)
+    model = conv_model(w_a, np.zeros(4), w_b)
+    layers = build_int8.saturating_layers(model)
+    ranges = observed_ranges(model, x)
+    _, reduced = quantized_pair(tmp_path, w_a, w_b, x, build_int8.reduced_weight_overrides(layers))
+    _, exact = quantized_pair(tmp_path, w_a, w_b, x, build_int8.exact_weight_overrides(model, layers, ranges))
+    la = next(la for la in int8_search.weight_layers(model) if la.name == "conv_b")
+    promoted = int8_search.promoted_model(reduced, [(la, "exact_uint8")], model, exact)
+    assert np.array_equal(int8_search.dequantized_weight(promoted, la), int8_search.dequantized_weight(exact, la))
+    other = next(la for la in int8_search.weight_layers(model) if la.name == "conv_a")
+    assert np.array_equal(int8_search.dequantized_weight(promoted, other), int8_search.dequantized_weight(reduced, other))
+    err_7 = np.abs(int8_search.dequantized_weight(reduced, la) - w_b).max()
+    assert np.abs(int8_search.dequantized_weight(exact, la) - w_b).max() < 0.6 * err_7
+
+
+def test_noise_ranking_is_the_output_noise_to_signal_ratio(tmp_path):
+    rng = np.random.default_rng(4)
+    w_a, w_b = rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.5, (3, 4, 1, 1))
+    model = conv_model(w_a, np.zeros(4), w_b)
+    deltas = {"conv_a": np.zeros_like(w_a), "conv_b": 0.5 * w_b}   # no bias: noise = (0.5)^2 of the signal
+    scores = int8_search.rank_by_noise(model, deltas, images(3), threads=1)
+    assert scores["conv_a"] == 0.0 and abs(scores["conv_b"] - 0.25) < 1e-5
+
+
+def test_schedule_finds_the_smallest_passing_prefix_stepwise_then_by_bisection():
+    for need, n in ((0, 10), (1, 10), (5, 10), (10, 10), (37, 60)):
+        calls = []
+        chosen, trials = int8_search.schedule_search(lambda p: calls.append(p) or {"passed": p >= need}, n)
+        assert chosen == need and len(calls) == len(set(calls))
+        assert len(calls) <= 2 * int(np.ceil(np.log2(n))) + 2
+    calls = []
+    assert int8_search.schedule_search(lambda p: calls.append(p) or {"passed": False}, 12)[0] == -1
+    assert calls == [0, 1, 2, 4, 8, 12]
+
+
+def test_a_trial_stops_once_the_budget_is_out_of_reach():
+    reference = np.zeros(40, np.int64)
+    seen = []
+
+    def run(x):
+        seen.append(len(x))
+        out = np.zeros((len(x), 3))
+        out[:, 1] = 1.0   # every image disagrees
+        return out
+
+    result = int8_search.run_trial(run, np.zeros((40, 2, 2, 3), np.uint8), reference, allowed=5)
+    assert result["passed"] is False and result["images_run"] == 8 and result["disagreements_at_least"] == 8
+    assert sum(seen) == 8
+    ok = int8_search.run_trial(lambda x: np.eye(3)[np.zeros(len(x), int)], np.zeros((10, 2, 2, 3), np.uint8),
+                               np.zeros(10, np.int64), allowed=0)
+    assert ok == {**ok, "passed": True, "agreement": 1.0, "disagreements": 0, "images_run": 10}
+
+
+def test_the_cap_leaves_out_layers_past_the_promoted_macs_budget():
+    big, small = int8_search.Layer("big", "w1", 0, 80, True), int8_search.Layer("small", "w2", 0, 15, True)
+    other = int8_search.Layer("other", "w3", 0, 10, True)
+    ranked = [(big, "float", 3.0), (small, "float", 2.0), (other, "float", 1.0)]
+    assert [e[0].name for e in int8_search.capped(ranked, 26)] == ["small", "other"]
+    assert [e[0].name for e in int8_search.capped(ranked, 100)] == ["big", "small"]

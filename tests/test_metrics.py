@@ -36,11 +36,17 @@ def test_text_table_recommends_fp32_over_a_slower_build():
          "weights": {"source": "pypi:x"},
          "results": {"fp32": {"top1": 0.9, "top5": 1.0, "images": 6, "model_size_mb": 18.7},
                      "fp16": {"top1": 0.9, "top5": 1.0, "images": 6, "model_size_mb": 9.5,
-                              "top1_agreement_with_fp32": 1.0, "speedup_vs_fp32": 0.89, "runtime": "onnxruntime"}}}
-    lines = text_table([m], ["fp32", "fp16"]).splitlines()
-    assert lines[2].split()[:7] == ["v", "fp16", "onnxruntime", "0.9000", "1.0000", "1.000", "0.89x"]
-    assert lines[-1] == ("slower than fp32 on its runtime and this CPU (deploy fp32 or the fastest build instead): "
-                         "v fp16 (0.89x)")
+                              "top1_agreement_with_fp32": 1.0, "speedup_vs_fp32": 0.89, "runtime": "onnxruntime"},
+                     "int8": {"top1": 0.8, "top5": 1.0, "images": 6, "model_size_mb": 5.2, "runtime": "onnxruntime",
+                              "top1_agreement_with_fp32": 0.8, "split_agreement_with_fp32": 0.97,
+                              "speedup_vs_fp32": 1.0, "accuracy_budget": {"status": "cap_reached",
+                                                                          "final_agreement": 0.97, "split_images": 100}}}}
+    lines = text_table([m], ["fp32", "fp16", "int8"]).splitlines()
+    assert lines[2].split()[:8] == ["v", "fp16", "onnxruntime", "0.9000", "1.0000", "1.000", "-", "0.89x"]
+    assert lines[3].split()[:8] == ["v", "int8", "onnxruntime", "0.8000", "1.0000", "0.800", "0.970", "1.00x"]
+    assert lines[-2] == ("not faster than fp32 on its runtime and this CPU (fp32 is recommended over it): "
+                         "v fp16 (0.89x), v int8 (1.00x)")
+    assert lines[-1] == "int8 accuracy budget not met within the promotion cap: v int8 (0.970 on 100 split images)"
 
 
 def test_throughput_axis_has_labelled_ticks_within_one_decade():

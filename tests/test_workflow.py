@@ -111,19 +111,20 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
         r = m["results"][q]
         assert r["runtime_fp32"] == "ov_fp32" and r["speedup_vs_runtime_fp32"] == round(ips[q] / ips["ov_fp32"], 3)
     cal = m["results"]["int8_max"]["calibration"]
-    assert cal["images"] == 6 and cal["classes_represented"] == 6 and len(cal["content_sha256"]) == 64
+    # 6 demo images: 1000 range + 200 validation asked for, shared in proportion: 5 range images + 1 split image
+    assert cal["images"] == 5 and cal["classes_represented"] == 5 and len(cal["content_sha256"]) == 64
     assert (tmp_path / "vacc/tf_efficientnet_lite0-int8_kl_divergence/calibration.json").exists()
     built = json.loads((tmp_path / "vacc/tf_efficientnet_lite0-int8_max/build.json").read_text())
     details = built["details"]
     assert built["cpu"]["target"] == cpu_kind() and built["cpu"]["target_option"] == "auto"
-    if details["cpu_target"] == "vnni":
-        assert details["reduce_range"] == "none"
-    else:  # 7-bit weights in the saturating GEMM layers except the 8 most sensitive (measured on the 6 images)
-        assert details["reduce_range"] == "saturating" and len(details["exact_uint8_weight_layers"]) == 8
-        ranking = details["sensitivity"]["ranking"]  # [layer, sensitivity], most sensitive first
-        assert len(ranking) == 34 and details["sensitivity"]["images"] == 6
-        assert [r[1] for r in ranking] == sorted((r[1] for r in ranking), reverse=True)
-        assert details["exact_uint8_weight_layers"] == [r[0] for r in ranking[:8]]
+    assert details["reduce_range"] == ("none" if details["cpu_target"] == "vnni" else "saturating")
+    budget = details["accuracy_budget"]   # the default budget, 99% on the 1-image split: met with 0 disagreements
+    assert budget["min_agreement"] == 0.99 and budget["split_images"] == 1 and budget["status"] == "met"
+    assert budget["final_agreement"] == 1.0 == m["results"]["int8_max"]["split_agreement_with_fp32"]
+    ranking = budget["ranking"]["layers"]   # [layer, promotion, score, MACs], most sensitive first
+    assert len(ranking) == 50 and [r[2] for r in ranking] == sorted((r[2] for r in ranking), reverse=True)
+    order = [r[0] for r in ranking]   # promoted layers follow the ranking (layers past the MACs cap left out)
+    assert [order.index(p[0]) for p in budget["promoted"]] == sorted(order.index(p[0]) for p in budget["promoted"])
     perf = json.loads((tmp_path / "perf/tf_efficientnet_lite0-fp32.json").read_text())
     assert set(perf["results"]) == {"1", "16"}
     r16 = perf["results"]["16"]

@@ -1,0 +1,183 @@
+"""int8 accuracy budget (quant mode option min_agreement) on ../shared/imagenet-sample-500, both CPU policies and
+both runtimes: ranges and validation split from one half of the sample, scored on the other half, and the other
+way round (two folds, so every image is scored once). Prints, per variant and int8 mode: top-1 change against
+fp32 and top-1 agreement with fp32 on the held-out halves (both folds pooled), the agreement on the calibration
+split the build met, the promoted layers, and the build's search cost; then the bars of issue 14.
+
+The CPU policy is forced per mode (cpu_target vnni: plain 8-bit weights, promotions to float; avx512: 7-bit
+weights in the saturating GEMM layers, promotions to exact uint8 on ONNX Runtime and to float on OpenVINO).
+The avx512 policy computes the same numbers on every CPU kind; vnni-policy builds are scored only on a CPU with
+VNNI (elsewhere their int8 kernels saturate and the figures would not be the build's).
+
+--b7: the search cost on tf_efficientnet_b7 at 600x600 (random weights: cost only), with min_agreement 1.0 so that
+the search walks its whole schedule, 200 split images.
+
+usage: python bench/int8_budget.py [--variants tf_efficientnet_lite0 ...] [--workdir bench-out/int8-budget]
+                                   [--benchmark] [--b7]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from _workflow import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+from cpu_target import cpu_flags, cpu_kind  # noqa: E402
+
+SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
+METHODS = ("max", "percentile", "kl_divergence")
+TARGETS = ("vnni", "avx512")
+LITES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+
+
+def int8_modes() -> dict[str, dict]:
+    """Every int8 method x runtime x forced CPU target, named like ov_int8_max_avx512."""
+    modes = {}
+    for runtime, prefix in (("onnxruntime", ""), ("openvino", "ov_")):
+        for method in METHODS:
+            for target in TARGETS:
+                modes[f"{prefix}int8_{method}_{target}"] = {"kind": "int8", "method": method, "runtime": runtime,
+                                                            "cpu_target": target}
+    return modes
+
+
+def halves(work: Path, seed: int = 14) -> list[Path]:
+    """The sample split in two seeded halves, as dataset roots of symbolic links (the images stay in shared/)."""
+    lines = [ln.split() for ln in (SAMPLE / "val_label.txt").read_text().splitlines() if ln.strip()]
+    random.Random(seed).shuffle(lines)
+    roots = []
+    for k, part in enumerate((lines[:len(lines) // 2], lines[len(lines) // 2:])):
+        root = work / "data" / f"half{k}"
+        (root / "val").mkdir(parents=True, exist_ok=True)
+        for name, _ in part:
+            link = root / "val" / name
+            if not link.exists():
+                link.symlink_to(SAMPLE / "val" / name)
+        (root / "val_label.txt").write_text("".join(f"{f} {c}\n" for f, c in sorted(part)))
+        if not (root / "label.txt").exists():
+            (root / "label.txt").symlink_to(SAMPLE / "label.txt")
+        roots.append(root)
+    return roots
+
+
+def run_fold(work: Path, roots: list[Path], fold: int, variants: list[str], modes: dict, benchmark: bool) -> Path:
+    """Calibrate on half `fold`, score on the other half: metrics/<variant>.json for every variant."""
+    d = work / f"fold{fold}"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"] = {f"half{k}": {"root": str(r)} for k, r in enumerate(roots)}
+    cfg.update(dataset=f"half{1 - fold}", run_variants=variants, run_quant=["fp32", "ov_fp32"] + list(modes))
+    cfg["calibration"] = {"dataset": f"half{fold}", "images": 150, "validation_images": 100}
+    cfg["quant_modes"] = {"fp32": {"kind": "fp32"}, "ov_fp32": {"kind": "fp32", "runtime": "openvino"}, **modes}
+    cfg["benchmark"] = {"enabled": benchmark}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(d), "--configfile",
+                    str(d / "config.yaml"), "--cores", "2", "--quiet", "rules"]
+                   + [f"metrics/{v}.json" for v in variants], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return d
+
+
+def pooled(folds: list[Path], variant: str, modes: list[str]) -> dict[str, dict]:
+    """Per mode: held-out top-1 change (pt) and agreement pooled over the folds, split agreements, search cost."""
+    docs = [json.loads((d / f"metrics/{variant}.json").read_text()) for d in folds]
+    out = {}
+    for q in modes:
+        n = sum(doc["results"][q]["images"] for doc in docs)
+        agree = sum(doc["results"][q]["top1_agreement_with_fp32"] * doc["results"][q]["images"] for doc in docs)
+        top1 = sum(doc["results"][q]["top1"] * doc["results"][q]["images"] for doc in docs)
+        ref = sum(doc["results"]["fp32"]["top1"] * doc["results"]["fp32"]["images"] for doc in docs)
+        builds = [json.loads((d / f"vacc/{variant}-{q}/build.json").read_text()) for d in folds]
+        budgets = [b["details"]["accuracy_budget"] for b in builds]
+        speed = [doc["results"][q].get("speedup_vs_runtime_fp32") for doc in docs]
+        out[q] = {"images": n, "loss_pt": 100 * (ref - top1) / n, "agreement": agree / n,
+                  "split": [b["final_agreement"] for b in budgets], "status": [b["status"] for b in budgets],
+                  "promoted": [len(b["promoted"]) for b in budgets],
+                  "macs": [b["promoted_macs_fraction"] for b in budgets],
+                  "search_s": [b["search_s"] for b in budgets], "build_s": [b["build_s"] for b in builds],
+                  "trials": [len(b["steps"]) for b in budgets], "speed_vs_runtime_fp32": speed}
+    return out
+
+
+def report(variant: str, rows: dict[str, dict]) -> list[str]:
+    """Print one variant's table; return the modes that miss a bar."""
+    print(f"\n{variant}: held-out top-1 change and agreement with fp32 (both folds pooled), then per fold: split "
+          f"agreement met, promoted layers (share of MACs), status, search / build seconds, trials")
+    misses = []
+    for q, r in rows.items():
+        ok = r["agreement"] >= 0.99 and r["loss_pt"] <= 0.5
+        if not ok:
+            misses.append(f"{variant} {q}")
+        folds = "; ".join(f"{s:.2f} {p} ({m:.1%}) {st} {ss:.1f}/{bs:.1f}s {t}" for s, p, m, st, ss, bs, t in zip(
+            r["split"], r["promoted"], r["macs"], r["status"], r["search_s"], r["build_s"], r["trials"]))
+        speed = ", ".join("-" if s is None else f"{s:.2f}x" for s in r["speed_vs_runtime_fp32"])
+        print(f"  {q:28s} {-r['loss_pt']:+5.1f} pt  {100 * r['agreement']:5.1f}% of {r['images']}  "
+              f"{'meets' if ok else 'MISSES'}  | {folds} | vs its runtime's fp32: {speed}")
+    return misses
+
+
+def b7_cost(work: Path) -> None:
+    """The int8 build of tf_efficientnet_b7 (600x600, random weights) with a search walked to its end."""
+    d = work / "b7"
+    d.mkdir(parents=True, exist_ok=True)
+    roots = halves(work)
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"] = {"half0": {"root": str(roots[0])}}
+    cfg.update(dataset="half0", run_variants=["efficientnet_b7"], run_quant=["int8_percentile"])
+    cfg["variants"]["efficientnet_b7"]["weights"] = "random"
+    cfg["calibration"] = {"dataset": "half0", "images": 16, "validation_images": 200}
+    cfg["quant_modes"] = {"int8_percentile": {"kind": "int8", "method": "percentile", "min_agreement": 1.0}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(d), "--configfile",
+                    str(d / "config.yaml"), "--cores", "2", "--quiet", "rules",
+                    "vacc/efficientnet_b7-int8_percentile/build.json"], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    b = json.loads((d / "vacc/efficientnet_b7-int8_percentile/build.json").read_text())
+    s = b["details"]["accuracy_budget"]
+    per_image = max(t["s"] / t["images_run"] for t in s["steps"])
+    opens = max(t["open_s"] for t in s["steps"])
+    n = len(s["ranking"]["layers"])
+    bound = s["rank_s"] + (2 * (n - 1).bit_length() + 2) * (opens + per_image * s["split_images"])
+    print(f"\nefficientnet_b7 @600 int8_percentile (random weights; min_agreement 1.0): build {b['build_s']:.0f} s, "
+          f"search {s['search_s']:.0f} s = ranking {s['rank_s']:.0f} s ({s['ranking']['images']} images, {n} layers) "
+          f"+ {len(s['steps'])} trials (session open up to {opens:.1f} s, {per_image:.2f} s per image, early exits: "
+          f"{[t['images_run'] for t in s['steps']]} of {s['split_images']} images); a schedule that runs every "
+          f"trial to the end costs at most {bound / 60:.1f} min")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=list(LITES))
+    ap.add_argument("--workdir", default=str(REPO / "bench-out" / "int8-budget"))
+    ap.add_argument("--benchmark", action="store_true", help="also run the benchmark step (speed vs fp32)")
+    ap.add_argument("--b7", action="store_true", help="measure the search cost on efficientnet_b7 instead")
+    a = ap.parse_args()
+    work = Path(a.workdir).resolve()
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx_vnni", "avx2"))
+    print(f"CPU: {cpu_kind()} kind, flags {' '.join(flags)}")
+    if a.b7:
+        b7_cost(work)
+        return
+    modes = int8_modes()
+    if cpu_kind() != "vnni":
+        print("this CPU has no VNNI: the vnni-policy modes are not scored here (their kernels would saturate)")
+        modes = {q: o for q, o in modes.items() if o["cpu_target"] != "vnni"}
+    roots = halves(work)
+    folds = [run_fold(work, roots, k, a.variants, modes, a.benchmark) for k in (0, 1)]
+    misses = []
+    for v in a.variants:
+        misses += report(v, pooled(folds, v, list(modes)))
+    print("\nbars (>= 99% agreement, <= 0.5 pt loss, held-out): "
+          + ("every build meets them" if not misses else f"{len(misses)} of {len(modes) * len(a.variants)} builds "
+             f"miss: {', '.join(misses)}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""Accuracy budget for int8 builds: promote the most sensitive layers until the build agrees with fp32.
+
+An int8 build starts from its CPU policy's weights (plain 8-bit for a vnni target; 7-bit in the saturating GEMM
+layers otherwise) and is checked against `min_agreement`: its top-1 agreement with the fp32 model on the
+validation split of the calibration source (calibrate.py: seeded, class-balanced, disjoint from the range images).
+When it falls short, layers are promoted in the order of their measured sensitivity:
+  * to exact uint8 weights (ONNX Runtime's exact u8u8 kernel): a saturating GEMM layer of an ONNX Runtime build
+    for a target without VNNI;
+  * to float (weights left unquantized) otherwise: on a vnni target, for depthwise layers, and on OpenVINO, which
+    has no exact uint8 kernel.
+Sensitivity is one pass of the float model over range images: for each layer, the output noise its promotion
+removes, ||conv(x, W_now - W_promoted)||^2 / ||conv(x, W)||^2 (the layer's own noise-to-signal ratio, as
+TFLite's quantization debugger ranks layers for float fallback). The search promotes 1, 2, 4, ... layers of the
+ranking, then bisects between the last prefix that fell short and the first that met the budget; a trial stops
+as soon as its disagreements exceed what the budget allows. Promoted layers are capped at a fraction of the
+quantized layers' multiply-accumulates. Each trial is one session of the build's runtime on the trial graph
+(ONNX Runtime fuses the QDQ pattern into its int8 kernels when the session opens, so a session cannot take new
+weights); where the building CPU cannot run the target's kernels exactly (a vnni target built without VNNI),
+trials run the QDQ graph unfused, in float: the same integer arithmetic up to float rounding.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from calibrate import stats_session
+from graph_edits import EDGE_PREFIXES, PRE_INPUT
+from zoo_common import LOG, ZooError
+
+TRIAL_BATCH = 4
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer with a constant weight that int8 quantizes: node name, weight name, channel axis, MACs per image,
+    and whether it runs on the u8s8 GEMM kernels that saturate without VNNI (Conv with group 1, Gemm, MatMul)."""
+    name: str
+    weight: str
+    axis: int
+    macs: int
+    saturating: bool
+
+
+def _out_elems(shapes: dict, name: str) -> int:
+    dims = shapes.get(name)
+    if dims is None or any(d is None for d in dims[1:]):
+        raise ZooError(f"tensor {name}: no static shape; run the model through quant_pre_process first")
+    return int(np.prod(dims[1:])) if len(dims) > 1 else 1
+
+
+def weight_layers(model: onnx.ModelProto, exclude: set[str] = frozenset()) -> list[Layer]:
+    """Conv, Gemm and MatMul nodes with a constant weight, outside the pre/post-processing edges and `exclude`."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if (n.name.startswith(EDGE_PREFIXES) or n.name in exclude or len(n.input) < 2
+                or n.input[1] not in inits or n.op_type not in ("Conv", "Gemm", "MatMul")):
+            continue
+        w = list(inits[n.input[1]].dims)
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type == "Conv":
+            group = attrs["group"].i if "group" in attrs else 1
+            out.append(Layer(n.name, n.input[1], 0, _out_elems(shapes, n.output[0]) * int(np.prod(w[1:])),
+                             group == 1))
+        else:
+            trans_b = n.op_type == "Gemm" and "transB" in attrs and attrs["transB"].i
+            k = w[1] if trans_b else w[0]
+            out.append(Layer(n.name, n.input[1], 0 if trans_b else 1, _out_elems(shapes, n.output[0]) * k, True))
+    return out
+
+
+def promotion_kind(layer: Layer, policy: str, runtime: str) -> str:
+    """'exact_uint8' for a saturating layer of an ONNX Runtime build with 7-bit weights there, else 'float'."""
+    return "exact_uint8" if policy == "saturating" and runtime == "onnxruntime" and layer.saturating else "float"
+
+
+# --------------------------------------------------------------------------------------------------
+# QDQ graphs: dequantized weights, promoted layers
+
+
+def _weight_dqs(model: onnx.ModelProto, node_name: str) -> tuple[onnx.NodeProto, onnx.NodeProto | None]:
+    """The DequantizeLinear nodes feeding a layer's weight and (when quantized) its bias."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = next((n for n in model.graph.node if n.name == node_name), None)
+    if node is None:
+        raise ZooError(f"layer {node_name}: not in the quantized graph")
+    dq = producer.get(node.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear":
+        raise ZooError(f"layer {node_name}: weight is not fed by a DequantizeLinear")
+    bias = producer.get(node.input[2]) if len(node.input) > 2 else None
+    return dq, bias if bias is not None and bias.op_type == "DequantizeLinear" else None
+
+
+def dequantized_weight(model: onnx.ModelProto, layer: Layer) -> np.ndarray:
+    """A layer's weight as the quantized graph computes with it (DequantizeLinear applied), float64."""
+    dq, _ = _weight_dqs(model, layer.name)
+    inits = {i.name: i for i in model.graph.initializer}
+    q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+    zp = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 else np.zeros(1)
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    shape = [1] * q.ndim
+    if scale.size > 1:
+        shape[axis] = scale.size
+    return (q - zp.reshape(shape if zp.size > 1 else [1] * q.ndim)) * scale.reshape(shape)
+
+
+def promoted_model(base: onnx.ModelProto, promotions: list[tuple[Layer, str]], prepped: onnx.ModelProto,
+                   exact: onnx.ModelProto | None) -> onnx.ModelProto:
+    """The quantized graph with these layers promoted: 'float' feeds the layer its float weight and bias from the
+    calibrated float model (its input and output stay quantized where neighbours need them); 'exact_uint8' takes
+    its weight and bias quantization from `exact`, the graph with every saturating layer's weights exact uint8."""
+    m = onnx.ModelProto()
+    m.CopyFrom(base)
+    inits = {i.name: i for i in m.graph.initializer}
+    float_inits = {i.name: i for i in prepped.graph.initializer}
+    float_nodes = {n.name: n for n in prepped.graph.node}
+    nodes = {n.name: n for n in m.graph.node}
+    dropped = set()
+    for layer, kind in promotions:
+        node = nodes[layer.name]
+        wdq, bdq = _weight_dqs(m, layer.name)
+        if kind == "exact_uint8":
+            if exact is None:
+                raise ZooError(f"layer {layer.name}: exact uint8 promotion needs the exact-weight graph")
+            alt = {i.name: i for i in exact.graph.initializer}
+            for name in list(wdq.input) + (list(bdq.input) if bdq is not None else []):
+                if name in inits:
+                    inits[name].CopyFrom(alt[name])
+            continue
+        # float weight; the bias stays the int32 DequantizeLinear: with a float weight *and* a float bias, ONNX
+        # Runtime's WeightBiasQuantization pass would requantize the weight per-tensor (measured: agreement fell)
+        t = onnx.TensorProto()
+        t.CopyFrom(float_inits[float_nodes[layer.name].input[1]])
+        t.name = f"{t.name}__float"
+        m.graph.initializer.append(t)
+        node.input[1] = t.name
+        dropped.add(wdq.name)
+        if bdq is None:
+            zero = f"{layer.name}__zero_bias"
+            channels = t.dims[0] if layer.axis == 0 else t.dims[1]
+            m.graph.initializer.extend([numpy_helper.from_array(np.zeros(channels, np.int32), zero + "_q"),
+                                        numpy_helper.from_array(np.array(1.0, np.float32), zero + "_scale")])
+            m.graph.node.append(helper.make_node("DequantizeLinear", [zero + "_q", zero + "_scale"], [zero],
+                                                 name=zero + "_DequantizeLinear"))
+            del node.input[2:]
+            node.input.append(zero)
+    if dropped:
+        keep = [n for n in m.graph.node if n.name not in dropped]
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+        used = {i for n in m.graph.node for i in n.input}
+        keep_inits = [i for i in m.graph.initializer if i.name in used]
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(keep_inits)
+    return m
+
+
+# --------------------------------------------------------------------------------------------------
+# sensitivity: one pass of the float model
+
+
+def rank_by_noise(prepped: onnx.ModelProto, deltas: dict[str, np.ndarray], images: np.ndarray,
+                  threads: int) -> dict[str, float]:
+    """Per layer, ||op(x, delta)||^2 / ||op(x, W)||^2 summed over `images`: the output noise-to-signal ratio that
+    a weight change of `delta` (quantized minus promoted weight) causes, x being the layer's float input."""
+    m = onnx.ModelProto()
+    m.CopyFrom(prepped)
+    g = m.graph
+    del g.output[:]
+    extra: dict[str, list] = {}
+    nodes = {n.name: n for n in prepped.graph.node}
+    for i, (name, delta) in enumerate(deltas.items()):
+        node = nodes[name]
+        g.initializer.append(numpy_helper.from_array(delta.astype(np.float32), f"search__dw{i}"))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "beta"}
+        extra[node.output[0]] = [
+            helper.make_node(node.op_type, [node.input[0], f"search__dw{i}"], [f"search__e{i}"], **attrs),
+            helper.make_node("ReduceSumSquare", [f"search__e{i}"], [f"search__noise{i}"], keepdims=0),
+            helper.make_node("ReduceSumSquare", [node.output[0]], [f"search__signal{i}"], keepdims=0)]
+        for kind in ("noise", "signal"):
+            g.output.append(helper.make_tensor_value_info(f"search__{kind}{i}", onnx.TensorProto.FLOAT, None))
+    ordered = []
+    for node in prepped.graph.node:  # each probe right after its layer, so activations are freed as usual
+        ordered.append(node)
+        ordered.extend(extra.get(node.output[0], []))
+    del g.node[:]
+    g.node.extend(ordered)
+    sess = stats_session(m, threads)
+    sums = np.zeros((len(deltas), 2))
+    for k in range(len(images)):
+        outs = sess.run(None, {PRE_INPUT: images[k:k + 1]})
+        sums += np.asarray(outs, np.float64).reshape(len(deltas), 2)
+    return {name: float(n / s) if s > 0 else 0.0 for name, (n, s) in zip(deltas, sums)}
+
+
+# --------------------------------------------------------------------------------------------------
+# trials
+
+
+def trial_runner(runtime: str, emulate: bool, threads: int):
+    """A function model -> (batch -> logits) that opens the model on the build's runtime; `emulate`: ONNX Runtime
+    with every graph optimization off, so the QDQ graph runs unfused in float (exact int8 arithmetic up to float
+    rounding, on any CPU)."""
+    if runtime == "openvino" and not emulate:
+        import openvino as ov
+
+        core = ov.Core()
+
+        def open_ov(model: onnx.ModelProto):
+            with tempfile.TemporaryDirectory() as td:
+                path = Path(td) / "trial.onnx"
+                onnx.save(model, str(path))
+                compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+                    "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+            out = compiled.output("logits")
+            return lambda x: compiled(x)[out]
+        return open_ov
+
+    import onnxruntime as ort
+
+    def open_ort(model: onnx.ModelProto):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        if emulate:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return lambda x: sess.run(["logits"], {PRE_INPUT: x})[0]
+    return open_ort
+
+
+def run_trial(run, images: np.ndarray, reference: np.ndarray, allowed: int) -> dict:
+    """Top-1 agreement of `run` with the reference top-1 on the split; stops once disagreements exceed
+    `allowed` (the trial cannot meet the budget any more)."""
+    t0 = time.monotonic()
+    wrong = seen = 0
+    for i in range(0, len(images), TRIAL_BATCH):
+        top = run(images[i:i + TRIAL_BATCH]).argmax(axis=1)
+        wrong += int((top != reference[i:i + TRIAL_BATCH]).sum())
+        seen += len(top)
+        if wrong > allowed:
+            return {"passed": False, "disagreements_at_least": wrong, "images_run": seen,
+                    "agreement_at_most": round(1 - wrong / len(images), 6), "s": round(time.monotonic() - t0, 2)}
+    return {"passed": True, "disagreements": wrong, "images_run": seen,
+            "agreement": round(1 - wrong / len(images), 6), "s": round(time.monotonic() - t0, 2)}
+
+
+def capped(ranking: list[tuple[Layer, str, float]], cap_macs: float) -> list[tuple[Layer, str, float]]:
+    """The ranking with every layer that would take the promoted MACs past `cap_macs` left out."""
+    out, used = [], 0
+    for entry in ranking:
+        if used + entry[0].macs <= cap_macs:
+            out.append(entry)
+            used += entry[0].macs
+    return out
+
+
+def schedule_search(trial, n: int) -> tuple[int, dict[int, dict]]:
+    """Smallest prefix p of n ranked layers whose trial passes: p = 0, then 1, 2, 4, ... n, then bisection
+    between the last failing and the first passing prefix. Returns (p, trials) with p = -1 when none passes."""
+    trials: dict[int, dict] = {}
+
+    def passes(p: int) -> bool:
+        if p not in trials:
+            trials[p] = trial(p)
+        return trials[p]["passed"]
+
+    if passes(0):
+        return 0, trials
+    lo, hi = 0, None
+    p = 1
+    while p <= n:
+        if passes(p):
+            hi = p
+            break
+        lo = p
+        if p == n:
+            break
+        p = min(2 * p, n)
+    if hi is None:
+        return -1, trials
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if passes(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi, trials
+
+
+def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.ModelProto, layers: list[Layer],
+           policy: str, runtime: str, split: tuple[np.ndarray, np.ndarray] | None, rank_images: np.ndarray,
+           options: dict, emulate: bool, threads: int = 2) -> tuple[onnx.ModelProto, dict]:
+    """The quantized graph that meets `min_agreement` on the split with the fewest promoted layers (or the most the
+    cap allows, when none meets it), and the record of the search for build.json."""
+    t0 = time.monotonic()
+    budget = float(options["min_agreement"])
+    record: dict = {"min_agreement": budget, "max_promoted_macs": options["max_promoted_macs"]}
+    if split is None or len(split[0]) == 0 or budget <= 0:
+        why = "min_agreement is 0" if budget <= 0 else "the calibration source has no validation split"
+        LOG.warning("int8 accuracy budget not checked: %s", why)
+        return base, {**record, "status": "not_checked", "why": why, "promoted": [], "search_s": 0.0}
+    images, reference = split
+    allowed = int(math.floor((1 - budget) * len(images) + 1e-9))
+    quantized = [la for la in layers if _has_weight_dq(base, la.name)]
+    kinds = {la.name: promotion_kind(la, policy, runtime) for la in quantized}
+    deltas = {}
+    for la in quantized:
+        now = dequantized_weight(base, la)
+        target = (dequantized_weight(exact, la) if kinds[la.name] == "exact_uint8"
+                  else numpy_helper.to_array(_init(prepped, la.weight)).astype(np.float64))
+        deltas[la.name] = now - target
+    t_rank = time.monotonic()
+    scores = rank_by_noise(prepped, deltas, rank_images, threads)
+    rank_s = time.monotonic() - t_rank
+    ranking = sorted(((la, kinds[la.name], scores[la.name]) for la in quantized), key=lambda e: -e[2])
+    total_macs = sum(la.macs for la in quantized)
+    order = capped(ranking, options["max_promoted_macs"] * total_macs)
+    opener = trial_runner(runtime, emulate, threads)
+
+    def trial(p: int) -> dict:
+        model = promoted_model(base, [(la, k) for la, k, _ in order[:p]], prepped, exact)
+        t = time.monotonic()
+        run = opener(model)
+        open_s = time.monotonic() - t
+        result = {"layers": p, **run_trial(run, images, reference, allowed), "open_s": round(open_s, 2)}
+        LOG.info("budget trial: %d promoted layers: %s", p, result)
+        return result
+
+    chosen, trials = schedule_search(trial, len(order))
+    status = "met" if chosen >= 0 else "cap_reached"
+    if chosen < 0:  # the most the cap allows, scored on the whole split
+        chosen = len(order)
+        model = promoted_model(base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)
+        final = run_trial(opener(model), images, reference, len(images))
+    else:
+        model = promoted_model(base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)
+        final = trials[chosen]
+    promoted = order[:chosen]
+    record.update({
+        "status": status, "split_images": len(images), "disagreements_allowed": allowed,
+        "trials_run_as": ("ONNX Runtime, QDQ graph unfused in float (this CPU cannot run the target's int8 "
+                          "kernels exactly)" if emulate else f"{runtime}, the build's own kernels"),
+        "ranking": {"images": len(rank_images), "metric": "output noise-to-signal ratio the promotion removes "
+                    "(float model, one pass)", "layers": [[la.name, k, round(s, 8), la.macs] for la, k, s in ranking]},
+        "cap_macs": int(options["max_promoted_macs"] * total_macs), "quantized_layer_macs": total_macs,
+        "steps": [trials[p] for p in sorted(trials)],
+        "promoted": [[la.name, k] for la, k, _ in promoted],
+        "promoted_macs_fraction": round(sum(la.macs for la, _, _ in promoted) / max(total_macs, 1), 4),
+        "final_agreement": final["agreement"], "rank_s": round(rank_s, 2),
+        "search_s": round(time.monotonic() - t0, 2)})
+    if status != "met":
+        LOG.warning("int8 accuracy budget %.3f not met: %d promoted layers (the cap, %s of the MACs) agree on %.4f",
+                    budget, chosen, options["max_promoted_macs"], final["agreement"])
+    return model, record
+
+
+def _init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(i for i in model.graph.initializer if i.name == name)
+
+
+def _has_weight_dq(model: onnx.ModelProto, node_name: str) -> bool:
+    try:
+        _weight_dqs(model, node_name)
+    except ZooError:
+        return False
+    return True

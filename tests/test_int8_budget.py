@@ -1,0 +1,82 @@
+"""The int8 accuracy budget on real weights and photos: tf_efficientnet_lite0/1/2 on the ImageNet sample, int8
+builds for both CPU policies (forced cpu_target, so any CPU kind runs them) and both runtimes, through snakemake.
+Each build's record is checked against an independent run of the built model on the validation split."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import build_int8
+import int8_search
+import runtime
+from conftest import SAMPLE, needs_sample, run_snakemake
+from cpu_target import covers, cpu_kind
+
+# variant -> its two builds: (quant mode, runtime, forced CPU target), together every policy x runtime pairing
+BUILDS = {
+    "tf_efficientnet_lite0": [("int8_percentile", "onnxruntime", "avx512"), ("ov_int8_percentile", "openvino", "vnni")],
+    "tf_efficientnet_lite1": [("int8_max", "onnxruntime", "vnni"), ("ov_int8_max", "openvino", "avx512")],
+    "tf_efficientnet_lite2": [("int8_kl_divergence", "onnxruntime", "avx512"),
+                              ("ov_int8_kl_divergence", "openvino", "vnni")],
+}
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    """calibration on the sample (48 range images, a 100-image validation split), the six int8 builds."""
+    work = tmp_path_factory.mktemp("budget")
+    modes = {q: {"kind": "int8", "method": q.split("int8_")[1], "runtime": rt, "cpu_target": target}
+             for builds in BUILDS.values() for q, rt, target in builds}
+    cfg = {"dataset": "sample", "datasets": {"sample": {"root": str(SAMPLE)}},
+           "calibration": {"images": 48, "validation_images": 100}, "quant_modes": modes}
+    targets = [f"vacc/{v}-{q}/build.json" for v, builds in BUILDS.items() for q, _, _ in builds]
+    run_snakemake(work, *targets, config=cfg)
+    return work
+
+
+def split_agreement(work, variant: str, quant: str) -> float:
+    """The built model's top-1 agreement with the recorded fp32 top-1 on the validation split, run here."""
+    cal = json.loads((work / f"calib/{variant}/calibration.json").read_text())
+    images, reference = build_int8.validation_split(cal, str(work / cal["source_datalist"]))
+    model = work / f"vacc/{variant}-{quant}" / ("model.xml" if quant.startswith("ov_") else "model.onnx")
+    run, _ = runtime.open_build(str(model), 2)
+    batch = int8_search.TRIAL_BATCH   # as the search ran it
+    top = np.concatenate([run(images[i:i + batch])[1].argmax(axis=1) for i in range(0, len(images), batch)])
+    return float((top == reference).mean())
+
+
+@needs_sample
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(BUILDS))
+def test_int8_builds_meet_the_budget_on_the_split_or_say_why(budget_run, variant):
+    cal = json.loads((budget_run / f"calib/{variant}/calibration.json").read_text())
+    split = cal["validation"]
+    assert split["images"] == 100 and split["classes_represented"] == 100 and cal["images"] == 48
+    assert not set(split["files"]) & set(cal["files"])          # ranges never see a split image
+    for quant, rt, target in BUILDS[variant]:
+        built = json.loads((budget_run / f"vacc/{variant}-{quant}/build.json").read_text())
+        budget = built["details"]["accuracy_budget"]
+        assert built["options"]["runtime"] == rt and built["cpu"]["target"] == target
+        assert budget["min_agreement"] == 0.99 and budget["split_images"] == 100
+        assert budget["disagreements_allowed"] == 1
+        kinds = {k for _, k in budget["promoted"]}
+        # promotions: exact uint8 only for ONNX Runtime without VNNI (saturating layers), float otherwise
+        if rt == "onnxruntime" and target == "avx512":
+            saturating = {la[0] for la in budget["ranking"]["layers"] if la[1] == "exact_uint8"}
+            assert {n for n, k in budget["promoted"] if k == "exact_uint8"} <= saturating
+        else:
+            assert kinds <= {"float"}
+        assert budget["promoted_macs_fraction"] <= 0.25
+        steps = {s["layers"]: s for s in budget["steps"]}
+        if budget["status"] == "met":
+            chosen = len(budget["promoted"])
+            assert budget["final_agreement"] >= 0.99 and steps[chosen]["passed"]
+            assert all(not steps[p]["passed"] for p in steps if p < chosen)   # the smallest passing prefix
+        else:
+            assert budget["status"] == "cap_reached" and budget["final_agreement"] < 0.99
+        emulated = not covers(cpu_kind(), built["cpu"]["requires"])
+        assert budget["trials_run_as"].startswith("ONNX Runtime, QDQ graph unfused" if emulated else rt)
+        if not emulated:   # the record is what the built model does
+            assert split_agreement(budget_run, variant, quant) == budget["final_agreement"]
