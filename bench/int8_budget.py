@@ -79,9 +79,9 @@ def run_fold(work: Path, roots: list[Path], fold: int, variants: list[str], mode
     cfg["quant_modes"] = {"fp32": {"kind": "fp32"}, "ov_fp32": {"kind": "fp32", "runtime": "openvino"}, **modes}
     cfg["benchmark"] = {"enabled": benchmark}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(d), "--configfile",
-                    str(d / "config.yaml"), "--cores", "2", "--quiet", "rules"]
-                   + [f"metrics/{v}.json" for v in variants], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run([sys.executable, "-m", "snakemake", *[f"metrics/{v}.json" for v in variants], "-s",
+                    str(REPO / "Snakefile"), "-d", str(d), "--cores", "2", "--quiet", "rules", "--configfile",
+                    str(d / "config.yaml")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return d
 
 
@@ -135,10 +135,9 @@ def b7_cost(work: Path) -> None:
     cfg["calibration"] = {"dataset": "half0", "images": 16, "validation_images": 200}
     cfg["quant_modes"] = {"int8_percentile": {"kind": "int8", "method": "percentile", "min_agreement": 1.0}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(d), "--configfile",
-                    str(d / "config.yaml"), "--cores", "2", "--quiet", "rules",
-                    "vacc/efficientnet_b7-int8_percentile/build.json"], check=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run([sys.executable, "-m", "snakemake", "vacc/efficientnet_b7-int8_percentile/build.json", "-s",
+                    str(REPO / "Snakefile"), "-d", str(d), "--cores", "2", "--quiet", "rules", "--configfile",
+                    str(d / "config.yaml")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     b = json.loads((d / "vacc/efficientnet_b7-int8_percentile/build.json").read_text())
     s = b["details"]["accuracy_budget"]
     per_image = max(t["s"] / t["images_run"] for t in s["steps"])

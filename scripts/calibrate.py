@@ -25,8 +25,8 @@ The calibration source is split, seeded and class-balanced, into the range image
 split on which the int8 builds check their accuracy budget; the fp32 model's top-1 on the split is recorded.
 
 CLI: python -m calibrate --onnx X.onnx --export-info X.json --spec-json S.json --datalist D.tsv --images 1000 \
-        --validation-images 200 --seed 0 --batch 4 --samples 32768 --num-bins 2048 --threads 2 --prepped P.onnx --stats S.npz \
-        --manifest calibration.json
+        --validation-images 200 --seed 0 --batch 4 --samples 32768 --num-bins 2048 --threads 2 --prepped P.onnx \
+        --stats S.npz --manifest calibration.json
 """
 from __future__ import annotations
 

@@ -15,14 +15,22 @@ from zoo_common import atomic_path
 IR_FILES = ("model.xml", "model.bin")
 
 
-def save_ir(onnx_path: str, outdir: Path) -> None:
-    """Convert an ONNX file to OpenVINO IR in outdir (model.xml + model.bin, fp32 weights)."""
+def convert(onnx_path: str):
+    """The OpenVINO model of an ONNX file, as the IR holds it (generated node names made positional)."""
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
     for i, op in enumerate(model.get_ordered_ops()):
         if re.fullmatch(r"[A-Za-z]+_\d+", op.get_friendly_name()):  # generated: TypeName_<counter>
             op.set_friendly_name(f"{op.get_friendly_name().split('_')[0]}_n{i}")
+    return model
+
+
+def save_ir(onnx_path: str, outdir: Path) -> None:
+    """Convert an ONNX file to OpenVINO IR in outdir (model.xml + model.bin, fp32 weights)."""
+    import openvino as ov
+
+    model = convert(onnx_path)
     with atomic_path(outdir / "model.xml", ".xml") as xml:
         ov.save_model(model, str(xml), compress_to_fp16=False)
         with atomic_path(outdir / "model.bin", ".bin") as bin_path:

@@ -110,8 +110,8 @@ def to_markdown(cols: list[str], rows: list[dict], notes: list[str]) -> str:
 
 def text_table(metrics: list[dict], order: list[str]) -> str:
     """A plain-text result table (one row per variant and quant mode, modes in `order` first) for the console."""
-    head = ("variant", "quant", "runtime", "top1", "top5", "agree_fp32", "split_agree", "speed_vs_fp32", "images", "MB", "params_M",
-            "GFLOPs", "size", "weights")
+    head = ("variant", "quant", "runtime", "top1", "top5", "agree_fp32", "split_agree", "speed_vs_fp32", "images", "MB",
+            "params_M", "GFLOPs", "size", "weights")
     rows = []
     for m in metrics:
         for q in [q for q in order if q in m["results"]] + sorted(set(m["results"]) - set(order)):

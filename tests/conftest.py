@@ -63,13 +63,14 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: 
                   timeout: int = 1800, repo: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the workflow's snakemake (of `repo`, by default this one) in `workdir` with an optional config file
     written there and extra environment variables."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), "--cores", "2"]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), "--cores", "2",
+           *args]   # before --configfile, which takes every file name that follows it
     if config is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = workdir / "test-config.yaml"
         cfg.write_text(yaml.safe_dump(config))
         cmd += ["--configfile", str(cfg)]
-    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"

@@ -165,7 +165,8 @@ def test_exact_promotion_takes_the_exact_weights(tmp_path):
     promoted = int8_search.promoted_model(reduced, [(la, "exact_uint8")], model, exact)
     assert np.array_equal(int8_search.dequantized_weight(promoted, la), int8_search.dequantized_weight(exact, la))
     other = next(la for la in int8_search.weight_layers(model) if la.name == "conv_a")
-    assert np.array_equal(int8_search.dequantized_weight(promoted, other), int8_search.dequantized_weight(reduced, other))
+    assert np.array_equal(int8_search.dequantized_weight(promoted, other),
+                          int8_search.dequantized_weight(reduced, other))
     err_7 = np.abs(int8_search.dequantized_weight(reduced, la) - w_b).max()
     assert np.abs(int8_search.dequantized_weight(exact, la) - w_b).max() < 0.6 * err_7
 
