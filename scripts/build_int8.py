@@ -159,6 +159,13 @@ def calibration_images(files: list[str], datalist: str) -> np.ndarray:
     return np.concatenate([b for b, _ in iter_datalist_rows(datalist, [rows[f] for f in files], 16)])
 
 
+def spread(files: list[str], count: int) -> list[str]:
+    """`count` files evenly spaced over the list (the calibration files are in datalist order, class by class)."""
+    if count >= len(files):
+        return list(files)
+    return [files[i * len(files) // count] for i in range(count)]
+
+
 def validation_split(calibration: dict, datalist: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The validation split's images and the fp32 model's top-1 on them (calibration.json), or None. Images come
     in the order of the fp32 top-1 margin, smallest first: the ones int8 flips first, so that a trial that
@@ -201,7 +208,7 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
         emulate = not covers(resolve("auto"), cpu_requirement(policy)[0])  # the building CPU
         final, budget = search(onnx.load(str(base_path)), exact, model, layers, policy, runtime,
                                validation_split(calibration, calib_datalist),
-                               calibration_images(calibration["files"][:options["sensitivity_images"]], calib_datalist),
+                               calibration_images(spread(calibration["files"], options["sensitivity_images"]), calib_datalist),
                                options, emulate)
     with atomic_path(out_model, ".onnx") as tmp:
         onnx.save(final, str(tmp))

@@ -160,3 +160,27 @@ def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, target):
         if "int8" in quant:
             assert results[0][1]["details"]["reduce_range"] == ("saturating" if target == "avx512" else "none")
             assert results[0][1]["details"]["accuracy_budget"]["split_images"] == 4
+
+
+def test_the_validation_split_comes_smallest_fp32_margin_first(tmp_path):
+    """The images int8 flips first come first, so a trial that cannot meet the budget stops early."""
+    import build_int8
+    import shard_io
+
+    _, int8_args = _int8_inputs(tmp_path)
+    cal = json.loads((tmp_path / "calibration.json").read_text())
+    cal["validation"]["fp32_margin"] = [0.5, 0.1, 0.9, 0.3]   # files 4, 5, 6, 7
+    images, reference = build_int8.validation_split(cal, str(tmp_path / "npz" / "datalist.tsv"))
+    shard = shard_io.read_rows(str(tmp_path / "npz" / "shard-00000.npz"), list(range(8)))
+    assert np.array_equal(images, shard[[5, 7, 4, 6]])
+    top1 = cal["validation"]["fp32_top1"]
+    assert reference.tolist() == [top1[1], top1[3], top1[0], top1[2]]
+    assert build_int8.validation_split({"validation": {"files": []}}, "unused.tsv") is None
+
+
+def test_ranking_images_are_spread_over_the_calibration_files():
+    import build_int8
+
+    files = [f"{i}.JPEG" for i in range(10)]
+    assert build_int8.spread(files, 4) == ["0.JPEG", "2.JPEG", "5.JPEG", "7.JPEG"]
+    assert build_int8.spread(files, 20) == files
