@@ -11,7 +11,8 @@ saturate. For such a target `reduce_range: auto` gives those layers 7-bit weight
 own int32 kernel and keep 8 bits), and the build runs exactly on any CPU. For a vnni target every weight is
 plain 8-bit, and the build requires VNNI where it runs (build.json 'cpu'; predict and benchmark check it).
 
-Accuracy budget (int8_search): the build must agree with the fp32 model on at least `min_agreement` of the
+Bias correction (int8_search, default on): each layer's int32 bias absorbs the mean output change its quantized
+weights cause, measured in one pass of the float model. Accuracy budget (int8_search): the build must agree with the fp32 model on at least `min_agreement` of the
 calibration source's validation split; the most sensitive layers are promoted (to exact uint8 weights on ORT's
 exact u8u8 kernel for a target without VNNI, else to float) until it does, or until `max_promoted_macs`.
 
@@ -39,7 +40,7 @@ from shard_io import iter_datalist_rows, read_datalist
 from zoo_common import ZooError, atomic_path, read_json, run_main, verify_file, write_json
 
 OPTIONS = COMMON_OPTIONS + ("quantized_ops", "method", "per_channel", "reduce_range", "min_agreement",
-                            "max_promoted_macs", "sensitivity_images", "activation_type", "weight_type",
+                            "max_promoted_macs", "bias_correction", "sensitivity_images", "activation_type", "weight_type",
                             "exclude_layers", "keep_bounded_ranges")
 METHOD_OPTIONS = {"max": (), "percentile": ("percentile",), "kl_divergence": ("levels", "candidates")}
 

@@ -8,6 +8,8 @@ When it falls short, layers are promoted in the order of their measured sensitiv
     for a target without VNNI;
   * to float (weights left unquantized) otherwise: on a vnni target, for depthwise layers, and on OpenVINO, which
     has no exact uint8 kernel.
+Before the search, bias correction (on by default): each layer's int32 bias absorbs the mean output change its
+quantized weights cause (measured in the same pass; data-driven bias correction as in NNCF's fast bias correction).
 Sensitivity is one pass of the float model over range images: for each layer, the output noise its promotion
 removes, ||conv(x, W_now - W_promoted)||^2 / ||conv(x, W)||^2 (the layer's own noise-to-signal ratio, as
 TFLite's quantization debugger ranks layers for float fallback). The search promotes 1, 2, 4, ... layers of the
@@ -139,10 +141,19 @@ def promoted_model(base: onnx.ModelProto, promotions: list[tuple[Layer, str]], p
                 if name in inits:
                     inits[name].CopyFrom(alt[name])
             continue
-        # float weight; the bias stays the int32 DequantizeLinear: with a float weight *and* a float bias, ONNX
-        # Runtime's WeightBiasQuantization pass would requantize the weight per-tensor (measured: agreement fell)
+        # float weight; the bias stays an int32 DequantizeLinear, of the float bias (not bias-corrected): with a
+        # float weight *and* a float bias, ONNX Runtime's WeightBiasQuantization pass would requantize the weight
+        # per-tensor (measured: agreement fell)
+        source = float_nodes[layer.name]
+        if bdq is not None and len(source.input) > 2:
+            scale = numpy_helper.to_array(inits[bdq.input[1]]).astype(np.float64)
+            b = numpy_helper.to_array(float_inits[source.input[2]]).astype(np.float64)
+            q = np.clip(np.round(b / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+            t = numpy_helper.from_array(q, f"{bdq.input[0]}__float")
+            m.graph.initializer.append(t)
+            bdq.input[0] = t.name
         t = onnx.TensorProto()
-        t.CopyFrom(float_inits[float_nodes[layer.name].input[1]])
+        t.CopyFrom(float_inits[source.input[1]])
         t.name = f"{t.name}__float"
         m.graph.initializer.append(t)
         node.input[1] = t.name
@@ -168,13 +179,15 @@ def promoted_model(base: onnx.ModelProto, promotions: list[tuple[Layer, str]], p
 
 
 # --------------------------------------------------------------------------------------------------
-# sensitivity: one pass of the float model
+# one pass of the float model: weight noise per layer (sensitivity) and its mean (bias correction)
 
 
-def rank_by_noise(prepped: onnx.ModelProto, deltas: dict[str, np.ndarray], images: np.ndarray,
-                  threads: int) -> dict[str, float]:
-    """Per layer, ||op(x, delta)||^2 / ||op(x, W)||^2 summed over `images`: the output noise-to-signal ratio that
-    a weight change of `delta` (quantized minus promoted weight) causes, x being the layer's float input."""
+def weight_noise(prepped: onnx.ModelProto, deltas: dict[str, np.ndarray], images: np.ndarray,
+                 threads: int) -> dict[str, tuple[float, np.ndarray]]:
+    """Per layer, with e = op(x, delta) the output change a weight change of `delta` causes (x: the layer's float
+    input): (||e||^2 / ||op(x, W)||^2 summed over `images`, the mean of e per output channel)."""
+    if not deltas:
+        return {}
     m = onnx.ModelProto()
     m.CopyFrom(prepped)
     g = m.graph
@@ -183,13 +196,16 @@ def rank_by_noise(prepped: onnx.ModelProto, deltas: dict[str, np.ndarray], image
     nodes = {n.name: n for n in prepped.graph.node}
     for i, (name, delta) in enumerate(deltas.items()):
         node = nodes[name]
-        g.initializer.append(numpy_helper.from_array(delta.astype(np.float32), f"search__dw{i}"))
+        g.initializer.extend([numpy_helper.from_array(delta.astype(np.float32), f"search__dw{i}"),
+                              numpy_helper.from_array(np.array([0, 2, 3] if node.op_type == "Conv" else [0], np.int64),
+                                                      f"search__axes{i}")])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "beta"}
         extra[node.output[0]] = [
             helper.make_node(node.op_type, [node.input[0], f"search__dw{i}"], [f"search__e{i}"], **attrs),
             helper.make_node("ReduceSumSquare", [f"search__e{i}"], [f"search__noise{i}"], keepdims=0),
-            helper.make_node("ReduceSumSquare", [node.output[0]], [f"search__signal{i}"], keepdims=0)]
-        for kind in ("noise", "signal"):
+            helper.make_node("ReduceSumSquare", [node.output[0]], [f"search__signal{i}"], keepdims=0),
+            helper.make_node("ReduceMean", [f"search__e{i}", f"search__axes{i}"], [f"search__mean{i}"], keepdims=0)]
+        for kind in ("noise", "signal", "mean"):
             g.output.append(helper.make_tensor_value_info(f"search__{kind}{i}", onnx.TensorProto.FLOAT, None))
     ordered = []
     for node in prepped.graph.node:  # each probe right after its layer, so activations are freed as usual
@@ -199,10 +215,41 @@ def rank_by_noise(prepped: onnx.ModelProto, deltas: dict[str, np.ndarray], image
     g.node.extend(ordered)
     sess = stats_session(m, threads)
     sums = np.zeros((len(deltas), 2))
+    means = [np.zeros(0)] * len(deltas)
     for k in range(len(images)):
         outs = sess.run(None, {PRE_INPUT: images[k:k + 1]})
-        sums += np.asarray(outs, np.float64).reshape(len(deltas), 2)
-    return {name: float(n / s) if s > 0 else 0.0 for name, (n, s) in zip(deltas, sums)}
+        for i in range(len(deltas)):
+            sums[i] += (outs[3 * i], outs[3 * i + 1])
+            means[i] = means[i] + outs[3 * i + 2].astype(np.float64) if means[i].size else outs[3 * i + 2].astype(
+                np.float64)
+    return {name: (float(n / s) if s > 0 else 0.0, mean / len(images))
+            for name, (n, s), mean in zip(deltas, sums, means)}
+
+
+def float_deltas(qdq: onnx.ModelProto, prepped: onnx.ModelProto, layers: list[Layer]) -> dict[str, np.ndarray]:
+    """Per layer: its weight in the quantized graph minus its float weight."""
+    return {la.name: dequantized_weight(qdq, la) - numpy_helper.to_array(_init(prepped, la.weight)).astype(np.float64)
+            for la in layers}
+
+
+def bias_corrected(qdq: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict]:
+    """The quantized graph with each layer's int32 bias moved by minus the mean output change its quantized weights
+    cause (bias correction: the quantization error no longer shifts the channel means); and a summary."""
+    m = onnx.ModelProto()
+    m.CopyFrom(qdq)
+    inits = {i.name: i for i in m.graph.initializer}
+    moved, steps = 0, []
+    for name, shift in shifts.items():
+        _, bdq = _weight_dqs(m, name)
+        if bdq is None:
+            continue
+        q = numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[bdq.input[1]]).astype(np.float64)
+        new = np.clip(np.round(q - shift / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max)
+        inits[bdq.input[0]].CopyFrom(numpy_helper.from_array(new.astype(np.int32), bdq.input[0]))
+        moved += 1
+        steps.append(float(np.abs(new - q).mean()))
+    return m, {"layers": moved, "mean_abs_change_in_bias_steps": round(float(np.mean(steps)) if steps else 0.0, 3)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,23 +356,28 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     t0 = time.monotonic()
     budget = float(options["min_agreement"])
     record: dict = {"min_agreement": budget, "max_promoted_macs": options["max_promoted_macs"]}
+    quantized = [la for la in layers if _has_weight_dq(base, la.name)]
+    kinds = {la.name: promotion_kind(la, policy, runtime) for la in quantized}
+    t_rank = time.monotonic()
+    noise = weight_noise(prepped, float_deltas(base, prepped, quantized), rank_images, threads)
+    to_exact = [la for la in quantized if kinds[la.name] == "exact_uint8"]
+    exact_noise = weight_noise(prepped, float_deltas(exact, prepped, to_exact), rank_images, threads)
+    rank_s = time.monotonic() - t_rank
+    if options["bias_correction"]:
+        base, record["bias_correction"] = bias_corrected(base, {n: v[1] for n, v in noise.items()})
+        record["bias_correction"]["images"] = len(rank_images)
+        if exact is not None:
+            exact, _ = bias_corrected(exact, {n: v[1] for n, v in exact_noise.items()})
     if split is None or len(split[0]) == 0 or budget <= 0:
         why = "min_agreement is 0" if budget <= 0 else "the calibration source has no validation split"
         LOG.warning("int8 accuracy budget not checked: %s", why)
-        return base, {**record, "status": "not_checked", "why": why, "promoted": [], "search_s": 0.0}
+        return base, {**record, "status": "not_checked", "why": why, "promoted": [],
+                      "search_s": round(time.monotonic() - t0, 2)}
     images, reference = split
     allowed = int(math.floor((1 - budget) * len(images) + 1e-9))
-    quantized = [la for la in layers if _has_weight_dq(base, la.name)]
-    kinds = {la.name: promotion_kind(la, policy, runtime) for la in quantized}
-    deltas = {}
-    for la in quantized:
-        now = dequantized_weight(base, la)
-        target = (dequantized_weight(exact, la) if kinds[la.name] == "exact_uint8"
-                  else numpy_helper.to_array(_init(prepped, la.weight)).astype(np.float64))
-        deltas[la.name] = now - target
-    t_rank = time.monotonic()
-    scores = rank_by_noise(prepped, deltas, rank_images, threads)
-    rank_s = time.monotonic() - t_rank
+    # what a promotion removes: the layer's weight noise, less what is left with exact uint8 weights
+    scores = {la.name: noise[la.name][0] - (exact_noise[la.name][0] if la.name in exact_noise else 0.0)
+              for la in quantized}
     ranking = sorted(((la, kinds[la.name], scores[la.name]) for la in quantized), key=lambda e: -e[2])
     total_macs = sum(la.macs for la in quantized)
     order = capped(ranking, options["max_promoted_macs"] * total_macs)
@@ -355,7 +407,7 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         "trials_run_as": ("ONNX Runtime, QDQ graph unfused in float (this CPU cannot run the target's int8 "
                           "kernels exactly)" if emulate else f"{runtime}, the build's own kernels"),
         "ranking": {"images": len(rank_images), "metric": "output noise-to-signal ratio the promotion removes "
-                    "(float model, one pass)", "layers": [[la.name, k, round(s, 8), la.macs] for la, k, s in ranking]},
+                    "(float model, one pass per weight set)", "layers": [[la.name, k, round(s, 8), la.macs] for la, k, s in ranking]},
         "cap_macs": int(options["max_promoted_macs"] * total_macs), "quantized_layer_macs": total_macs,
         "steps": [trials[p] for p in sorted(trials)],
         "promoted": [[la.name, k] for la, k, _ in promoted],

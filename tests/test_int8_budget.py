@@ -25,11 +25,18 @@ BUILDS = {
 
 @pytest.fixture(scope="module")
 def budget_run(tmp_path_factory):
-    """calibration on the sample (48 range images, a 100-image validation split), the six int8 builds."""
+    """calibration on 150 sample images (48 range images, a 100-image validation split), the six int8 builds."""
     work = tmp_path_factory.mktemp("budget")
+    root = work / "sample-150"   # 150 of the sample's images (links): 48 range + 100 split + 2 left over
+    (root / "val").mkdir(parents=True)
+    lines = (SAMPLE / "val_label.txt").read_text().splitlines()[:150]
+    for line in lines:
+        (root / "val" / line.split()[0]).symlink_to(SAMPLE / "val" / line.split()[0])
+    (root / "val_label.txt").write_text("\n".join(lines) + "\n")
+    (root / "label.txt").symlink_to(SAMPLE / "label.txt")
     modes = {q: {"kind": "int8", "method": q.split("int8_")[1], "runtime": rt, "cpu_target": target}
              for builds in BUILDS.values() for q, rt, target in builds}
-    cfg = {"dataset": "sample", "datasets": {"sample": {"root": str(SAMPLE)}},
+    cfg = {"dataset": "sample", "datasets": {"sample": {"root": str(root)}},
            "calibration": {"images": 48, "validation_images": 100}, "quant_modes": modes}
     targets = [f"vacc/{v}-{q}/build.json" for v, builds in BUILDS.items() for q, _, _ in builds]
     run_snakemake(work, *targets, config=cfg)

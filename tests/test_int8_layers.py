@@ -171,13 +171,42 @@ def test_exact_promotion_takes_the_exact_weights(tmp_path):
     assert np.abs(int8_search.dequantized_weight(exact, la) - w_b).max() < 0.6 * err_7
 
 
-def test_noise_ranking_is_the_output_noise_to_signal_ratio(tmp_path):
+def test_weight_noise_is_the_output_noise_to_signal_ratio_and_its_channel_mean(tmp_path):
     rng = np.random.default_rng(4)
     w_a, w_b = rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.5, (3, 4, 1, 1))
     model = conv_model(w_a, np.zeros(4), w_b)
     deltas = {"conv_a": np.zeros_like(w_a), "conv_b": 0.5 * w_b}   # no bias: noise = (0.5)^2 of the signal
-    scores = int8_search.rank_by_noise(model, deltas, images(3), threads=1)
-    assert scores["conv_a"] == 0.0 and abs(scores["conv_b"] - 0.25) < 1e-5
+    x = images(3)
+    noise = int8_search.weight_noise(model, deltas, x, threads=1)
+    assert noise["conv_a"][0] == 0.0 and abs(noise["conv_b"][0] - 0.25) < 1e-5
+    # the mean output change per channel: half of conv_b's mean output (no bias), averaged over the images
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, None))
+    b = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["b"], {PRE_INPUT: x})[0]
+    assert np.allclose(noise["conv_b"][1], 0.5 * b.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    assert not noise["conv_a"][1].any()
+
+
+def test_bias_correction_moves_the_int32_bias_by_the_mean_shift(tmp_path):
+    rng = np.random.default_rng(5)
+    w_a, w_b = rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.5, (3, 4, 1, 1))
+    x = images(8)
+    model, qdq = quantized_pair(tmp_path, w_a, w_b, x)
+    _, bdq = int8_search._weight_dqs(qdq, "conv_a")
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    scale = inits[bdq.input[1]]
+    shift = np.array([1.0, -2.0, 0.0, 3.0]) * scale
+    fixed, summary = int8_search.bias_corrected(qdq, {"conv_a": shift})
+    new = {i.name: numpy_helper.to_array(i) for i in fixed.graph.initializer}[bdq.input[0]]
+    assert new.tolist() == (inits[bdq.input[0]] - [1, -2, 0, 3]).tolist()
+    assert summary == {"layers": 1, "mean_abs_change_in_bias_steps": 1.5}
+    # on the model: the corrected graph's mean logit error against float is smaller than the uncorrected one's
+    layers = [la for la in int8_search.weight_layers(model) if int8_search._has_weight_dq(qdq, la.name)]
+    noise = int8_search.weight_noise(model, int8_search.float_deltas(qdq, model, layers), x, threads=1)
+    corrected, _ = int8_search.bias_corrected(qdq, {n: v[1] for n, v in noise.items()})
+    ref = logits_of(model, x)
+    assert abs((logits_of(corrected, x) - ref).mean()) < abs((logits_of(qdq, x) - ref).mean())
 
 
 def test_schedule_finds_the_smallest_passing_prefix_stepwise_then_by_bisection():
