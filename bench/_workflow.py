@@ -16,10 +16,12 @@ def resolved_config() -> dict:
     return cfg
 
 
-def calibrate_args(images: int, batch: int | None = None) -> list[str]:
-    """calibrate.py's settings flags as the workflow passes them, with `images` (and `batch`) changed."""
+def calibrate_args(images: int, batch: int | None = None, validation: int = 0) -> list[str]:
+    """calibrate.py's settings flags as the workflow passes them, with `images` (and `batch`) changed and a
+    validation split of `validation` images (none by default: the memory benchmarks list images twice)."""
     c = resolved_config()["calibration"]
-    return ["--images", str(images), "--seed", str(c["seed"]), "--batch", str(batch or c["batch"]),
+    return ["--images", str(images), "--validation-images", str(validation), "--seed", str(c["seed"]),
+            "--batch", str(batch or c["batch"]),
             "--samples", str(c["samples_per_tensor"]), "--num-bins", str(c["num_bins"]), "--threads", "2"]
 
 

@@ -7,9 +7,10 @@ Part 2 (the bar): tf_efficientnet_b7 at 600 with random weights, 1000 calibratio
   sample images, each listed twice), statistics collected once, then each int8 mode built; prints the peak
   RSS of the calibration process and of every mode's build process.
 
-Part 3: the peak RSS of a b7 int8 build with the layer-sensitivity search (after part 2).
+The int8 builds here run without the accuracy-budget search (min_agreement 0: part 2's doubled image list has no
+disjoint validation split); bench/int8_budget.py --b7 reports a b7 build with the search, and its peak RSS.
 
-usage: python bench/calibration_memory.py [--part 1|2|3|both] [--images 1000] [--workdir bench-out]
+usage: python bench/calibration_memory.py [--part 1|2|both] [--images 1000] [--workdir bench-out]
 Needs ../shared/imagenet-sample-500. Takes long for part 2 (b7 at 600: about 1 s of compute per image here).
 """
 from __future__ import annotations
@@ -109,7 +110,7 @@ def part2(work: Path, images: int) -> None:
     print(f"\nb7 @600 calibration: {manifest['images']} images, {manifest['tensors']} tensors, "
           f"{manifest['calibration_s']:.0f} s, peak RSS {peak:.0f} MB")
     for mode in ("int8_max", "int8_percentile", "int8_kl_divergence"):
-        opts = {**resolved_config()["quant_modes"][mode], "exact_layers": 0}  # part 3 measures the search
+        opts = {**resolved_config()["quant_modes"][mode], "min_agreement": 0.0}   # see the module docstring
         bpeak = peak_of([PY, "-m", "build_int8", "--onnx", str(onnx_path), "--export-info",
                          str(work / "b7.json"), "--spec-json", str(spec_json), "--quant", mode,
                          "--options", json.dumps(opts), "--outdir", str(work / f"b7-{mode}"),
@@ -119,46 +120,9 @@ def part2(work: Path, images: int) -> None:
               f"{max(peak, bpeak):.0f} MB ({'below' if max(peak, bpeak) < 4096 else 'ABOVE'} 4 GB)", flush=True)
 
 
-def part3(work: Path, seconds: int) -> None:
-    """Peak RSS of a b7 int8 build with the default layer-sensitivity search (exact_layers 8), from part 2's
-    statistics. The search holds the same models and one session at a time for every trial, so its peak is
-    reached in the first trials; the build is stopped after `seconds` (a full b7 search runs ~220 layers x
-    sensitivity_images inferences) and VmHWM (the kernel's peak RSS) read just before."""
-    import signal
-    import time
-
-    if not (work / "b7-stats.npz").exists():
-        raise SystemExit("run --part 2 first (it writes bench-out/b7-stats.npz)")
-    opts = {**resolved_config()["quant_modes"]["int8_kl_divergence"], "sensitivity_images": 1}
-    log = open(work / "b7-search.log", "w")
-    proc = subprocess.Popen([PY, "-m", "build_int8", "--onnx", str(work / "b7.onnx"), "--export-info",
-                             str(work / "b7.json"), "--spec-json", str(work / "b7.preprocess.json"), "--quant",
-                             "int8_kl_divergence", "--options", json.dumps(opts), "--outdir",
-                             str(work / "b7-search"), "--prepped", str(work / "b7-prepped.onnx"), "--stats",
-                             str(work / "b7-stats.npz"), "--calibration", str(work / "b7-cal.json"),
-                             "--calib-datalist", str(work / "npz" / "600-r632-bicubic" / "datalist-x2.tsv")],
-                            env=ENV, cwd=REPO, stdout=log, stderr=log)
-    peak, t0 = 0.0, time.monotonic()
-    while proc.poll() is None and time.monotonic() - t0 < seconds:
-        try:
-            status = open(f"/proc/{proc.pid}/status").read()
-            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) / 1024)
-        except (OSError, IndexError):
-            pass
-        time.sleep(0.5)
-    finished = proc.poll() is not None
-    if not finished:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    trials = [ln for ln in (work / "b7-search.log").read_text().splitlines() if "INFO sensitivity" in ln]
-    print(f"b7 @600 int8 build with the sensitivity search: peak RSS {peak:.0f} MB over "
-          f"{time.monotonic() - t0:.0f} s ({len(trials)} layer trials{'' if finished else ', stopped there'})")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["1", "2", "3", "both"], default="both")
-    ap.add_argument("--search-seconds", type=int, default=240, help="part 3: how long the search build runs")
+    ap.add_argument("--part", choices=["1", "2", "both"], default="both")
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--images-part1", type=int, default=100)
     ap.add_argument("--workdir", default="bench-out")
@@ -169,8 +133,6 @@ def main():
         part1(work, a.images_part1)
     if a.part in ("2", "both"):
         part2(work, a.images)
-    if a.part == "3":
-        part3(work, a.search_seconds)
 
 
 if __name__ == "__main__":

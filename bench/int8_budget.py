@@ -80,8 +80,8 @@ def run_fold(work: Path, roots: list[Path], fold: int, variants: list[str], mode
     cfg["benchmark"] = {"enabled": benchmark}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     subprocess.run([sys.executable, "-m", "snakemake", *[f"metrics/{v}.json" for v in variants], "-s",
-                    str(REPO / "Snakefile"), "-d", str(d), "--cores", "2", "--quiet", "rules", "--rerun-incomplete", "--configfile",
-                    str(d / "config.yaml")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                    str(REPO / "Snakefile"), "-d", str(d), "--cores", "2", "--quiet", "rules", "--rerun-incomplete",
+                    "--configfile", str(d / "config.yaml")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return d
 
 
@@ -136,15 +136,16 @@ def b7_cost(work: Path) -> None:
     cfg["quant_modes"] = {"int8_percentile": {"kind": "int8", "method": "percentile", "min_agreement": 1.0}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     subprocess.run([sys.executable, "-m", "snakemake", "vacc/efficientnet_b7-int8_percentile/build.json", "-s",
-                    str(REPO / "Snakefile"), "-d", str(d), "--cores", "2", "--quiet", "rules", "--rerun-incomplete", "--configfile",
-                    str(d / "config.yaml")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                    str(REPO / "Snakefile"), "-d", str(d), "--cores", "2", "--quiet", "rules", "--rerun-incomplete",
+                    "--configfile", str(d / "config.yaml")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     b = json.loads((d / "vacc/efficientnet_b7-int8_percentile/build.json").read_text())
     s = b["details"]["accuracy_budget"]
     per_image = max(t["s"] / t["images_run"] for t in s["steps"])
     opens = max(t["open_s"] for t in s["steps"])
     n = len(s["ranking"]["layers"])
     bound = s["rank_s"] + (2 * (n - 1).bit_length() + 2) * (opens + per_image * s["split_images"])
-    print(f"\nefficientnet_b7 @600 int8_percentile (random weights; min_agreement 1.0): build {b['build_s']:.0f} s, "
+    print(f"\nefficientnet_b7 @600 int8_percentile (random weights; min_agreement 1.0): build {b['build_s']:.0f} s "
+          f"(peak RSS {b['build_peak_rss_mb']:.0f} MB), "
           f"search {s['search_s']:.0f} s = ranking {s['rank_s']:.0f} s ({s['ranking']['images']} images, {n} layers) "
           f"+ {len(s['steps'])} trials (session open up to {opens:.1f} s, {per_image:.2f} s per image, early exits: "
           f"{[t['images_run'] for t in s['steps']]} of {s['split_images']} images); a schedule that runs every "

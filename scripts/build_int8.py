@@ -12,9 +12,10 @@ own int32 kernel and keep 8 bits), and the build runs exactly on any CPU. For a 
 plain 8-bit, and the build requires VNNI where it runs (build.json 'cpu'; predict and benchmark check it).
 
 Bias correction (int8_search, default on): each layer's int32 bias absorbs the mean output change its quantized
-weights cause, measured in one pass of the float model. Accuracy budget (int8_search): the build must agree with the fp32 model on at least `min_agreement` of the
-calibration source's validation split; the most sensitive layers are promoted (to exact uint8 weights on ORT's
-exact u8u8 kernel for a target without VNNI, else to float) until it does, or until `max_promoted_macs`.
+weights cause, measured in one pass of the float model. Accuracy budget (int8_search): the build must agree with
+the fp32 model on at least `min_agreement` of the calibration source's validation split; the most sensitive
+layers are promoted (to exact uint8 weights on ORT's exact u8u8 kernel for a target without VNNI, else to float)
+until it does, or until `max_promoted_macs`.
 
 CLI: python -m build_int8 --onnx X.onnx --export-info X.json --spec-json S.json --quant int8_max \
         --options '{...every option...}' --outdir vacc/X-int8_max --prepped P.onnx --stats S.npz \
@@ -40,8 +41,8 @@ from shard_io import iter_datalist_rows, read_datalist
 from zoo_common import ZooError, atomic_path, read_json, run_main, verify_file, write_json
 
 OPTIONS = COMMON_OPTIONS + ("quantized_ops", "method", "per_channel", "reduce_range", "min_agreement",
-                            "max_promoted_macs", "bias_correction", "sensitivity_images", "activation_type", "weight_type",
-                            "exclude_layers", "keep_bounded_ranges")
+                            "max_promoted_macs", "bias_correction", "sensitivity_images", "activation_type",
+                            "weight_type", "exclude_layers", "keep_bounded_ranges")
 METHOD_OPTIONS = {"max": (), "percentile": ("percentile",), "kl_divergence": ("levels", "candidates")}
 
 
@@ -207,10 +208,10 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
                             exact_weight_overrides(model, saturating, ranges), False)
             exact = onnx.load(str(exact_path))
         emulate = not covers(resolve("auto"), cpu_requirement(policy)[0])  # the building CPU
+        probe_images = calibration_images(spread(calibration["files"], options["sensitivity_images"]),
+                                          calib_datalist)
         final, budget = search(onnx.load(str(base_path)), exact, model, layers, policy, runtime,
-                               validation_split(calibration, calib_datalist),
-                               calibration_images(spread(calibration["files"], options["sensitivity_images"]), calib_datalist),
-                               options, emulate)
+                               validation_split(calibration, calib_datalist), probe_images, options, emulate)
     with atomic_path(out_model, ".onnx") as tmp:
         onnx.save(final, str(tmp))
     exact_layers = [name for name, kind in budget["promoted"] if kind == "exact_uint8"]

@@ -407,7 +407,8 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         "trials_run_as": ("ONNX Runtime, QDQ graph unfused in float (this CPU cannot run the target's int8 "
                           "kernels exactly)" if emulate else f"{runtime}, the build's own kernels"),
         "ranking": {"images": len(rank_images), "metric": "output noise-to-signal ratio the promotion removes "
-                    "(float model, one pass per weight set)", "layers": [[la.name, k, round(s, 8), la.macs] for la, k, s in ranking]},
+                    "(float model, one pass per weight set)",
+                    "layers": [[la.name, k, round(s, 8), la.macs] for la, k, s in ranking]},
         "cap_macs": int(options["max_promoted_macs"] * total_macs), "quantized_layer_macs": total_macs,
         "steps": [trials[p] for p in sorted(trials)],
         "promoted": [[la.name, k] for la, k, _ in promoted],

@@ -244,3 +244,27 @@ def test_the_cap_leaves_out_layers_past_the_promoted_macs_budget():
     ranked = [(big, "float", 3.0), (small, "float", 2.0), (other, "float", 1.0)]
     assert [e[0].name for e in int8_search.capped(ranked, 26)] == ["small", "other"]
     assert [e[0].name for e in int8_search.capped(ranked, 100)] == ["big", "small"]
+
+
+def test_search_meets_a_reachable_budget_and_says_when_the_cap_stops_it(tmp_path):
+    rng = np.random.default_rng(6)
+    w_a, w_b = rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.5, (3, 4, 1, 1))
+    x, split = images(8), images(12, seed=1)
+    model, qdq = quantized_pair(tmp_path, w_a, w_b, x)
+    layers = int8_search.weight_layers(model)
+    top1 = logits_of(model, split).argmax(axis=1)
+    opts = {**INT8, "min_agreement": 0.5, "max_promoted_macs": 0.5}
+    _, met = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (split, top1), x, opts, False, 1)
+    assert met["status"] == "met" and met["final_agreement"] >= 0.5 and met["split_images"] == 12
+    assert met["disagreements_allowed"] == 6 and met["steps"][-1]["passed"]
+    wrong = (top1 + 1) % 3      # no graph can agree with these
+    final, capped = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (split, wrong), x, opts,
+                                       False, 1)
+    macs = {la.name: la.macs for la in layers}    # conv_a 6912, conv_b 768: half the MACs admits conv_b only
+    assert capped["status"] == "cap_reached" and capped["promoted"] == [["conv_b", "float"]]
+    assert capped["promoted_macs_fraction"] == round(macs["conv_b"] / sum(macs.values()), 4)
+    assert capped["final_agreement"] == 0.0 and [s["layers"] for s in capped["steps"]] == [0, 1]
+    assert capped["cap_macs"] == int(0.5 * sum(macs.values()))
+    _, off = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", None, x, opts, False, 1)
+    # bias correction applies without a split too; conv_b has no bias to correct
+    assert off["status"] == "not_checked" and off["promoted"] == [] and off["bias_correction"]["layers"] == 1
