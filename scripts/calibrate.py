@@ -364,6 +364,8 @@ def reference_top1(prepped: str, datalist: str, rows: list[int], batch: int, thr
     """(files, top-1 class, top-1 minus top-2 probability) of the calibrated float model on these rows: the fp32
     reference of the int8 builds' accuracy budget (the statistics pass's session options: the same bounded
     memory)."""
+    if not rows:
+        return [], [], []
     sess = stats_session(onnx.load(prepped), threads)
     files, top1, margin = [], [], []
     progress = Progress(len(rows), "fp32 reference on the validation split")
