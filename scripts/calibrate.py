@@ -70,11 +70,11 @@ def balanced_selection(labels: list[int], n: int, seed: int = 0) -> list[int]:
 
 def split_sizes(available: int, images: int, validation: int) -> tuple[int, int]:
     """(range images, validation images) from a source of `available` images; when it holds fewer than both
-    counts, each gets its proportional share."""
+    counts, the split gets its proportional share but at most half of the source (the ranges come first)."""
     if available >= images + validation:
         return images, validation
-    val = round(available * validation / (images + validation))
-    return available - val, val
+    val = min(round(available * validation / (images + validation)), available // 2)
+    return min(images, available - val), val
 
 
 def calibration_split(labels: list[int], images: int, validation: int, seed: int) -> tuple[list[int], list[int]]:

@@ -354,6 +354,8 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     """The quantized graph that meets `min_agreement` on the split with the fewest promoted layers (or the most the
     cap allows, when none meets it), and the record of the search for build.json."""
     t0 = time.monotonic()
+    if len(rank_images) == 0:
+        raise ZooError("calibration.json lists no range images: nothing to measure the weight noise on")
     budget = float(options["min_agreement"])
     record: dict = {"min_agreement": budget, "max_promoted_macs": options["max_promoted_macs"]}
     quantized = [la for la in layers if _has_weight_dq(base, la.name)]

@@ -113,6 +113,7 @@ def test_the_validation_split_is_class_balanced_and_disjoint_from_the_range_imag
     assert calibrate.calibration_split(labels, 100, 50, seed=0) == (ranges, split)
     assert calibrate.split_sizes(60, 1000, 200) == (50, 10)    # too few images: shared in proportion
     assert calibrate.split_sizes(6, 1000, 200) == (5, 1) and calibrate.split_sizes(6, 1000, 0) == (6, 0)
+    assert calibrate.split_sizes(6, 6, 200) == (3, 3) and calibrate.split_sizes(1, 1000, 200) == (1, 0)
     assert calibrate.calibration_split(labels, 300, 0, seed=0) == (list(range(200)), [])
 
 
