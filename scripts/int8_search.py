@@ -91,9 +91,11 @@ def promotion_kind(layer: Layer, policy: str, runtime: str) -> str:
 # QDQ graphs: dequantized weights, promoted layers
 
 
-def _weight_dqs(model: onnx.ModelProto, node_name: str) -> tuple[onnx.NodeProto, onnx.NodeProto | None]:
-    """The DequantizeLinear nodes feeding a layer's weight and (when quantized) its bias."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+def _weight_dqs(model: onnx.ModelProto, node_name: str,
+                producer: dict | None = None) -> tuple[onnx.NodeProto, onnx.NodeProto | None]:
+    """The DequantizeLinear nodes feeding a layer's weight and (when quantized) its bias; `producer`: the model's
+    tensor -> producing node map, when the caller already has it."""
+    producer = producer if producer is not None else {o: n for n in model.graph.node for o in n.output}
     node = next((n for n in model.graph.node if n.name == node_name), None)
     if node is None:
         raise ZooError(f"layer {node_name}: not in the quantized graph")
@@ -129,10 +131,11 @@ def promoted_model(base: onnx.ModelProto, promotions: list[tuple[Layer, str]], p
     float_inits = {i.name: i for i in prepped.graph.initializer}
     float_nodes = {n.name: n for n in prepped.graph.node}
     nodes = {n.name: n for n in m.graph.node}
+    producer = {o: n for n in m.graph.node for o in n.output}
     dropped = set()
     for layer, kind in promotions:
         node = nodes[layer.name]
-        wdq, bdq = _weight_dqs(m, layer.name)
+        wdq, bdq = _weight_dqs(m, layer.name, producer)
         if kind == "exact_uint8":
             if exact is None:
                 raise ZooError(f"layer {layer.name}: exact uint8 promotion needs the exact-weight graph")
@@ -215,13 +218,12 @@ def weight_noise(prepped: onnx.ModelProto, deltas: dict[str, np.ndarray], images
     g.node.extend(ordered)
     sess = stats_session(m, threads)
     sums = np.zeros((len(deltas), 2))
-    means = [np.zeros(0)] * len(deltas)
+    means = [0.0] * len(deltas)
     for k in range(len(images)):
         outs = sess.run(None, {PRE_INPUT: images[k:k + 1]})
         for i in range(len(deltas)):
             sums[i] += (outs[3 * i], outs[3 * i + 1])
-            means[i] = means[i] + outs[3 * i + 2].astype(np.float64) if means[i].size else outs[3 * i + 2].astype(
-                np.float64)
+            means[i] = means[i] + outs[3 * i + 2].astype(np.float64)
     return {name: (float(n / s) if s > 0 else 0.0, mean / len(images))
             for name, (n, s), mean in zip(deltas, sums, means)}
 
@@ -358,7 +360,8 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         raise ZooError("calibration.json lists no range images: nothing to measure the weight noise on")
     budget = float(options["min_agreement"])
     record: dict = {"min_agreement": budget, "max_promoted_macs": options["max_promoted_macs"]}
-    quantized = [la for la in layers if _has_weight_dq(base, la.name)]
+    producer = {o: n for n in base.graph.node for o in n.output}
+    quantized = [la for la in layers if _has_weight_dq(base, la.name, producer)]
     kinds = {la.name: promotion_kind(la, policy, runtime) for la in quantized}
     t_rank = time.monotonic()
     noise = weight_noise(prepped, float_deltas(base, prepped, quantized), rank_images, threads)
@@ -427,9 +430,9 @@ def _init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
     return next(i for i in model.graph.initializer if i.name == name)
 
 
-def _has_weight_dq(model: onnx.ModelProto, node_name: str) -> bool:
+def _has_weight_dq(model: onnx.ModelProto, node_name: str, producer: dict | None = None) -> bool:
     try:
-        _weight_dqs(model, node_name)
+        _weight_dqs(model, node_name, producer)
     except ZooError:
         return False
     return True
