@@ -25,9 +25,9 @@ report: "report/workflow.rst"
 # Cheap bookkeeping steps run in the main Snakemake process, not as cluster jobs.
 localrules:
     all,
-    demo_dataset,
+    demo_photos,
     dataset_index,
-    datalist,
+    make_datalist,
     metrics,
     summary,
     deploy,

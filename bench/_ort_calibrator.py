@@ -2,12 +2,12 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator  # noqa: E402
 
-import calibrate  # noqa: E402
-import shard_io  # noqa: E402
+from effzoo import shard_io  # noqa: E402
+from effzoo.steps import calibrate  # noqa: E402
 
 model, datalist, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rows = shard_io.read_datalist(datalist)

@@ -22,7 +22,7 @@ def calibrate_args(images: int, batch: int | None = None, validation: int = 0) -
     c = resolved_config()["calibration"]
     return ["--images", str(images), "--validation-images", str(validation), "--seed", str(c["seed"]),
             "--batch", str(batch or c["batch"]),
-            "--samples", str(c["samples_per_tensor"]), "--num-bins", str(c["num_bins"]), "--threads", "2"]
+            "--samples-per-tensor", str(c["samples_per_tensor"]), "--num-bins", str(c["num_bins"]), "--threads", "2"]
 
 
 def timing_args(ap, variant: str = "tf_efficientnet_lite0") -> None:

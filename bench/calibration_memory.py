@@ -7,7 +7,7 @@ Part 2 (the bar): tf_efficientnet_b7 at 600 with random weights, 1000 calibratio
   sample images, each listed twice), statistics collected once, then each int8 mode built; prints the peak
   RSS of the calibration process and of every mode's build process.
 
-The int8 builds here run without the accuracy-budget search (min_agreement 0: part 2's doubled image list has no
+The int8 builds here run without the accuracy-budget search (split_min_agreement 0: part 2's doubled image list has no
 disjoint validation split); bench/int8_budget.py --b7 reports a b7 build with the search, and its peak RSS.
 
 usage: python bench/calibration_memory.py [--part 1|2|both] [--images 1000] [--workdir bench-out]
@@ -25,7 +25,7 @@ from pathlib import Path
 from _workflow import REPO, calibrate_args, resolved_config
 
 SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "scripts"), "HF_HUB_OFFLINE": "1"}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "scripts"), str(REPO)]), "HF_HUB_OFFLINE": "1"}
 PY = sys.executable
 
 
@@ -46,8 +46,8 @@ def peak_of(cmd: list[str]) -> float:
 
 def prepare(work: Path, variant_tag: str, weights: str, name: str) -> tuple[Path, Path, Path]:
     """Export the model and preprocess the sample at its geometry; returns (onnx, spec json, datalist)."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import preprocess
+    sys.path.insert(0, str(REPO))
+    from effzoo import preprocess
 
     spec = preprocess.spec_for(variant_tag)
     geom = preprocess.geometry_id(spec)
@@ -110,7 +110,7 @@ def part2(work: Path, images: int) -> None:
     print(f"\nb7 @600 calibration: {manifest['images']} images, {manifest['tensors']} tensors, "
           f"{manifest['calibration_s']:.0f} s, peak RSS {peak:.0f} MB")
     for mode in ("int8_max", "int8_percentile", "int8_kl_divergence"):
-        opts = {**resolved_config()["quant_modes"][mode], "min_agreement": 0.0}   # see the module docstring
+        opts = {**resolved_config()["quant_modes"][mode], "split_min_agreement": 0.0}   # see the module docstring
         bpeak = peak_of([PY, "-m", "build_int8", "--onnx", str(onnx_path), "--export-info",
                          str(work / "b7.json"), "--spec-json", str(spec_json), "--quant", mode,
                          "--options", json.dumps(opts), "--outdir", str(work / f"b7-{mode}"),

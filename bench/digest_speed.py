@@ -1,5 +1,5 @@
 """Cost of integrity checks: sha256 vs crc32 vs blake2b over a 1000-image shard's bytes, and the per-row sha256
-that shard readers check (scripts/shard_io.py), next to the time ONNX Runtime needs to run those images.
+that shard readers check (effzoo/shard_io.py), next to the time ONNX Runtime needs to run those images.
 
 usage: python bench/digest_speed.py [--size 224] [--images 1000]
 """

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from imagenet_scale import REPO, clean_outputs, make_dataset, scale_config, slurm_client_status, snakemake, touch_all
 
 

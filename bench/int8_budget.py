@@ -1,4 +1,4 @@
-"""int8 accuracy budget (quant mode option min_agreement) on ../shared/imagenet-sample-500, both CPU policies and
+"""int8 accuracy budget (quant mode option split_min_agreement) on ../shared/imagenet-sample-500, both CPU policies and
 both runtimes: ranges and validation split from one half of the sample, scored on the other half, and the other
 way round (two folds, so every image is scored once). Prints, per variant and int8 mode: top-1 change against
 fp32 and top-1 agreement with fp32 on the held-out halves (both folds pooled), the agreement on the calibration
@@ -9,7 +9,7 @@ weights in the saturating GEMM layers, promotions to exact uint8 on ONNX Runtime
 The avx512 policy computes the same numbers on every CPU kind; vnni-policy builds are scored only on a CPU with
 VNNI (elsewhere their int8 kernels saturate and the figures would not be the build's).
 
---b7: the search cost on tf_efficientnet_b7 at 600x600 (random weights: cost only), with min_agreement 1.0 so that
+--b7: the search cost on tf_efficientnet_b7 at 600x600 (random weights: cost only), with split_min_agreement 1.0 so that
 the search walks its whole schedule, 200 split images.
 
 usage: python bench/int8_budget.py [--variants tf_efficientnet_lite0 ...] [--workdir bench-out/int8-budget]
@@ -26,11 +26,10 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from _workflow import REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
-from cpu_target import cpu_flags, cpu_kind  # noqa: E402
+sys.path.insert(0, str(REPO))
+from effzoo.cpu_target import cpu_flags, cpu_kind  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
 METHODS = ("max", "percentile", "kl_divergence")
@@ -133,7 +132,7 @@ def b7_cost(work: Path) -> None:
     cfg.update(dataset="half0", run_variants=["efficientnet_b7"], run_quant=["int8_percentile"])
     cfg["variants"]["efficientnet_b7"]["weights"] = "random"
     cfg["calibration"] = {"dataset": "half0", "images": 16, "validation_images": 200}
-    cfg["quant_modes"] = {"int8_percentile": {"kind": "int8", "method": "percentile", "min_agreement": 1.0}}
+    cfg["quant_modes"] = {"int8_percentile": {"kind": "int8", "method": "percentile", "split_min_agreement": 1.0}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     subprocess.run([sys.executable, "-m", "snakemake", "vacc/efficientnet_b7-int8_percentile/build.json", "-s",
                     str(REPO / "Snakefile"), "-d", str(d), "--cores", "2", "--quiet", "rules", "--rerun-incomplete",
@@ -144,7 +143,7 @@ def b7_cost(work: Path) -> None:
     opens = max(t["open_s"] for t in s["steps"])
     n = len(s["ranking"]["layers"])
     bound = s["rank_s"] + (2 * (n - 1).bit_length() + 2) * (opens + per_image * s["split_images"])
-    print(f"\nefficientnet_b7 @600 int8_percentile (random weights; min_agreement 1.0): build {b['build_s']:.0f} s "
+    print(f"\nefficientnet_b7 @600 int8_percentile (random weights; split_min_agreement 1.0): build {b['build_s']:.0f} s "
           f"(peak RSS {b['build_peak_rss_mb']:.0f} MB), "
           f"search {s['search_s']:.0f} s = ranking {s['rank_s']:.0f} s ({s['ranking']['images']} images, {n} layers) "
           f"+ {len(s['steps'])} trials (session open up to {opens:.1f} s, {per_image:.2f} s per image, early exits: "

@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from _workflow import REPO, timing_args
 
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
-import runtime  # noqa: E402
-import speed  # noqa: E402
-from cpu_target import cpu_flags  # noqa: E402
-from shard_io import iter_datalist_rows, iter_shards, read_datalist  # noqa: E402
+sys.path.insert(0, str(REPO))
+from effzoo import (
+    runtime,  # noqa: E402
+    speed,  # noqa: E402
+)
+from effzoo.cpu_target import cpu_flags  # noqa: E402
+from effzoo.shard_io import iter_datalist_rows, iter_shards, read_datalist  # noqa: E402
+from effzoo.steps import benchmark  # noqa: E402
 
 MODES = ["fp32", "int8_max", "int8_percentile", "int8_kl_divergence", "ov_fp32", "ov_int8_max",
          "ov_int8_percentile", "ov_int8_kl_divergence"]

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def timm_eval(root: Path, files: list[str], tag: str, weights: str, spec: dict, batch: int = 32) -> np.ndarray:
     """timm's top-5 class ids for `files` (fp32, eager)."""
     import torch
+    from effzoo import weights as weights_mod
     from PIL import Image
     from timm.data import create_transform
-
-    import weights as weights_mod
 
     model, _ = weights_mod.create_model(tag, weights)
     t = create_transform(input_size=spec["input_size"], interpolation=spec["interpolation"],
@@ -39,7 +38,7 @@ def timm_eval(root: Path, files: list[str], tag: str, weights: str, spec: dict, 
 
 
 def compare(predictions: str, root: str, tag: str, weights: str, spec: dict) -> dict:
-    from metrics import read_predictions, score
+    from effzoo.steps.metrics import read_predictions, score
 
     files, labels, top = read_predictions(predictions)
     ref = timm_eval(Path(root), files, tag, weights, spec)
@@ -57,7 +56,7 @@ def main():
     ap.add_argument("--spec-json")
     ap.add_argument("--json")
     a = ap.parse_args()
-    import preprocess
+    from effzoo import preprocess
 
     spec = json.loads(Path(a.spec_json).read_text()) if a.spec_json else preprocess.spec_for(a.tag)
     res = compare(a.predictions, a.root, a.tag, a.weights, spec)

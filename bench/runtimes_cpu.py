@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from _workflow import REPO, timing_args
 
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO))
 
 
 def cpu_flags() -> list[str]:
@@ -39,10 +38,9 @@ def openvino_runner(model: str, threads: int, precision: str):
 
 
 def main():
-    import benchmark
-    import runtime
-    import speed
-    from zoo_common import Progress
+    from effzoo import runtime, speed
+    from effzoo.common import Progress
+    from effzoo.steps import benchmark
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     timing_args(ap)

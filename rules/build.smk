@@ -1,42 +1,91 @@
-"""Build: onnx/<variant>.onnx -> vacc/<variant>-<quant>/ deployable model + build.json, for the mode's runtime."""
+"""Build: onnx/<variant>.onnx -> vacc/<variant>-<quant>/ deployable model + build.json, for the mode's runtime.
+
+Float modes (fp32, fp16) run build_float; int8 modes run build_int8 on the variant's calibration. An OpenVINO
+build writes model.xml + model.bin instead of model.onnx: the `_openvino` rules are the same steps with those
+outputs.
+"""
 
 
-rule build_vacc:
+rule build_float:
     input:
-        unpack(build_inputs),
+        onnx="onnx/{variant}.onnx",
+        info="onnx/{variant}.json",
+        spec="onnx/{variant}.preprocess.json",
     output:
         model="vacc/{variant}-{quant}/model.onnx",
         manifest="vacc/{variant}-{quant}/build.json",
     wildcard_constraints:
-        quant=quant_re("onnxruntime"),
+        quant=quant_re("onnxruntime", ("fp32", "fp16")),
     params:
-        script=build_script,
         options=lambda w: json.dumps(quant_cfg(w.quant), sort_keys=True),
-        extra=build_extra_args,
-        step=lambda w: step(build_script(w)),
+        step=step("build_float"),
     threads: 2
     resources:
         mem_mb=mem_mb_export,
         runtime=120,
     log:
-        "logs/build_vacc/{variant}-{quant}.log",
+        "logs/build_float/{variant}-{quant}.log",
     benchmark:
-        "benchmarks/build_vacc/{variant}-{quant}.tsv"
+        "benchmarks/build_float/{variant}-{quant}.tsv"
     conda:
         CONDA_ENV
     shell:
-        "python -m {params.script} --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
+        "python -m build_float --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
         " --quant {wildcards.quant} --options {params.options:q} --outdir vacc/{wildcards.variant}-{wildcards.quant}"
-        " {params.extra} 2> {log:q}"
+        " 2> {log:q}"
 
 
-use rule build_vacc as build_vacc_openvino with:
+use rule build_float as build_float_openvino with:
     output:
         model="vacc/{variant}-{quant}/model.xml",
         weights="vacc/{variant}-{quant}/model.bin",
         manifest="vacc/{variant}-{quant}/build.json",
     wildcard_constraints:
-        quant=quant_re("openvino"),
+        quant=quant_re("openvino", ("fp32",)),
+
+
+rule build_int8:
+    input:
+        onnx="onnx/{variant}.onnx",
+        info="onnx/{variant}.json",
+        spec="onnx/{variant}.preprocess.json",
+        prepped="calib/{variant}/prepped.onnx",
+        stats="calib/{variant}/stats.npz",
+        calibration="calib/{variant}/calibration.json",
+        calib_datalist=calib_datalist,
+        calib_shards=calib_shards,
+    output:
+        model="vacc/{variant}-{quant}/model.onnx",
+        manifest="vacc/{variant}-{quant}/build.json",
+    wildcard_constraints:
+        quant=quant_re("onnxruntime", ("int8",)),
+    params:
+        options=lambda w: json.dumps(quant_cfg(w.quant), sort_keys=True),
+        step=step("build_int8"),
+    threads: 2
+    resources:
+        mem_mb=mem_mb_export,
+        runtime=120,
+    log:
+        "logs/build_int8/{variant}-{quant}.log",
+    benchmark:
+        "benchmarks/build_int8/{variant}-{quant}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m build_int8 --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
+        " --quant {wildcards.quant} --options {params.options:q} --outdir vacc/{wildcards.variant}-{wildcards.quant}"
+        " --prepped {input.prepped:q} --stats {input.stats:q} --calibration {input.calibration:q}"
+        " --calib-datalist {input.calib_datalist:q} 2> {log:q}"
+
+
+use rule build_int8 as build_int8_openvino with:
+    output:
+        model="vacc/{variant}-{quant}/model.xml",
+        weights="vacc/{variant}-{quant}/model.bin",
+        manifest="vacc/{variant}-{quant}/build.json",
+    wildcard_constraints:
+        quant=quant_re("openvino", ("int8",)),
 
 
 rule calibrate:
@@ -55,7 +104,7 @@ rule calibrate:
         validation_images=CALIB["validation_images"],
         seed=CALIB["seed"],
         batch=CALIB["batch"],
-        samples=CALIB["samples_per_tensor"],
+        samples_per_tensor=CALIB["samples_per_tensor"],
         bins=CALIB["num_bins"],
         step=step("calibrate"),
     threads: 2
@@ -72,5 +121,5 @@ rule calibrate:
         "python -m calibrate --onnx {input.onnx:q} --export-info {input.info:q} --spec-json {input.spec:q}"
         " --datalist {input.datalist:q} --images {params.images}"
         " --validation-images {params.validation_images} --seed {params.seed} --batch {params.batch}"
-        " --samples {params.samples} --num-bins {params.bins} --threads {threads} --prepped {output.prepped:q}"
+        " --samples-per-tensor {params.samples_per_tensor} --num-bins {params.bins} --threads {threads} --prepped {output.prepped:q}"
         " --stats {output.stats:q} --manifest {output.manifest:q} 2> {log:q}"

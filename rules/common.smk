@@ -11,18 +11,20 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
 
-SCRIPTS = Path(workflow.basedir) / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-import fingerprint  # noqa: E402  (standard library only: cheap at parse time)
-import preprocess  # noqa: E402  (numpy + PIL only)
-from dataset_index import IMAGE_EXTS  # noqa: E402
-from demo_photos import DEMO_LABELS  # noqa: E402
+ROOT = Path(workflow.basedir)
+SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(ROOT))  # this workflow's effzoo package, whatever else is installed
+from effzoo import fingerprint  # noqa: E402  (standard library only: cheap at parse time)
+from effzoo import preprocess  # noqa: E402  (numpy + PIL only)
+from effzoo.dataset import IMAGE_EXTS  # noqa: E402
+from effzoo.demo import DEMO_LABELS  # noqa: E402
 
 # Rules run the step scripts as `python -m <script>`: the interpreter running Snakemake (its venv) comes first
-# on PATH and the scripts folder on PYTHONPATH, in the jobs of a cluster too (they re-run this file).
+# on PATH, and the scripts folder and this workflow's package on PYTHONPATH, in the jobs of a cluster too (they
+# re-run this file).
 os.environ.update(
     PATH=os.pathsep.join(filter(None, [str(Path(sys.executable).parent), os.environ.get("PATH")])),
-    PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")])),
+    PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS), str(ROOT), os.environ.get("PYTHONPATH")])),
 )
 CONDA_ENV = "../envs/effzoo.yaml"
 # Every default lives in the schema and was filled in by validate() above.
@@ -36,19 +38,19 @@ CALIB = config["calibration"]
 CALIB_DATASET = CALIB["dataset"] or DATASET
 BENCH = config["benchmark"]
 GEOM_RE = r"\d+-r\d+-[a-z]+(-fast)?"
-DEMO_ROOT = "data/demo"  # made by rule demo_dataset
+DEMO_ROOT = "data/demo"  # made by rule demo_photos
 
 
 def step(script):
     """What makes a step's outputs stale besides its inputs: the fingerprint of its code (the script and the
-    project modules it imports; comments and docstrings do not count) and the versions of the packages that
+    effzoo modules it imports; comments and docstrings do not count) and the versions of the packages that
     shape its outputs. Passed through params:, so a change reruns exactly the jobs it affects."""
     return f"{fingerprint.code_version(script)} {fingerprint.step_versions(script)}"
 
 
-def quant_re(runtime):
-    """Regex of the quant modes whose builds are for `runtime` (matches nothing when there is none)."""
-    names = [q for q, opts in QUANT_MODES.items() if opts["runtime"] == runtime]
+def quant_re(runtime, kinds):
+    """Regex of the quant modes of these kinds whose builds are for `runtime` (matches nothing when none is)."""
+    names = [q for q, opts in QUANT_MODES.items() if opts["runtime"] == runtime and opts["kind"] in kinds]
     return "|".join(map(re.escape, names)) or "(?!)"
 
 
@@ -64,11 +66,6 @@ def deploy_model_files(wildcards):
     """The model files of every configured build of a variant (deploy copies the chosen one's)."""
     return [f for q in config["run_quant"] for k, f in
             build_files(type("W", (), {"variant": wildcards.variant, "quant": q})).items() if k != "build"]
-
-
-def build_script(wildcards):
-    """The builder of a quant mode: float builds and int8 builds are separate step scripts."""
-    return "build_int8" if quant_cfg(wildcards.quant)["kind"] == "int8" else "build_float"
 
 
 def _unknown(kind, name, valid):
@@ -184,24 +181,6 @@ def calib_shards(wildcards):
     return variant_shards(CALIB_DATASET, wildcards.variant)
 
 
-def build_inputs(wildcards):
-    """Every build needs the export; int8 builds also the calibration and the images that rank layers."""
-    inputs = {"onnx": f"onnx/{wildcards.variant}.onnx", "info": f"onnx/{wildcards.variant}.json",
-              "spec": f"onnx/{wildcards.variant}.preprocess.json"}
-    if quant_cfg(wildcards.quant)["kind"] == "int8":
-        inputs.update(prepped=f"calib/{wildcards.variant}/prepped.onnx", stats=f"calib/{wildcards.variant}/stats.npz",
-                      calibration=f"calib/{wildcards.variant}/calibration.json",
-                      calib_datalist=calib_datalist(wildcards), calib_shards=calib_shards(wildcards))
-    return inputs
-
-
-def build_extra_args(wildcards, input):
-    """Command-line flags of the int8 builder's inputs."""
-    flags = {"prepped": "--prepped", "stats": "--stats", "calibration": "--calibration",
-             "calib_datalist": "--calib-datalist"}
-    return " ".join(f"{flag} {getattr(input, key)}" for key, flag in flags.items() if key in input.keys())
-
-
 def weights_input(wildcards):
     """A local checkpoint file is an input (a changed checkpoint re-exports); hub/pypi/random are params."""
     w = variant_cfg(wildcards.variant)["weights"]
@@ -252,8 +231,8 @@ def perf_files(wildcards):
 
 def print_summary(variants):
     """Print the result table of the metrics files after a successful run (summary.text_table)."""
-    from summary import text_table
-    from zoo_common import ZooError, read_json
+    from effzoo.common import ZooError, read_json
+    from effzoo.steps.summary import text_table
 
     metrics = []
     for v in variants:

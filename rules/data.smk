@@ -1,7 +1,7 @@
 """Data: the embedded demo dataset, the dataset index, uint8 npz shards and the datalist."""
 
 
-rule demo_dataset:
+rule demo_photos:
     output:
         labels="data/demo/val_label.txt",
         classes="data/demo/label.txt",
@@ -9,7 +9,7 @@ rule demo_dataset:
     params:
         step=step("demo_photos"),
     log:
-        "logs/demo_dataset.log",
+        "logs/demo_photos.log",
     conda:
         CONDA_ENV
     shell:
@@ -35,7 +35,7 @@ rule dataset_index:
         " --num-classes {params.num_classes} 2> {log:q}"
 
 
-rule npz_shard:
+rule make_shards:
     input:
         # The images are not listed one by one (450,000 inputs made an ImageNet-scale dry run take minutes):
         # the index changes when files are added, removed or relabelled; see README, rerun policy.
@@ -53,9 +53,9 @@ rule npz_shard:
         mem_mb=mem_mb_shard,
         runtime=60,
     log:
-        "logs/npz_shard/{dataset}/{geom}/{shard}.log",
+        "logs/make_shards/{dataset}/{geom}/{shard}.log",
     benchmark:
-        "benchmarks/npz_shard/{dataset}/{geom}/{shard}.tsv"
+        "benchmarks/make_shards/{dataset}/{geom}/{shard}.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -65,7 +65,7 @@ rule npz_shard:
         " --out {output:q} 2> {log:q}"
 
 
-rule datalist:
+rule make_datalist:
     input:
         shard_files,
     output:
@@ -74,7 +74,7 @@ rule datalist:
     params:
         step=step("make_datalist"),
     log:
-        "logs/datalist/{dataset}/{geom}.log",
+        "logs/make_datalist/{dataset}/{geom}.log",
     conda:
         CONDA_ENV
     shell:

@@ -1,4 +1,4 @@
-"""Deploy: the fastest build of a variant within the accuracy budget -> deploy/<variant>/ (python -m classify)."""
+"""Deploy: the fastest build of a variant within the accuracy budget -> deploy/<variant>/ (effzoo classify, effzoo.load)."""
 
 
 rule deploy:

@@ -6,7 +6,8 @@ rule summary:
         expand("metrics/{variant}.json", variant=config["run_variants"]),
     output:
         md=report("reports/summary.md", caption="../report/summary.rst", category="Model table"),
-        csv=report("reports/summary.csv", caption="../report/summary.rst", category="Model table"),
+        html=report("reports/summary.html", caption="../report/summary.rst", category="Model table"),
+        csv=report("reports/summary.csv", caption="../report/summary_csv.rst", category="Model table"),
         plot=report("reports/accuracy_vs_throughput.png", caption="../report/plot.rst", category="Plots"),
     params:
         min_agreement=config["deploy"]["min_agreement"],
@@ -17,5 +18,6 @@ rule summary:
     conda:
         CONDA_ENV
     shell:
-        "python -m summary --metrics {input:q} --md {output.md:q} --csv {output.csv:q} --plot {output.plot:q}"
+        "python -m summary --metrics {input:q} --md {output.md:q} --html {output.html:q} --csv {output.csv:q}"
+        " --plot {output.plot:q}"
         " --min-agreement {params.min_agreement} --max-top1-loss {params.max_top1_loss} 2> {log:q}"

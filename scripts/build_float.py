@@ -1,94 +1,11 @@
 """Build a deployable float model ("vacc" build): fp32 or fp16, for ONNX Runtime or (fp32) OpenVINO.
 
-fp32: the model takes the uint8 NHWC tensors of the npz shards directly (graph_edits.fold_preprocessing:
-timm's ToTensor/Normalize as graph ops, Softmax appended) and is optimized offline by ONNX Runtime at the
-mode's `graph_optimization` level (basic is provider-independent, portable). fp16: float16 weights and
-compute; the preprocessing and the softmax stay float32 (exact normalization, stable softmax). With
-`runtime: openvino` the same fp32 graph is written as OpenVINO IR (model.xml + model.bin, fp32 weights).
-Float builds have no CPU-specific numerics: they run on any x86-64 CPU with AVX2.
-
-CLI: python -m build_float --onnx X.onnx --export-info X.json --spec-json S.json --quant fp32 \
-        --options '{"kind": "fp32", "graph_optimization": "basic"}' --outdir vacc/X-fp32
+Thin CLI over effzoo.steps.build_float; the rules run it as `python -m build_float` with scripts/ on PYTHONPATH.
 """
-from __future__ import annotations
+import sys
 
-import tempfile
-import time
-from pathlib import Path
-
-import onnx
-
-from build_manifest import COMMON_OPTIONS, build_parser, checked_source, cpu_record, parse_options, write_build
-from graph_edits import edge_nodes, fold_preprocessing
-from openvino_ir import save_ir
-from zoo_common import ZooError, atomic_path, read_json, run_main
-
-OPTIONS = {"fp32": COMMON_OPTIONS + ("graph_optimization",), "fp16": COMMON_OPTIONS}
-
-
-def ort_optimize(src: str, dst: str, level: str) -> None:
-    """Offline graph optimization by ONNX Runtime (BASIC = provider-independent, portable)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
-    so.optimized_model_filepath = dst
-    ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-
-
-def build_fp32(onnx_path: str, spec: dict, out_model: Path, opt_level: str) -> dict:
-    """Write the fp32 deployable model; return build details."""
-    folded = fold_preprocessing(onnx.load(onnx_path), spec)
-    with atomic_path(out_model, ".onnx") as tmp:
-        raw = tmp.with_suffix(".raw.onnx")
-        try:
-            onnx.save(folded, str(raw))
-            ort_optimize(str(raw), str(tmp), opt_level)
-        finally:
-            if raw.exists():
-                raw.unlink()
-    return {"graph_optimization": opt_level}
-
-
-def build_fp16(onnx_path: str, spec: dict, out_model: Path) -> dict:
-    """float16 model; the preprocessing and softmax stay float32 (exact normalization, stable softmax)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    folded = fold_preprocessing(onnx.load(onnx_path), spec)
-    keep = edge_nodes(folded)
-    half = convert_float_to_float16(folded, keep_io_types=True, node_block_list=keep)
-    with atomic_path(out_model, ".onnx") as tmp:
-        onnx.save(half, str(tmp))
-    return {"kept_fp32_nodes": keep}
-
-
-def main(argv=None):
-    a = build_parser(__doc__).parse_args(argv)
-    t0 = time.monotonic()
-    kind = parse_options(a.options, a.quant, ("kind",))["kind"]
-    if kind not in OPTIONS:
-        raise ZooError(f"quant mode {a.quant!r}: kind {kind!r} is not a float build (fp32, fp16); int8 builds "
-                       f"run `python -m build_int8`")
-    options = parse_options(a.options, a.quant, OPTIONS[kind])
-    if options["runtime"] == "openvino" and kind != "fp32":
-        raise ZooError(f"quant mode {a.quant!r}: OpenVINO builds are fp32 or int8 (this CPU plugin has no fp16 "
-                       f"compute); use runtime: onnxruntime for fp16")
-    export_info = checked_source(a.onnx, a.export_info)
-    spec = read_json(a.spec_json)
-    outdir = Path(a.outdir)
-    if kind == "fp16":
-        details = build_fp16(a.onnx, spec, outdir / "model.onnx")
-    elif options["runtime"] == "onnxruntime":
-        details = build_fp32(a.onnx, spec, outdir / "model.onnx", options["graph_optimization"])
-    else:
-        with tempfile.TemporaryDirectory() as td:
-            details = build_fp32(a.onnx, spec, Path(td) / "model.onnx", options["graph_optimization"])
-            save_ir(str(Path(td) / "model.onnx"), outdir)
-    write_build("build_float", a, kind, options, details, export_info, spec, t0,
-                cpu_record(options, "avx2", "float build: no CPU-specific numerics"))
-
+from effzoo.common import run_main
+from effzoo.steps.build_float import main
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))
+    sys.exit(run_main(main))

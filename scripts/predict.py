@@ -1,85 +1,11 @@
 """Run a vacc build over npz shards on its own runtime: top-k class ids and softmax probabilities per image.
 
-Writes a CSV (file, label, top1..topK ids, prob1..probK) in datalist order, the raw logits as .npy (for
-agreement checks between builds), and a manifest (predict.json) with their sha256, the runtime that ran, the
-check of this CPU against what the build requires, and the code and package versions. The model is checked
-against the sha256 its build.json recorded, and every image row against the digest its shard recorded, before
-use. A CPU that lacks what the build requires stops the run (or warns: the build's on_cpu_mismatch).
-
-CLI: python -m predict --model vacc/X/model.onnx|model.xml --build-json vacc/X/build.json --shards a.npz b.npz \
-        --out predictions.csv --logits logits.npy --manifest predict.json --batch 32 --threads 2 \
-        --layout-tuning off [--topk 5]
+Thin CLI over effzoo.steps.predict; the rules run it as `python -m predict` with scripts/ on PYTHONPATH.
 """
-from __future__ import annotations
+import sys
 
-import argparse
-import csv
-import time
-
-import numpy as np
-
-import fingerprint
-from runtime import checked_build, open_build
-from shard_io import iter_shards, read_small
-from zoo_common import LOG, Progress, atomic_path, file_record, run_main, write_json
-
-
-def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, batch: int, threads: int,
-            topk: int = 5, layout_tuning: bool = False) -> dict:
-    """Run the model over the shards; write predictions CSV + logits; return counts, timing and runtime."""
-    run, runtime = open_build(model_path, threads, layout_tuning)
-    LOG.info("%s: %s", model_path, runtime)
-    total, skipped = 0, []
-    for s in shards:
-        labels, skip = read_small(s, "labels", "skipped")
-        total += len(labels)
-        skipped.extend(skip.tolist())
-    progress = Progress(total, f"predict {model_path}")
-    rows, all_logits = [], []
-    t_run = 0.0
-    for images, labels, files in iter_shards(shards, batch):
-        t0 = time.perf_counter()
-        logits, probs = run(images)
-        t_run += time.perf_counter() - t0
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
-        for j in range(len(top)):
-            rows.append([files[j], int(labels[j])] + top[j].tolist() + [f"{probs[j, c]:.6g}" for c in top[j]])
-        all_logits.append(logits.astype(np.float32))
-        progress.update(len(top))
-    header = ["file", "label"] + [f"top{k + 1}" for k in range(topk)] + [f"prob{k + 1}" for k in range(topk)]
-    with atomic_path(out_csv, ".csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            w.writerows(rows)
-    with atomic_path(out_logits, ".npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.concatenate(all_logits) if all_logits else np.zeros((0, 0), np.float32))
-    LOG.info("predicted %d images in %.1fs of inference (%d skipped at preprocessing)", len(rows), t_run,
-             len(skipped))
-    return {"images": len(rows), "skipped": skipped, "inference_s": round(t_run, 3), "runtime": runtime}
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--build-json", required=True, help="the build's manifest (records the model's sha256)")
-    ap.add_argument("--shards", nargs="+", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--logits", required=True)
-    ap.add_argument("--manifest", required=True, help="output: predict.json")
-    ap.add_argument("--batch", type=int, required=True)
-    ap.add_argument("--threads", type=int, required=True)
-    ap.add_argument("--topk", type=int, default=5)
-    ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
-                    help="ORT CPU layout pass for SE/SiLU graphs (scripts/ort_session.py)")
-    a = ap.parse_args(argv)
-    build, cpu = checked_build(a.build_json)
-    res = predict(a.model, a.shards, a.out, a.logits, a.batch, a.threads, a.topk, a.layout_tuning == "on")
-    write_json(a.manifest, {**res, "cpu_check": cpu, "model": a.model, "batch": a.batch, "threads": a.threads,
-                            "predictions": file_record(a.out), "logits": file_record(a.logits),
-                            "provenance": fingerprint.provenance("predict")})
-
+from effzoo.common import run_main
+from effzoo.steps.predict import main
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))
+    sys.exit(run_main(main))

@@ -1,4 +1,4 @@
-"""Shared fixtures: import path for the step scripts, the real sample set, a Snakemake runner."""
+"""Shared fixtures: import path of this checkout's package, the real sample set, a Snakemake runner."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, str(REPO))  # this checkout's effzoo, whatever else is installed
 SAMPLE = (REPO.parent / "shared" / "imagenet-sample-500").resolve()
 needs_sample = pytest.mark.skipif(not (SAMPLE / "val_label.txt").exists(),
                                   reason=f"real ImageNet sample not found at {SAMPLE}")
@@ -48,13 +48,14 @@ def planned_jobs(work: Path, cfg: dict | None = None, **kw) -> dict[str, int]:
 
 
 def copy_repo(dst: Path) -> Path:
-    """A copy of what the workflow runs from (Snakefile, rules, scripts, schemas, config, envs, report, profiles)."""
+    """A copy of what the workflow runs from (Snakefile, rules, scripts, the effzoo package, schemas, config, envs,
+    report, profiles)."""
     import shutil
 
     dst.mkdir(parents=True)
     shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
     shutil.copy2(REPO / "config.yaml", dst / "config.yaml")
-    for d in ("rules", "scripts", "schemas", "envs", "report", "profiles"):
+    for d in ("rules", "scripts", "effzoo", "schemas", "envs", "report", "profiles"):
         shutil.copytree(REPO / d, dst / d, ignore=shutil.ignore_patterns("__pycache__"))
     return dst
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
-import pytest
 import onnxruntime as ort
-from onnx import TensorProto, helper
-
-import build_float
-import graph_edits
-import preprocess
-from demo_photos import photo_path
-from test_preprocess import timm_float
+import pytest
 from conftest import resolved_config
-from zoo_common import ZooError, file_record, sha256_file
+from test_preprocess import timm_float
+
+import onnx
+from effzoo import graph_edits, preprocess
+from effzoo.common import ZooError, file_record, sha256_file
+from effzoo.demo import photo_path
+from effzoo.steps import build_float
+from onnx import TensorProto, helper
 
 FP32 = resolved_config()["quant_modes"]["fp32"]
 
@@ -73,8 +72,9 @@ def test_build_fp32_writes_manifest(tmp_path):
     assert man["options"] == {"kind": "fp32", "graph_optimization": "basic", "runtime": "onnxruntime",
                               "cpu_target": "auto", "on_cpu_mismatch": "warn"}
     assert man["cpu"]["requires"] == "avx2" and man["files"]["model.onnx"]["sha256"] == man_sha(tmp_path)
-    assert man["provenance"]["code_modules"] == ["build_float", "build_manifest", "cpu_target", "fingerprint", "graph_edits", "openvino_ir",
-                                                 "zoo_common"]
+    assert man["provenance"]["code_modules"] == [
+        "effzoo.build_manifest", "effzoo.build_options", "effzoo.common", "effzoo.cpu_target", "effzoo.fingerprint",
+        "effzoo.graph_edits", "effzoo.openvino_ir", "effzoo.steps.build_float", "scripts.build_float"]
     assert man["weights"]["random"] is True and man["preprocess"] == spec
     assert not list((tmp_path / "vacc").glob(".tmp-*"))
 
@@ -90,8 +90,8 @@ def _int8_inputs(tmp_path):
     """A calibrated tiny conv model: prepped model, statistics, calibration.json, shards + datalist, export."""
     from test_int8_layers import conv_model, images, observed_ranges
 
-    import calibrate
-    import shard_io
+    from effzoo import ranges, shard_io
+    from effzoo.steps import calibrate
 
     rng = np.random.default_rng(0)
     model = conv_model(rng.normal(0, 0.1, (4, 3, 3, 3)), rng.normal(0, 0.1, 4), rng.normal(0, 0.5, (3, 4, 1, 1)))
@@ -102,9 +102,9 @@ def _int8_inputs(tmp_path):
     onnx.save(model, prepped)
     st = {}
     for name, (lo, hi) in observed_ranges(model, x).items():
-        st[name] = calibrate.TensorStats(256)
+        st[name] = ranges.TensorStats(256)
         st[name].update(lo, hi, np.linspace(lo, hi, 1000))
-    stats.write_bytes(calibrate.npz_bytes(calibrate.stats_to_arrays(st)))
+    stats.write_bytes(calibrate.npz_bytes(ranges.stats_to_arrays(st)))
     npz = tmp_path / "npz"
     shard_io.write_shard(npz / "shard-00000.npz", x, list(range(8)), [f"{i}.JPEG" for i in range(8)], [])
     (npz / "datalist.tsv").write_text("shard\trow\tfile\tlabel\n" + "".join(
@@ -132,15 +132,15 @@ def _int8_inputs(tmp_path):
 def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, target):
     """fp32, fp16 and int8 for ONNX Runtime and OpenVINO (both int8 CPU policies: plain 8-bit for a vnni target,
     7-bit + measured exact layers for avx512) built twice."""
-    import build_int8
-    from build_manifest import SEARCH_TIMING_KEYS, TIMING_KEYS
+    from effzoo.build_manifest import SEARCH_TIMING_KEYS, TIMING_KEYS
+    from effzoo.steps import build_int8
 
     common, int8_args = _int8_inputs(tmp_path)
     modes = resolved_config()["quant_modes"]
     for quant in ("fp32", "fp16", "int8_percentile", "ov_fp32", "ov_int8_percentile"):
         opts = {**modes[quant], "cpu_target": target}
         if "int8" in quant:
-            opts["min_agreement"] = 1.0
+            opts["split_min_agreement"] = 1.0
         builder, extra = (build_int8, int8_args) if "int8" in quant else (build_float, [])
         results = []
         for i in range(2):
@@ -164,8 +164,8 @@ def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, target):
 
 def test_the_validation_split_comes_smallest_fp32_margin_first(tmp_path):
     """The images int8 flips first come first, so a trial that cannot meet the budget stops early."""
-    import build_int8
-    import shard_io
+    from effzoo import shard_io
+    from effzoo.steps import build_int8
 
     _, int8_args = _int8_inputs(tmp_path)
     cal = json.loads((tmp_path / "calibration.json").read_text())
@@ -179,7 +179,7 @@ def test_the_validation_split_comes_smallest_fp32_margin_first(tmp_path):
 
 
 def test_ranking_images_are_spread_over_the_calibration_files():
-    import build_int8
+    from effzoo.steps import build_int8
 
     files = [f"{i}.JPEG" for i in range(10)]
     assert build_int8.spread(files, 4) == ["0.JPEG", "2.JPEG", "5.JPEG", "7.JPEG"]

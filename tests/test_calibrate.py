@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
-import calibrate
-import shard_io
-from zoo_common import ZooError
+from effzoo import ranges, shard_io
+from effzoo.common import ZooError
+from effzoo.steps import calibrate
+from onnx import TensorProto, helper
 
 
 def hist_of(x, bins=2048):
-    h = calibrate.StreamingHistogram(bins)
+    h = ranges.StreamingHistogram(bins)
     h.add(np.asarray(x, np.float64))
     return h.counts, h.edges()
 
@@ -20,7 +20,7 @@ def hist_of(x, bins=2048):
 def test_streaming_histogram_is_exact_across_batches():
     rng = np.random.default_rng(0)
     a, b = rng.normal(0, 1, 10_000), rng.normal(3, 5, 10_000)  # the second batch widens the range
-    h = calibrate.StreamingHistogram(256)
+    h = ranges.StreamingHistogram(256)
     h.add(a)
     h.add(b)
     assert h.counts.sum() == 20_000 and h.counts.size <= 512
@@ -33,19 +33,19 @@ def test_streaming_histogram_is_exact_across_batches():
 def test_percentile_hand_computed():
     # 100 values per bin over bins [0,1),[1,2),...,[9,10): the 95th percentile is 9.5 (linear within the bin)
     counts, edges = np.full(10, 100), np.arange(11, dtype=float)
-    assert calibrate.percentile_range(counts, edges, 0.0, 10.0, 95.0) == pytest.approx((0.0, 9.5))
+    assert ranges.percentile_range(counts, edges, 0.0, 10.0, 95.0) == pytest.approx((0.0, 9.5))
     # signed: 2.5% each tail of [-5, 5] uniform bins -> [-4.75, 4.75]
     counts, edges = np.full(10, 100), np.arange(-5, 6, dtype=float)
-    assert calibrate.percentile_range(counts, edges, -5.0, 5.0, 97.5) == pytest.approx((-4.75, 4.75))
+    assert ranges.percentile_range(counts, edges, -5.0, 5.0, 97.5) == pytest.approx((-4.75, 4.75))
     with pytest.raises(ZooError, match="percentile 30.0: expected 50 < percentile <= 100"):
-        calibrate.percentile_range(counts, edges, -5.0, 5.0, 30.0)
+        ranges.percentile_range(counts, edges, -5.0, 5.0, 30.0)
 
 
 def test_percentile_on_known_distribution():
     rng = np.random.default_rng(1)
     x = rng.exponential(1.0, 200_000)
     counts, edges = hist_of(x)
-    lo, hi = calibrate.percentile_range(counts, edges, x.min(), x.max(), 99.9)
+    lo, hi = ranges.percentile_range(counts, edges, x.min(), x.max(), 99.9)
     assert lo == 0.0 and hi == pytest.approx(np.log(1000), rel=0.02)  # exponential quantile: -ln(1 - p)
 
 
@@ -53,7 +53,7 @@ def test_kl_value_hand_computed():
     # P = [1, 1, 0, 2] (outliers folded in), sliced = [1, 1, 0, 1], 2 levels:
     # groups {0,1}: sum 2 over 2 non-empty -> q = [1, 1]; {2,3}: sum 1 over 1 non-empty -> q = [0, 1]
     # normalized p = [.25, .25, 0, .5], q = [1/3, 1/3, 0, 1/3] -> KL = .5 ln(.75) + .5 ln(1.5)
-    kl = calibrate._kl(np.array([1.0, 1.0, 0.0, 2.0]), np.array([1.0, 1.0, 0.0, 1.0]), 2)
+    kl = ranges._kl(np.array([1.0, 1.0, 0.0, 2.0]), np.array([1.0, 1.0, 0.0, 1.0]), 2)
     assert kl == pytest.approx(0.5 * np.log(0.75) + 0.5 * np.log(1.5))
 
 
@@ -61,10 +61,10 @@ def test_kl_keeps_a_compact_distribution_and_clips_a_rare_outlier():
     rng = np.random.default_rng(2)
     x = rng.uniform(0, 1, 500_000)
     counts, edges = hist_of(x)
-    assert calibrate.kl_range(counts, edges, 0.0, x.max()) == pytest.approx((0.0, x.max()), rel=0.01)
+    assert ranges.kl_range(counts, edges, 0.0, x.max()) == pytest.approx((0.0, x.max()), rel=0.01)
     y = np.append(x, [40.0])  # one outlier 40x beyond the mass
     counts, edges = hist_of(y, 4096)
-    lo, hi = calibrate.kl_range(counts, edges, 0.0, 40.0)
+    lo, hi = ranges.kl_range(counts, edges, 0.0, 40.0)
     assert lo == 0.0 and 0.9 < hi < 3.0
 
 
@@ -72,24 +72,24 @@ def test_kl_on_relu_gaussian_is_reasonable():
     rng = np.random.default_rng(3)
     x = np.maximum(rng.normal(1, 1, 300_000), 0)
     counts, edges = hist_of(x)
-    lo, hi = calibrate.kl_range(counts, edges, 0.0, x.max())
+    lo, hi = ranges.kl_range(counts, edges, 0.0, x.max())
     assert lo == 0.0 and 2.5 < hi <= x.max()
 
 
 def test_methods_and_full_range_tensors():
     rng = np.random.default_rng(4)
-    stats = {"a": calibrate.TensorStats(512), "b": calibrate.TensorStats(512)}
+    stats = {"a": ranges.TensorStats(512), "b": ranges.TensorStats(512)}
     for name, s in stats.items():
         x = rng.standard_t(2, 50_000)
         s.update(x.min(), x.max(), x)
-    arrs = calibrate.stats_to_arrays(stats)
-    mx = calibrate.compute_ranges(arrs, "max", {})
-    pc = calibrate.compute_ranges(arrs, "percentile", {"percentile": 99.0}, keep_full={"b"})
+    arrs = ranges.stats_to_arrays(stats)
+    mx = ranges.compute_ranges(arrs, "max")
+    pc = ranges.compute_ranges(arrs, "percentile", percentile=99.0, keep_full={"b"})
     assert mx["a"] == (stats["a"].min, stats["a"].max)
     assert stats["a"].min < pc["a"][0] < 0 < pc["a"][1] < stats["a"].max
     assert pc["b"] == mx["b"]
     with pytest.raises(ZooError, match="calibrate method 'mse': expected max, percentile or kl_divergence"):
-        calibrate.compute_ranges(arrs, "mse", {})
+        ranges.compute_ranges(arrs, "mse")
 
 
 def test_balanced_selection():
@@ -136,7 +136,7 @@ def test_in_graph_statistics_match_numpy():
     m.ir_version = 10
     names = calibrate.tensors_to_calibrate(m)
     assert names == ["x", "h", "y"]
-    aug, steps = calibrate.augment(m, names, samples=10)
+    aug, steps = calibrate.augment(m, names, samples_per_tensor=10)
     sess = ort.InferenceSession(aug.SerializeToString(), providers=["CPUExecutionProvider"])
     data = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
     outs = sess.run(None, {"x": data})

@@ -6,14 +6,12 @@ import json
 
 import numpy as np
 import pytest
-
-import build_int8
-import cpu_target
-import predict
-import shard_io
 from conftest import resolved_config
 from test_build import _int8_inputs
-from zoo_common import ZooError
+
+from effzoo import cpu_target, shard_io
+from effzoo.common import ZooError
+from effzoo.steps import build_int8, predict
 
 
 def test_cpu_kinds_from_flags():
@@ -28,7 +26,7 @@ def test_cpu_kinds_from_flags():
 def build(tmp_path, target: str, **options) -> tuple[dict, list[str]]:
     """An int8 build of a tiny model made for `target`; returns (build.json, predict's arguments)."""
     common, int8_args = _int8_inputs(tmp_path)
-    opts = {**resolved_config()["quant_modes"]["int8_max"], "cpu_target": target, "min_agreement": 1.0,
+    opts = {**resolved_config()["quant_modes"]["int8_max"], "cpu_target": target, "split_min_agreement": 1.0,
             **options}
     out = tmp_path / f"int8-{target}"
     build_int8.main(common + ["--quant", "int8_max", "--options", json.dumps(opts), "--outdir", str(out)] + int8_args)

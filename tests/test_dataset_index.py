@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from dataset_index import build_index, detect_layout, imagenet_synsets
-from zoo_common import ZooError
+from effzoo.common import ZooError
+from effzoo.dataset import build_index, detect_layout, imagenet_synsets
 
 
 def make_ilsvrc(root, names=("a.JPEG", "b.JPEG"), labels=(1, 2), num_classes=1000, extra_lines=""):
@@ -72,6 +72,6 @@ def test_unlabelled_non_image_file_is_ignored_and_labelled_one_fails_at_decode(t
     with open(tmp_path / "val_label.txt", "a") as fh:
         fh.write("notes.JPEG 3\n")
     rows, _ = build_index(tmp_path)  # labelled: indexed, and preprocessing names it (see test_robustness)
-    import preprocess
+    from effzoo import preprocess
     with pytest.raises(ZooError, match="notes.JPEG: cannot decode"):
         preprocess.load_image(tmp_path / "val" / "notes.JPEG")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from deploy import choose
-from zoo_common import ZooError
+from effzoo.common import ZooError
+from effzoo.steps.deploy import choose
 
 BUDGET = {"min_agreement": 0.98, "max_top1_loss": 0.005}
 

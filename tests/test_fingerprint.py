@@ -1,23 +1,25 @@
 """Code fingerprints (what makes a step's outputs stale), package versions, and one-way imports."""
 from __future__ import annotations
 
+import ast
 import shutil
 
 import pytest
+from conftest import REPO, SCRIPTS
 
-import fingerprint
-from conftest import SCRIPTS
+from effzoo import fingerprint
 
 
 @pytest.fixture
-def scripts_copy(tmp_path, monkeypatch):
-    """A copy of scripts/ that fingerprint reads instead of the real one."""
-    dst = tmp_path / "scripts"
-    shutil.copytree(SCRIPTS, dst, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(fingerprint, "SCRIPTS", dst)
+def code_copy(tmp_path, monkeypatch):
+    """A copy of scripts/ and effzoo/ that fingerprint reads instead of the real ones."""
+    for d in ("scripts", "effzoo"):
+        shutil.copytree(REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "ROOT", tmp_path)
+    monkeypatch.setattr(fingerprint, "SCRIPTS", tmp_path / "scripts")
     for f in (fingerprint._parsed, fingerprint.code_version):
         f.cache_clear()
-    yield dst
+    yield tmp_path
     for f in (fingerprint._parsed, fingerprint.code_version):
         f.cache_clear()
 
@@ -34,38 +36,83 @@ def fresh(step: str) -> str:
     return fingerprint.code_version(step)
 
 
-def test_comments_docstrings_and_formatting_do_not_count(scripts_copy):
+def test_comments_docstrings_and_formatting_do_not_count(code_copy):
     before = {s: fresh(s) for s in ("calibrate", "build_int8", "build_float", "predict")}
-    edit(scripts_copy / "calibrate.py", "def percentile_range(", "# a new comment\n\n\ndef percentile_range(")
-    edit(scripts_copy / "calibrate.py", '"""[q_(1-p/100), q_(p/100)]', '"""Reworded. [q_(1-p/100), q_(p/100)]')
-    edit(scripts_copy / "zoo_common.py", '"""Shared helpers', '"""Shared helpers (reworded)')
-    edit(scripts_copy / "calibrate.py", "    total = counts.sum()\n", "    total = (\n        counts.sum()\n    )\n")
+    edit(code_copy / "effzoo/ranges.py", "def percentile_range(", "# a new comment\n\n\ndef percentile_range(")
+    edit(code_copy / "effzoo/ranges.py", '"""[q_(1-p/100), q_(p/100)]', '"""Reworded. [q_(1-p/100), q_(p/100)]')
+    edit(code_copy / "effzoo/common.py", '"""Shared helpers', '"""Shared helpers (reworded)')
+    edit(code_copy / "scripts/predict.py", '"""Run a vacc build', '"""Run a deployable build')
+    edit(code_copy / "effzoo/ranges.py", "    total = counts.sum()\n", "    total = (\n        counts.sum()\n    )\n")
     assert {s: fresh(s) for s in before} == before
 
 
-def test_a_logic_change_reaches_exactly_the_steps_that_import_it(scripts_copy):
+def test_a_logic_change_reaches_exactly_the_steps_that_import_it(code_copy):
     before = {s: fresh(s) for s in fingerprint.STEP_PACKAGES}
-    edit(scripts_copy / "calibrate.py", "    return min(lo, 0.0), max(hi, 0.0)\n",
+    edit(code_copy / "effzoo/ranges.py", "    return min(lo, 0.0), max(hi, 0.0)\n",
          "    return min(lo, 0.0), max(hi, 0.0) + 0.0\n")
     changed = {s for s in before if fresh(s) != before[s]}
     assert changed == {"calibrate", "build_int8"}
 
 
-def test_a_shared_module_reaches_every_step_that_imports_it(scripts_copy):
+def test_a_step_module_change_reaches_its_step_only(code_copy):
     before = {s: fresh(s) for s in fingerprint.STEP_PACKAGES}
-    edit(scripts_copy / "shard_io.py", 'REBUILD = "delete it', 'REBUILD = "remove it')
+    edit(code_copy / "effzoo/steps/predict.py", "def ", "X = 1\n\n\ndef ")
+    assert {s for s in before if fresh(s) != before[s]} == {"predict"}
+
+
+def test_a_shared_module_reaches_every_step_that_imports_it(code_copy):
+    before = {s: fresh(s) for s in fingerprint.STEP_PACKAGES}
+    edit(code_copy / "effzoo/shard_io.py", 'REBUILD = "delete it', 'REBUILD = "remove it')
     changed = {s for s in before if fresh(s) != before[s]}
     assert changed == {"calibrate", "build_int8", "predict", "make_shards", "make_datalist"}
 
 
-def test_step_scripts_import_one_way():
-    """No import cycle among scripts/: every module's closure excludes the modules that import it."""
-    modules = [p.stem for p in SCRIPTS.glob("*.py")]
+def test_the_user_api_is_in_no_step_fingerprint():
+    """effzoo/__init__, api and cli serve users of deploy folders: editing them reruns no step."""
+    for step in fingerprint.STEP_PACKAGES:
+        closure = fingerprint.step_closure(step)
+        assert f"scripts.{step}" in closure and f"effzoo.steps.{step}" in closure
+        assert not {"effzoo", "effzoo.api", "effzoo.cli"} & set(closure), (step, closure)
+
+
+def imported_names(path) -> set[str]:
+    """Every module name a file imports (absolute imports, and the names imported from them)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_scripts_are_thin_and_import_no_other_script():
+    scripts = {p.stem for p in SCRIPTS.glob("*.py")}
+    assert scripts == set(fingerprint.STEP_PACKAGES)   # one thin CLI per step, named as the step
+    for p in SCRIPTS.glob("*.py"):
+        names = imported_names(p)
+        assert not names & scripts, f"{p.name} imports another script: {names & scripts}"
+        assert f"effzoo.steps.{p.stem}" in names and len(p.read_text().splitlines()) <= 12
+
+
+def test_steps_import_only_the_library():
+    steps = {f"effzoo.steps.{p.stem}" for p in (REPO / "effzoo/steps").glob("*.py")}
+    for p in (REPO / "effzoo").rglob("*.py"):
+        own = f"effzoo.steps.{p.stem}"
+        assert not (imported_names(p) & steps) - {own}, f"{p} imports a step: {(imported_names(p) & steps) - {own}}"
+
+
+def test_package_imports_one_way():
+    """No import cycle in the package: every module's closure excludes the modules that import it."""
+    modules = [f"scripts.{p.stem}" for p in SCRIPTS.glob("*.py")] + [
+        ".".join(p.relative_to(REPO).with_suffix("").parts) for p in (REPO / "effzoo").rglob("*.py")
+        if p.name != "__init__.py"]
     for m in modules:
         for dep in fingerprint.project_imports(m):
             assert m not in fingerprint.closure(dep), f"import cycle: {m} -> {dep} -> ... -> {m}"
-    assert "build_int8" not in fingerprint.closure("build_float")
-    assert "calibrate" not in fingerprint.closure("build_float")
+    assert "effzoo.steps.build_int8" not in fingerprint.step_closure("build_float")
+    assert "effzoo.steps.calibrate" not in fingerprint.step_closure("build_int8")
 
 
 def test_package_versions_name_a_missing_package():

@@ -7,12 +7,11 @@ import json
 
 import numpy as np
 import pytest
-
-import build_int8
-import int8_search
-import runtime
 from conftest import SAMPLE, needs_sample, run_snakemake
-from cpu_target import covers, cpu_kind
+
+from effzoo import int8_search, runtime
+from effzoo.cpu_target import covers, cpu_kind
+from effzoo.steps import build_int8
 
 # variant -> its two builds: (quant mode, runtime, forced CPU target), together every policy x runtime pairing
 BUILDS = {
@@ -66,7 +65,7 @@ def test_int8_builds_meet_the_budget_on_the_split_or_say_why(budget_run, variant
         built = json.loads((budget_run / f"vacc/{variant}-{quant}/build.json").read_text())
         budget = built["details"]["accuracy_budget"]
         assert built["options"]["runtime"] == rt and built["cpu"]["target"] == target
-        assert budget["min_agreement"] == 0.99 and budget["split_images"] == 100
+        assert budget["split_min_agreement"] == 0.99 and budget["split_images"] == 100
         assert budget["disagreements_allowed"] == 1
         kinds = {k for _, k in budget["promoted"]}
         # promotions: exact uint8 only for ONNX Runtime without VNNI (saturating layers), float otherwise

@@ -3,18 +3,19 @@ budget search (sensitivity, promoted graphs, schedule)."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
-
-import build_int8
-import int8_search
 from conftest import resolved_config
-from graph_edits import PRE_INPUT
 
+import onnx
+from effzoo import int8_search
+from effzoo.build_options import BuildOptions
+from effzoo.graph_edits import PRE_INPUT
+from effzoo.steps import build_int8
+from onnx import TensorProto, helper, numpy_helper
 
 # the int8 options as the workflow passes them (defaults from schemas/config.schema.yaml)
 INT8 = resolved_config()["quant_modes"]["int8_max"]
+INT8_OPTIONS = BuildOptions.parse(INT8, "int8_max")
 
 
 def conv_model(w_a: np.ndarray, b_a: np.ndarray, w_b: np.ndarray, size: int = 8) -> onnx.ModelProto:
@@ -92,7 +93,7 @@ def test_exact_uint8_weights_never_clip_the_int32_bias(tmp_path):
     ov = build_int8.exact_weight_overrides(model, layers, ranges)
     assert ov["wa"][2]["rmax"] > 1e4 * 1e-12 and np.isclose(ov["wa"][0]["rmax"], np.abs(w_a[0]).max() * 255 / 254, rtol=1e-6)
     out = tmp_path / "q.onnx"
-    build_int8._quantize_model(model, ranges, out, INT8, ["pre_nchw", "pre_cast"], ov, False)
+    build_int8._quantize_model(model, ranges, out, INT8_OPTIONS, ["pre_nchw", "pre_cast"], ov, False)
     q = onnx.load(str(out))
     qb = next(numpy_helper.to_array(i) for i in q.graph.initializer if i.name.startswith("ba") and i.data_type == TensorProto.INT32)
     assert np.abs(qb).max() < np.iinfo(np.int32).max
@@ -111,7 +112,7 @@ def quantized_pair(tmp_path, w_a, w_b, x, overrides=None):
     model = conv_model(w_a, np.zeros(w_a.shape[0]), w_b)
     ranges = observed_ranges(model, x)
     out = tmp_path / "q.onnx"
-    build_int8._quantize_model(model, ranges, out, INT8, ["pre_nchw", "pre_cast"], overrides or {}, False)
+    build_int8._quantize_model(model, ranges, out, INT8_OPTIONS, ["pre_nchw", "pre_cast"], overrides or {}, False)
     return model, onnx.load(str(out))
 
 
@@ -253,7 +254,7 @@ def test_search_meets_a_reachable_budget_and_says_when_the_cap_stops_it(tmp_path
     model, qdq = quantized_pair(tmp_path, w_a, w_b, x)
     layers = int8_search.weight_layers(model)
     top1 = logits_of(model, split).argmax(axis=1)
-    opts = {**INT8, "min_agreement": 0.5, "max_promoted_macs": 0.5}
+    opts = BuildOptions.parse({**INT8, "split_min_agreement": 0.5, "max_promoted_macs": 0.5}, "int8_max")
     _, met = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (split, top1), x, opts, False, 1)
     assert met["status"] == "met" and met["final_agreement"] >= 0.5 and met["split_images"] == 12
     assert met["disagreements_allowed"] == 6 and met["steps"][-1]["passed"]

@@ -6,20 +6,15 @@ import json
 import zipfile
 
 import numpy as np
-import onnx
 import pytest
-
-import benchmark
-import build_float
-import build_int8
-import metrics
-import predict
-import preprocess
-import shard_io
+from conftest import resolved_config
 from test_build import tiny_classifier
 from test_int8_layers import INT8, conv_model, images, observed_ranges
-from conftest import resolved_config
-from zoo_common import ZooError, file_record
+
+import onnx
+from effzoo import preprocess, shard_io
+from effzoo.common import ZooError, file_record
+from effzoo.steps import benchmark, build_float, build_int8, metrics, predict
 
 FP32 = resolved_config()["quant_modes"]["fp32"]
 

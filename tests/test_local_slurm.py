@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 SCRIPT = REPO / "tests" / "slurm" / "local_slurm.sh"
@@ -50,3 +49,41 @@ def test_stop_removes_the_conf_start_wrote_and_restores_a_site_conf():
             CONF.unlink()
         if was_running:
             local_slurm("start")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_stop_returns_only_after_the_daemons_have_exited():
+    state = Path("/var/spool/effzoo-slurm")
+    was_running = CONF.exists() and CONF.read_text().startswith(MARK)
+    try:
+        local_slurm("start")
+        pids = [int((state / f"{d}.pid").read_text()) for d in ("slurmctld", "slurmd", "munged")]
+        pids += [int(p) for p in subprocess.run(["pgrep", "-P", str(pids[0])], capture_output=True,
+                                                text=True).stdout.split()]   # slurmctld's slurmscriptd
+        local_slurm("stop")
+        assert [p for p in pids if alive(p)] == []
+        assert not any((state / f"{d}.pid").exists() for d in ("slurmctld", "slurmd", "munged"))
+    finally:
+        if was_running:
+            local_slurm("start")
+
+
+def test_a_failed_start_undoes_what_it_did(tmp_path):
+    """A controller that will not start: start exits non-zero, stops what it started and removes its slurm.conf."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "slurmctld").write_text("#!/bin/sh\necho 'slurmctld: cannot start' >&2\nexit 1\n")
+    (fake / "slurmctld").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "EFFZOO_SLURM_STATE": str(tmp_path / "state"),
+           "EFFZOO_SLURM_CONF_DIR": str(tmp_path / "conf")}
+    proc = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and "slurm: start failed; undoing it" in proc.stderr, proc.stdout + proc.stderr
+    assert not (tmp_path / "conf/slurm.conf").exists()
+    assert not list((tmp_path / "state").glob("*.pid"))

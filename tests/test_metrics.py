@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics import score, speed_vs
-from zoo_common import ZooError
+from effzoo.common import ZooError
+from effzoo.steps.metrics import score, speed_vs
 
 
 def test_score_top1_top5():
@@ -30,7 +30,7 @@ def test_speed_against_fp32_comes_from_the_perf_files():
 
 
 def test_text_table_recommends_fp32_over_a_slower_build():
-    from summary import text_table
+    from effzoo.steps.summary import text_table
 
     m = {"variant": "v", "params_m": 4.65, "gflops": 0.77, "input_size": [3, 224, 224], "random_weights": False,
          "weights": {"source": "pypi:x"},
@@ -50,7 +50,7 @@ def test_text_table_recommends_fp32_over_a_slower_build():
 
 
 def test_throughput_axis_has_labelled_ticks_within_one_decade():
-    from summary import figure
+    from effzoo.steps.summary import figure
 
     m = {"variant": "v", "random_weights": False,
          "results": {q: {"best_throughput_ips": ips, "top1": 0.8} for q, ips in
@@ -65,7 +65,7 @@ def test_throughput_axis_has_labelled_ticks_within_one_decade():
 
 
 def test_fastest_build_keeps_the_accuracy_budget_and_slow_builds_are_listed():
-    from summary import fastest_build, slower_than_fp32
+    from effzoo.budget import fastest_build, slower_than_fp32
 
     budget = {"min_agreement": 0.98, "max_top1_loss": 0.005}
     res = {"fp32": {"best_throughput_ips": 100.0, "top1": 0.880},
@@ -85,9 +85,79 @@ def test_fastest_build_keeps_the_accuracy_budget_and_slow_builds_are_listed():
 
 
 def test_a_missing_skipped_list_is_an_error_not_nothing_skipped(tmp_path):
-    from metrics import read_skipped
+    from effzoo.steps.metrics import read_skipped
 
     with pytest.raises(ZooError, match=rf"{tmp_path / 'skipped.tsv'}: file not found \(the datalist step writes it"):
         read_skipped(str(tmp_path / "skipped.tsv"))
     (tmp_path / "skipped.tsv").write_text("bad.JPEG\tcannot decode\n")
     assert read_skipped(str(tmp_path / "skipped.tsv")) == ["bad.JPEG\tcannot decode"]
+
+
+def report_metrics(variant: str, random: bool = False) -> dict:
+    """A metrics document with an fp32, an ONNX Runtime int8 and an OpenVINO fp32 + int8 build."""
+    def build(kind, runtime, top1, agree, ips, torch_x, **speed):
+        return {"kind": kind, "runtime": runtime, "top1": top1, "top5": 0.95, "images": 500,
+                "cpu": {"target": "vnni"}, "top1_agreement_with_fp32": agree, "best_throughput_ips": ips,
+                "best_throughput_at": {"batch": 16, "mode": "build"}, "speedup_vs_torch_eager": {"16": torch_x},
+                "model_size_mb": 5.0, **speed}
+    results = {"fp32": build("fp32", "onnxruntime", 0.880, None, 100.0, 1.5),
+               "int8_max": build("int8", "onnxruntime", 0.878, 0.99, 180.0, 2.7, speedup_vs_fp32=1.8),
+               "ov_fp32": build("fp32", "openvino", 0.880, 1.0, 120.0, 1.8, speedup_vs_fp32=1.2),
+               "ov_int8_max": build("int8", "openvino", 0.870, 0.97, 400.0, 6.0, speedup_vs_fp32=4.0,
+                                    runtime_fp32="ov_fp32", speedup_vs_runtime_fp32=3.33)}
+    del results["fp32"]["top1_agreement_with_fp32"]
+    return {"variant": variant, "random_weights": random, "weights": {"source": "pypi:x"}, "input_size": [3, 224, 224],
+            "params_m": 4.65, "gflops": 0.77, "flops_convention": "2 x MACs", "results": results,
+            "dataset": {"name": "sample", "images_scored": 500}}
+
+
+def test_report_has_the_vendor_model_table_then_one_row_per_build(tmp_path):
+    import csv
+    import json
+
+    from effzoo.steps import summary
+
+    paths = []
+    for v, random in (("lite0", False), ("b0", True)):
+        paths.append(tmp_path / f"{v}.json")
+        paths[-1].write_text(json.dumps(report_metrics(v, random)))
+    out = {k: tmp_path / f"summary.{k}" for k in ("md", "html", "csv")}
+    summary.main(["--metrics", *map(str, paths), "--md", str(out["md"]), "--html", str(out["html"]), "--csv",
+                  str(out["csv"]), "--plot", str(tmp_path / "plot.png"), "--min-agreement", "0.98",
+                  "--max-top1-loss", "0.005"])
+    md = out["md"].read_text().splitlines()
+    first = next(i for i, ln in enumerate(md) if ln.startswith("| "))
+    header = [c.strip() for c in md[first].strip("|").split("|")]
+    assert len(header) == 12 and header[:7] == ["variant", "weights", "input", "params (M)", "GFLOPs", "fp32 top-1",
+                                                "fp32 top-5"]
+    lite0 = [c.strip() for c in md[first + 2].strip("|").split("|")]
+    # ov_int8_max is fastest but outside the budget (97% agreement, 1 pt loss): int8_max is the fastest within it
+    assert lite0 == ["lite0", "pypi:x", "224", "4.65", "0.77", "88.0", "95.0", "int8_max (onnxruntime)", "87.8",
+                     "99.0", "180.0", "2.7"]
+    assert md[first + 3].startswith("| b0 | RANDOM | 224 |")
+    builds = md.index("## Builds")
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in md[builds + 6:builds + 14]]
+    assert [r[:2] for r in rows[:4]] == [["lite0", "fp32"], ["lite0", "int8_max"], ["lite0", "ov_fp32"],
+                                         ["lite0", "ov_int8_max"]]
+    assert rows[3][2:] == ["openvino", "int8", "vnni", "87.0", "95.0", "97.0", "400.0", "3.33", "no"]
+    assert rows[0][-3:] == ["100.0", "1.0", "yes"] and rows[2][-2] == "1.0"   # each runtime's fp32 is its own 1.0x
+    long = list(csv.DictReader(out["csv"].open()))
+    assert len(long) == 8 and long[7]["variant"] == "b0" and long[7]["build"] == "ov_int8_max"
+    assert long[7]["variant_fastest_build"] == "int8_max (onnxruntime)" and long[7]["vs_fp32"] == "3.33"
+    page = out["html"].read_text()
+    assert page.count("<tr>") == 1 + 2 + 1 + 8 and "int8_max (onnxruntime)" in page and "RANDOM" in page
+
+
+def test_report_without_an_fp32_build_names_it(tmp_path):
+    import json
+
+    from effzoo.steps import summary
+
+    m = report_metrics("lite0")
+    del m["results"]["fp32"]
+    (tmp_path / "m.json").write_text(json.dumps(m))
+    with pytest.raises(ZooError, match=r"m.json: no fp32 build, the reference of every table figure; add fp32"):
+        summary.main(["--metrics", str(tmp_path / "m.json"), "--md", str(tmp_path / "s.md"), "--html",
+                      str(tmp_path / "s.html"), "--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "p.png"),
+                      "--min-agreement", "0.98", "--max-top1-loss", "0.005"])
+    assert not (tmp_path / "s.md").exists()

@@ -1,12 +1,12 @@
-"""The ORT CPU layout pass for SE/SiLU graphs (scripts/ort_session.py): same outputs, guarded, skipped when idle."""
+"""The ORT CPU layout pass for SE/SiLU graphs (effzoo/ort_session.py): same outputs, guarded, skipped when idle."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-import ort_session
-from zoo_common import ZooError
+import onnx
+from effzoo import ort_session
+from effzoo.common import ZooError
+from onnx import TensorProto, helper, numpy_helper
 
 needs_blocked_layout = pytest.mark.skipif(ort_session.nchwc_block_size() == 0,
                                           reason="ONNX Runtime uses no blocked (NCHWc) layout on this CPU")

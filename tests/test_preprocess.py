@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SAMPLE, base_config, needs_sample
 from PIL import Image
 
-import preprocess
-from conftest import SAMPLE, base_config, needs_sample
-from demo_photos import DEMO_LABELS, photo_path
-from zoo_common import ZooError
+from effzoo import preprocess
+from effzoo.common import ZooError
+from effzoo.demo import DEMO_LABELS, photo_path
 
 
 def timm_uint8(img: Image.Image, spec: dict) -> np.ndarray:

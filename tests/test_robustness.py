@@ -1,4 +1,4 @@
-"""Bad input, crashes and incremental rebuilds (issue: nothing lost, only stale work redone)."""
+"""Bad input, crashes and incremental rebuilds: nothing lost, only stale work redone."""
 from __future__ import annotations
 
 import json
@@ -11,13 +11,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import REPO, base_config, planned_jobs, run_snakemake
 from PIL import Image
 
-import make_shards
-import preprocess
-from conftest import REPO, base_config, planned_jobs, run_snakemake
-from demo_photos import photo_path
-from zoo_common import ZooError
+from effzoo import common, preprocess
+from effzoo.common import ZooError
+from effzoo.demo import photo_path
+from effzoo.steps import make_shards
 
 LITE0 = "tf_efficientnet_lite0"
 
@@ -60,14 +60,21 @@ def test_shard_skip_policy_lists_bad_files(tmp_path):
 
 def test_sigkill_while_writing_a_shard_leaves_no_complete_file(tmp_path):
     """A killed shard job leaves at most a hidden temporary file; the target never looks complete."""
-    code = (f"import sys; sys.path.insert(0, {str(REPO / 'scripts')!r}); import zoo_common, time\n"
-            f"with zoo_common.atomic_path({str(tmp_path / 'shard.npz')!r}) as t:\n"
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import time; from effzoo import common\n"
+            f"with common.atomic_path({str(tmp_path / 'shard.npz')!r}) as t:\n"
             f"    t.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "shard.npz").exists()
+    left = list(tmp_path.glob(".tmp-shard.npz.*"))
+    assert len(left) == 1 and left[0].stat().st_size == 1000   # the killed write's temporary file
+    (tmp_path / ".tmp-shard.npz.x").mkdir()   # and a folder, as an interrupted deploy leaves
+    (tmp_path / ".tmp-other.npz.y").write_bytes(b"another target's")
+    with common.atomic_path(tmp_path / "shard.npz") as t:   # the next write of the target removes both
+        t.write_bytes(b"done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other.npz.y", "shard.npz"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,15 +121,15 @@ def test_preprocess_override_reruns_only_that_variant(completed):
 @pytest.mark.slow
 def test_calibration_option_reruns_only_int8(completed):
     jobs = planned_jobs(completed, small_config(**{"calibration.seed": 1}))
-    assert jobs == {"calibrate": 2, "build_vacc": 2, "predict": 2, "metrics": 2, "summary": 1, "all": 1, "total": 10}
+    assert jobs == {"calibrate": 2, "build_int8": 2, "predict": 2, "metrics": 2, "summary": 1, "all": 1, "total": 10}
 
 
 @pytest.mark.slow
 def test_shard_size_reprocesses_data_but_exports_nothing(completed):
     jobs = planned_jobs(completed, small_config(**{"preprocessing.shard_size": 4}))
-    assert "export_onnx" not in jobs and jobs["npz_shard"] == 2 and jobs["datalist"] == 1
+    assert "export_onnx" not in jobs and jobs["make_shards"] == 2 and jobs["make_datalist"] == 1
     # the fp32 builds stay; only the int8 builds, whose calibration reads the shards, follow the data
-    assert jobs["build_vacc"] == 2 and jobs["calibrate"] == 2
+    assert jobs["build_int8"] == 2 and jobs["calibrate"] == 2 and "build_float" not in jobs
 
 
 @pytest.mark.slow
@@ -134,34 +141,17 @@ def test_adding_images_exports_no_model(completed, tmp_path):
         fh.write("EXTRA 1.JPEG 560\n")
     jobs = planned_jobs(work, small_config())
     assert "dataset_index" in jobs and "export_onnx" not in jobs
-    assert jobs["build_vacc"] == 2  # only the int8 builds, whose calibration reads the data
+    assert jobs["build_int8"] == 2 and "build_float" not in jobs  # only the int8 builds, whose calibration reads the data
     run_snakemake(work, config=small_config())  # and the real run goes through (a file name with a space)
     m = json.loads((work / f"metrics/{LITE0}.json").read_text())
     assert m["dataset"]["images_scored"] == 7
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage", ["npz_shard/*/*/*.log", "export_onnx/*.log", "build_vacc/*int8_max*.log",
-                                   "predict/*.log"])
-def test_sigkill_mid_run_then_rerun_gives_identical_metrics(completed, tmp_path, stage):
-    """SIGKILL of Snakemake and its jobs as soon as a stage's job starts (shard writing, export, build,
-    inference); then --unlock and the same command: no half-written file looks complete, metrics identical."""
-    work = tmp_path / "killed"
-    work.mkdir()
-    cfg_path = work / "test-config.yaml"
-    import yaml
-    cfg_path.write_text(yaml.safe_dump(small_config()))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2",
-           "--configfile", str(cfg_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and not list((work / "logs").glob(stage)):
-        time.sleep(0.2)
-    time.sleep(1.0)  # let the job get going
-    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the running jobs
-    proc.wait()
+def visible_artifacts_load(work) -> None:
+    """Whatever looks complete is complete: every visible artifact loads."""
     import onnx
-    for p in work.rglob("*"):  # whatever looks complete is complete: every visible artifact loads
+
+    for p in work.rglob("*"):
         if not p.is_file() or p.name.startswith(".") or ".snakemake" in p.parts:
             continue
         if p.suffix == ".onnx":
@@ -172,15 +162,58 @@ def test_sigkill_mid_run_then_rerun_gives_identical_metrics(completed, tmp_path,
                     z[key]
         elif p.suffix == ".json":
             json.loads(p.read_text())
+
+
+# each stage's job: (log file, the output removed so that its job runs again, to be killed)
+KILL_POINTS = {
+    "shard writing": ("make_shards/demo/224-r256-bicubic/00000.log", "npz/demo/224-r256-bicubic/shard-00000.npz"),
+    "export": (f"export_onnx/{LITE0}.log", f"onnx/{LITE0}.onnx"),
+    "int8 build": (f"build_int8/{LITE0}-int8_max.log", f"vacc/{LITE0}-int8_max/model.onnx"),
+    "inference": ("predict/efficientnet_b0-fp32.log", "output/efficientnet_b0-fp32/predictions.csv"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(KILL_POINTS))
+def test_sigkill_mid_job_then_rerun_gives_identical_metrics(completed, tmp_path, stage):
+    """On a copy of the finished run, one output of a stage is removed and asked for with the default target;
+    Snakemake and its jobs get SIGKILL as soon as the job that remakes it starts. No half-written file looks
+    complete; `--unlock` and the same command redo what the kill left off, and the metrics equal the uninterrupted
+    run's."""
+    import yaml
+
+    work = tmp_path / "killed"
+    shutil.copytree(completed, work, symlinks=True)
+    log, removed = KILL_POINTS[stage]
+    log = work / "logs" / log
+    started = log.stat().st_mtime_ns
+    (work / removed).unlink()
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2",
+           "--configfile", str(work / "test-config.yaml"), "--", removed, "all"]   # an intermediate file is remade
+    (work / "test-config.yaml").write_text(yaml.safe_dump(small_config()))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    def job_started() -> bool:   # Snakemake removes the job's old log, and the job writes it anew
+        return log.exists() and log.stat().st_mtime_ns != started
+    while time.time() < deadline and proc.poll() is None and not job_started():
+        time.sleep(0.1)
+    time.sleep(0.1)  # the job is running: its log was just written by its shell
+    assert proc.poll() is None, f"the {stage} job finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the running jobs
+    proc.wait()
+    visible_artifacts_load(work)
     run_snakemake(work, "--unlock", config=small_config())  # Snakemake's lock outlives a SIGKILL by design
-    run_snakemake(work, config=small_config())
+    run_snakemake(work, removed, "all", config=small_config())
+    assert (work / removed).exists()
     for v in (LITE0, "efficientnet_b0"):
         a = json.loads((work / f"metrics/{v}.json").read_text())["results"]
         b = json.loads((completed / f"metrics/{v}.json").read_text())["results"]
         for q in a:
             assert (a[q]["top1"], a[q]["top5"], a[q]["images"]) == (b[q]["top1"], b[q]["top5"], b[q]["images"])
-        assert (work / f"output/{v}-fp32/predictions.csv").read_text() == \
-            (completed / f"output/{v}-fp32/predictions.csv").read_text()
+    for made in work.glob("output/*/predictions.csv"):
+        assert made.read_bytes() == (completed / made.relative_to(work)).read_bytes()
+    # the rerun's writes cleared what the killed ones left behind
+    assert [p for p in work.rglob(".tmp-*") if ".snakemake" not in p.parts] == []
 
 
 def test_unknown_quant_mode_and_wrong_type(tmp_path):

@@ -11,7 +11,6 @@ import time
 
 import pytest
 import yaml
-
 from conftest import REPO, base_config, run_snakemake
 
 
@@ -77,8 +76,8 @@ def test_slurm_kill_is_reported_then_rerun_completes_with_local_metrics(tmp_path
     rerun = submitted(done.stdout + done.stderr)
     # the rerun redoes what the kill stopped; the grouped shard job may have finished before the kill (it runs
     # beside the export), so each compute stage must have run under Slurm in one of the two runs
-    assert {"rule_export_onnx", "rule_build_vacc", "rule_predict"} <= set(rerun.values()), rerun
-    assert any(name.startswith("group_") or name == "rule_npz_shard" for name in {**first, **rerun}.values()), \
+    assert {"rule_export_onnx", "rule_build_float", "rule_predict"} <= set(rerun.values()), rerun
+    assert any(name.startswith("group_") or name == "rule_make_shards" for name in {**first, **rerun}.values()), \
         (first, rerun)
     states = {i: job_state(i) for i in [*first, *rerun] if i != killed}
     assert all(s == "COMPLETED" for s in states.values()), states

@@ -3,8 +3,8 @@ import time
 
 import numpy as np
 
-import speed
-from zoo_common import Progress
+from effzoo import speed
+from effzoo.common import Progress
 
 
 def test_steal_percent():

@@ -6,8 +6,8 @@ import pickle
 import pytest
 import torch
 
-import weights
-from zoo_common import ZooError, sha256_file
+from effzoo import weights
+from effzoo.common import ZooError, sha256_file
 
 B0 = "efficientnet_b0.ra_in1k"
 

@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # A real single-node Slurm on this machine (Debian's munge, slurmctld, slurmd) for the cluster tests.
 #   bash tests/slurm/local_slurm.sh start   # install if needed, configure, start; waits for an idle node
-#   bash tests/slurm/local_slurm.sh stop    # stops only the daemons this script started (by their pid files)
-#                                           # and puts back what start changed (slurm.conf, munge key)
-# Needs root (apt-get, /etc). State lives in /var/spool/effzoo-slurm; see ../shared/notes/local-slurm.md.
+#   bash tests/slurm/local_slurm.sh stop    # stops only the daemons this script started (by their pid files),
+#                                           # waits until they have exited, and puts back what start changed
+#                                           # (slurm.conf, munge key); a start that fails undoes itself the same way
+# Needs root (apt-get, /etc). State lives in /var/spool/effzoo-slurm.
 # Why stop restores: snakemake-executor-plugin-slurm runs `scontrol show config` when snakemake starts; with a
 # slurm.conf naming a controller that is not running, that call waits 9 s on every snakemake call.
-set -euo pipefail
+set -Eeuo pipefail
 STATE=${EFFZOO_SLURM_STATE:-/var/spool/effzoo-slurm}
 CONF_DIR=${EFFZOO_SLURM_CONF_DIR:-/etc/slurm}
 MARK="# written by effzoo tests/slurm/local_slurm.sh start; removed by its stop"
+POLICY=/usr/sbin/policy-rc.d
 
 install() {
   if command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null; then return; fi
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d  # no stock daemons
+  if [ ! -e "$POLICY" ]; then  # no stock daemons while the packages install; marked, so stop removes it too
+    printf '#!/bin/sh\n%s\nexit 101\n' "$MARK" > "$POLICY" && chmod +x "$POLICY"
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq munge slurmctld slurmd slurm-client >/dev/null
-  rm -f /usr/sbin/policy-rc.d
+  remove_policy
+}
+
+remove_policy() {
+  if [ -e "$POLICY" ] && grep -qF "$MARK" "$POLICY"; then rm -f "$POLICY"; fi
 }
 
 configure() {
@@ -78,14 +86,31 @@ start() {
   return 1
 }
 
+wait_gone() {
+  # wait up to 30 s for these pids to exit, then kill what is left
+  local pid
+  for _ in $(seq 300); do
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && break; pid=; done
+    [ -z "$pid" ] && return 0
+    sleep 0.1
+  done
+  kill -9 "$@" 2>/dev/null || true
+}
+
 stop() {
+  local f pid children
   for f in slurmd slurmctld munged; do
     if [ -e "$STATE/$f.pid" ]; then
-      kill "$(cat "$STATE/$f.pid")" 2>/dev/null || true
+      pid=$(cat "$STATE/$f.pid")
+      children=$(pgrep -P "$pid" 2>/dev/null || true)   # slurmctld's slurmscriptd
+      kill "$pid" $children 2>/dev/null || true
+      # shellcheck disable=SC2086
+      wait_gone "$pid" $children
       rm -f "$STATE/$f.pid"
     fi
   done
   unconfigure
+  remove_policy
   echo "slurm: stopped the daemons started here; configuration put back as it was before start"
 }
 
@@ -103,7 +128,7 @@ unconfigure() {
 }
 
 case "${1:-}" in
-  start) start ;;
+  start) trap 'echo "slurm: start failed; undoing it" >&2; stop >&2' ERR; start ;;
   stop) stop ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac

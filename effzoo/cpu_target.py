@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo_common import LOG, ZooError
+from effzoo.common import LOG, ZooError
 
 KINDS = ("avx2", "avx512", "vnni")
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from zoo_common import LOG, ZooError, sha256_file
+from effzoo.common import LOG, ZooError, sha256_file
 
 RANDOM_SEED = 0
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the step scripts: atomic writes, hashing, JSON, logging, errors."""
+"""Shared helpers of the library and the steps: atomic writes, hashing, JSON, logging, errors."""
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +6,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
+from glob import escape as glob_escape
 from pathlib import Path
 
 LOG = logging.getLogger("effzoo")
@@ -28,14 +30,17 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes (a missing file is a ZooError naming it)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(chunk)
+                if not block:
+                    break
+                h.update(block)
+    except FileNotFoundError:
+        raise ZooError(f"{path}: file not found") from None
     return h.hexdigest()
 
 
@@ -60,14 +65,26 @@ def verify_files(files: dict, folder: str | os.PathLike, recorded_in: str | os.P
         verify_file(Path(folder) / name, rec["sha256"], recorded_in)
 
 
+def remove_leftovers(path: str | os.PathLike) -> None:
+    """Remove what an interrupted atomic write of `path` left beside it (hidden .tmp-<name>.* files or folders)."""
+    path = Path(path)
+    for left in path.parent.glob(f".tmp-{glob_escape(path.name)}.*"):
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A crash (or SIGKILL) leaves at most a hidden ``.tmp-*`` file, never a complete-looking target.
+    A crash (or SIGKILL) leaves at most a hidden ``.tmp-<name>.*`` file, never a complete-looking target; the next
+    write of the same target removes such leftovers (one writer per target: Snakemake runs one job per output).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cpu_target import check
-from ort_session import make_session
-from zoo_common import read_json, verify_files
+from effzoo.common import ZooError, read_json, verify_files
+from effzoo.cpu_target import check
+from effzoo.ort_session import make_session
 
 
 def checked_build(manifest: str) -> tuple[dict, dict]:
@@ -33,8 +33,18 @@ def runtime_of(model_path: str) -> str:
     return "openvino" if Path(model_path).suffix == ".xml" else "onnxruntime"
 
 
+def _openvino():
+    """The openvino module, or a clear error saying how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise ZooError("this build runs on OpenVINO, which is not installed: pip install openvino "
+                       "(or the effzoo[openvino] extra)") from None
+    return openvino
+
+
 def _ov_compile(model_path: str, config: dict):
-    import openvino as ov
+    ov = _openvino()
 
     core = ov.Core()
     return core.compile_model(core.read_model(model_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", **config})
@@ -47,8 +57,7 @@ def _ov_outputs(compiled, result) -> tuple[np.ndarray, np.ndarray]:
 def open_build(model_path: str, threads: int, layout_tuning: bool = False):
     """(runner, info): the build in latency mode on its runtime."""
     if runtime_of(model_path) == "openvino":
-        import openvino as ov
-
+        ov = _openvino()
         compiled = _ov_compile(model_path, {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                                             "INFERENCE_NUM_THREADS": threads})
         request = compiled.create_infer_request()
@@ -67,8 +76,7 @@ def open_build(model_path: str, threads: int, layout_tuning: bool = False):
 def open_throughput(model_path: str, threads: int, instances: int, layout_tuning: bool = False):
     """(runner, info): the build in throughput mode; a call runs info['requests'] batches concurrently."""
     if runtime_of(model_path) == "openvino":
-        import openvino as ov
-
+        ov = _openvino()
         config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": threads}
         if instances > 1:
             config["NUM_STREAMS"] = instances

@@ -2,7 +2,7 @@
 
 build.json records the build's options as used (the workflow passes every option, defaults filled from the
 schema), the source model's and every built file's sha256, the runtime the build is for and the CPU it is made
-for (and what it requires of the CPU that runs it: scripts/cpu_target.py), preprocessing, package versions, the
+for (and what it requires of the CPU that runs it: effzoo/cpu_target.py), preprocessing, package versions, the
 fingerprint of the code that made it, and the time and peak memory it took. Two builds from the same inputs
 give byte-identical models and manifests equal but for those timings (tested). Speed is measured by the
 benchmark step, never here.
@@ -10,23 +10,20 @@ benchmark step, never here.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
 from pathlib import Path
 
 import onnx
-
-import cpu_target
-import fingerprint
-from graph_edits import PRE_INPUT
-from zoo_common import LOG, ZooError, file_record, read_json, verify_file, write_json
+from effzoo import cpu_target, fingerprint
+from effzoo.build_options import BuildOptions
+from effzoo.common import LOG, file_record, read_json, verify_file, write_json
+from effzoo.graph_edits import PRE_INPUT
 
 TIMING_KEYS = ("build_s", "build_peak_rss_mb")
 # measured times inside details.accuracy_budget (int8_search): per trial, ranking pass, whole search
 SEARCH_TIMING_KEYS = ("s", "open_s", "rank_s", "search_s")
-COMMON_OPTIONS = ("kind", "runtime", "cpu_target", "on_cpu_mismatch")
 MODEL_FILES = {"onnxruntime": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 
 
@@ -40,20 +37,6 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--options", required=True, help="JSON options of the quant mode, every option given")
     ap.add_argument("--outdir", required=True)
     return ap
-
-
-def parse_options(text: str, quant: str, required: tuple[str, ...]) -> dict:
-    """The mode's options; every option the build reads must be there (the workflow fills defaults from
-    schemas/config.schema.yaml, the one home of defaults)."""
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ZooError(f"quant mode {quant!r}: --options is not JSON ({e})") from None
-    missing = [k for k in required if k not in options]
-    if missing:
-        raise ZooError(f"quant mode {quant!r}: options {missing} missing; the workflow fills them from "
-                       f"schemas/config.schema.yaml")
-    return options
 
 
 def checked_source(onnx_path: str, export_info_path: str) -> dict:
@@ -75,29 +58,29 @@ def runtime_versions(runtime: str) -> dict:
     return out
 
 
-def cpu_record(options: dict, requires: str, why: str) -> dict:
+def cpu_record(options: BuildOptions, requires: str, why: str) -> dict:
     """build.json's 'cpu': the target it is made for, the machine that made it, what it requires of the CPU that
     runs it and why, and what predict and benchmark do on a CPU that lacks it."""
-    return {"target": cpu_target.resolve(options["cpu_target"]), "target_option": options["cpu_target"],
+    return {"target": options.target, "target_option": options.cpu_target,
             "build_host": cpu_target.cpu_kind(), "requires": requires, "why": why,
-            "on_mismatch": options["on_cpu_mismatch"]}
+            "on_mismatch": options.on_cpu_mismatch}
 
 
-def write_build(step: str, a: argparse.Namespace, kind: str, options: dict, details: dict, export_info: dict,
+def write_build(step: str, a: argparse.Namespace, kind: str, options: BuildOptions, details: dict, export_info: dict,
                 spec: dict, t0: float, cpu: dict, extra: dict | None = None) -> dict:
     """Write build.json for the model files in a.outdir; returns the manifest."""
     outdir = Path(a.outdir)
     files = {name: {k: v for k, v in file_record(outdir / name).items() if k != "path"}
-             for name in MODEL_FILES[options["runtime"]]}
-    model_path = outdir / MODEL_FILES[options["runtime"]][0]
+             for name in MODEL_FILES[options.runtime]}
+    model_path = outdir / MODEL_FILES[options.runtime][0]
     manifest = {
-        "quant": a.quant, "kind": kind, "options": options, "details": details,
+        "quant": a.quant, "kind": kind, "options": options.as_given(), "details": details,
         "source_model": {"path": a.onnx, "sha256": export_info["onnx"]["sha256"]},
         "model": {"path": str(model_path), "size_mb": round(sum(f["size_mb"] for f in files.values()), 3)},
         "files": files, "cpu": cpu,
         "input": {"name": PRE_INPUT, "dtype": "uint8", "layout": "NHWC"}, "outputs": ["logits", "probs"],
         "preprocess": spec, "weights": export_info["weights"], "tag": export_info["tag"],
-        "runtime": runtime_versions(options["runtime"]), "provenance": fingerprint.provenance(step),
+        "runtime": runtime_versions(options.runtime), "provenance": fingerprint.provenance(step),
         "build_s": round(time.monotonic() - t0, 2),
         "build_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **(extra or {}),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo_common import ZooError, atomic_path
+from effzoo.common import ZooError, atomic_path
 
 REBUILD = "delete it and run snakemake again to rebuild it"
 

@@ -7,6 +7,7 @@ BN if unfused, SE scaling, pooling) are not counted; they are a few percent of E
 from __future__ import annotations
 
 import numpy as np
+
 import onnx
 from onnx import shape_inference
 

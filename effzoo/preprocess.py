@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zoo_common import ZooError, atomic_path, run_main
+from effzoo.common import ZooError, atomic_path, run_main
 
 SPEC_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 INTERPOLATIONS = {
@@ -210,7 +210,7 @@ def update_table(tags: list[str], path: Path = PINNED_SPECS_FILE) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Regenerate scripts/timm_pretrained_specs.json from the installed "
+    ap = argparse.ArgumentParser(description="Regenerate effzoo/timm_pretrained_specs.json from the installed "
                                              "timm (the preprocessing specs of the pinned tags).")
     ap.add_argument("--update", action="store_true", required=True, help="rewrite the table")
     ap.add_argument("tags", nargs="*", help="timm tags (default: the tags the table holds now)")

@@ -7,10 +7,10 @@ post-processing): outputs 'logits' and 'probs'. Nodes it adds are named pre_* an
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-from zoo_common import ZooError
+import onnx
+from effzoo.common import ZooError
+from onnx import TensorProto, helper, numpy_helper
 
 PRE_INPUT = "image_uint8_nhwc"
 EDGE_PREFIXES = ("pre_", "post_")

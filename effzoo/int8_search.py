@@ -1,7 +1,7 @@
 """Accuracy budget for int8 builds: promote the most sensitive layers until the build agrees with fp32.
 
 An int8 build starts from its CPU policy's weights (plain 8-bit for a vnni target; 7-bit in the saturating GEMM
-layers otherwise) and is checked against `min_agreement`: its top-1 agreement with the fp32 model on the
+layers otherwise) and is checked against `split_min_agreement`: its top-1 agreement with the fp32 model on the
 validation split of the calibration source (calibrate.py: seeded, class-balanced, disjoint from the range images).
 When it falls short, layers are promoted in the order of their measured sensitivity:
   * to exact uint8 weights (ONNX Runtime's exact u8u8 kernel): a saturating GEMM layer of an ONNX Runtime build
@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
-from calibrate import stats_session
-from graph_edits import EDGE_PREFIXES, PRE_INPUT
-from openvino_ir import convert
-from zoo_common import LOG, ZooError
+import onnx
+from effzoo.build_options import BuildOptions
+from effzoo.common import LOG, ZooError
+from effzoo.graph_edits import EDGE_PREFIXES, PRE_INPUT
+from effzoo.openvino_ir import convert
+from effzoo.ort_session import bounded_session
+from onnx import helper, numpy_helper
 
 TRIAL_BATCH = 4
 
@@ -216,7 +217,7 @@ def weight_noise(prepped: onnx.ModelProto, deltas: dict[str, np.ndarray], images
         ordered.extend(extra.get(node.output[0], []))
     del g.node[:]
     g.node.extend(ordered)
-    sess = stats_session(m, threads)
+    sess = bounded_session(m, threads)
     sums = np.zeros((len(deltas), 2))
     means = [0.0] * len(deltas)
     for k in range(len(images)):
@@ -352,14 +353,14 @@ def schedule_search(trial, n: int) -> tuple[int, dict[int, dict]]:
 
 def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.ModelProto, layers: list[Layer],
            policy: str, runtime: str, split: tuple[np.ndarray, np.ndarray] | None, rank_images: np.ndarray,
-           options: dict, emulate: bool, threads: int = 2) -> tuple[onnx.ModelProto, dict]:
-    """The quantized graph that meets `min_agreement` on the split with the fewest promoted layers (or the most the
-    cap allows, when none meets it), and the record of the search for build.json."""
+           options: BuildOptions, emulate: bool, threads: int = 2) -> tuple[onnx.ModelProto, dict]:
+    """The quantized graph that meets `split_min_agreement` on the split with the fewest promoted layers (or the most
+    the cap allows, when none meets it), and the record of the search for build.json."""
     t0 = time.monotonic()
     if len(rank_images) == 0:
         raise ZooError("calibration.json lists no range images: nothing to measure the weight noise on")
-    budget = float(options["min_agreement"])
-    record: dict = {"min_agreement": budget, "max_promoted_macs": options["max_promoted_macs"]}
+    budget = float(options.split_min_agreement)
+    record: dict = {"split_min_agreement": budget, "max_promoted_macs": options.max_promoted_macs}
     producer = {o: n for n in base.graph.node for o in n.output}
     quantized = [la for la in layers if _has_weight_dq(base, la.name, producer)]
     kinds = {la.name: promotion_kind(la, policy, runtime) for la in quantized}
@@ -368,13 +369,13 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     to_exact = [la for la in quantized if kinds[la.name] == "exact_uint8"]
     exact_noise = weight_noise(prepped, float_deltas(exact, prepped, to_exact), rank_images, threads)
     rank_s = time.monotonic() - t_rank
-    if options["bias_correction"]:
+    if options.bias_correction:
         base, record["bias_correction"] = bias_corrected(base, {n: v[1] for n, v in noise.items()})
         record["bias_correction"]["images"] = len(rank_images)
         if exact is not None:
             exact, _ = bias_corrected(exact, {n: v[1] for n, v in exact_noise.items()})
     if split is None or len(split[0]) == 0 or budget <= 0:
-        why = "min_agreement is 0" if budget <= 0 else "the calibration source has no validation split"
+        why = "split_min_agreement is 0" if budget <= 0 else "the calibration source has no validation split"
         LOG.warning("int8 accuracy budget not checked: %s", why)
         return base, {**record, "status": "not_checked", "why": why, "promoted": [],
                       "search_s": round(time.monotonic() - t0, 2)}
@@ -385,7 +386,7 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
               for la in quantized}
     ranking = sorted(((la, kinds[la.name], scores[la.name]) for la in quantized), key=lambda e: -e[2])
     total_macs = sum(la.macs for la in quantized)
-    order = capped(ranking, options["max_promoted_macs"] * total_macs)
+    order = capped(ranking, options.max_promoted_macs * total_macs)
     opener = trial_runner(runtime, emulate, threads)
 
     def trial(p: int) -> dict:
@@ -414,7 +415,7 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         "ranking": {"images": len(rank_images), "metric": "output noise-to-signal ratio the promotion removes "
                     "(float model, one pass per weight set)",
                     "layers": [[la.name, k, round(s, 8), la.macs] for la, k, s in ranking]},
-        "cap_macs": int(options["max_promoted_macs"] * total_macs), "quantized_layer_macs": total_macs,
+        "cap_macs": int(options.max_promoted_macs * total_macs), "quantized_layer_macs": total_macs,
         "steps": [trials[p] for p in sorted(trials)],
         "promoted": [[la.name, k] for la, k, _ in promoted],
         "promoted_macs_fraction": round(sum(la.macs for la, _, _ in promoted) / max(total_macs, 1), 4),
@@ -422,7 +423,7 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         "search_s": round(time.monotonic() - t0, 2)})
     if status != "met":
         LOG.warning("int8 accuracy budget %.3f not met: %d promoted layers (the cap, %s of the MACs) agree on %.4f",
-                    budget, chosen, options["max_promoted_macs"], final["agreement"])
+                    budget, chosen, options.max_promoted_macs, final["agreement"])
     return model, record
 
 

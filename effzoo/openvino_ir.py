@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from zoo_common import atomic_path
+from effzoo.common import atomic_path
 
 IR_FILES = ("model.xml", "model.bin")
 

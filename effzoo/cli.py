@@ -1,0 +1,95 @@
+"""The `effzoo` command: run and inspect deployed models (deploy/<variant>/ folders).
+
+    effzoo classify deploy/tf_efficientnet_lite0 photo.jpg [more.jpg ...] [--topk 5]
+    effzoo info deploy/tf_efficientnet_lite0
+
+Errors are one line naming the file or value at fault (exit status 2), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from effzoo import __version__
+from effzoo.api import DEFAULT_THREADS, load
+from effzoo.common import ZooError, read_json, run_main
+
+
+def cmd_classify(a: argparse.Namespace) -> None:
+    model = load(a.deploy_dir, threads=a.threads)
+    for path, top in zip(a.images, model.classify(a.images, topk=a.topk, batch=a.batch)):
+        print(path)
+        for name, p in top:
+            print(f"  {p:7.4f}  {name}")
+
+
+def at_text(at: dict | None) -> str:
+    """'batch 16, throughput mode' from a benchmark's best_throughput_at."""
+    if not at:
+        return "batch and mode not recorded"
+    mode = {"build": "latency mode", "build_throughput": "throughput mode"}.get(at.get("mode"), at.get("mode"))
+    return f"batch {at.get('batch')}, {mode}"
+
+
+def describe(doc: dict) -> list[str]:
+    """The lines `effzoo info` prints for a deploy folder's model.json."""
+    acc, speed, cpu = doc["accuracy"], doc["speed"], doc["cpu"]
+    measured = speed.get("measured_on") or {}
+    weights = doc["weights"]
+    lines = [
+        f"variant      {doc['variant']} ({doc['tag']}; weights: "
+        f"{'RANDOM (explicitly configured)' if weights.get('random') else weights.get('source')})",
+        f"build        {doc['quant']}: {doc['precision']} on {doc['runtime']}, model file {doc['model']}",
+        f"cpu          made for {cpu['target']}, requires {cpu['requires']} ({cpu['why']})",
+        f"input        uint8 NHWC {doc['preprocess']['input_size'][1]}x{doc['preprocess']['input_size'][2]}, "
+        f"resize {doc['preprocess']['resize_size']} {doc['preprocess']['interpolation']}, centre crop",
+        f"accuracy     top-1 {acc['top1']:.4f}, top-5 {acc['top5']:.4f}, agreement with fp32 "
+        f"{acc['top1_agreement_with_fp32']:.4f} (fp32 top-1 {acc['fp32_top1']:.4f}) on {acc['images']} images of "
+        f"{acc['dataset']}",
+        f"speed        {speed['best_throughput_ips']:.1f} images/s ({at_text(speed.get('at'))}), batch-1 latency "
+        f"{'-' if speed.get('batch1_latency_ms') is None else format(speed['batch1_latency_ms'], '.2f')} ms",
+        f"measured on  {measured.get('model', 'unknown CPU')} "
+        f"(flags: {' '.join(f for f in measured.get('flags', []))})",
+        f"classes      {len(doc['classes'])}",
+    ]
+    if doc.get("passed_over"):
+        lines.append("passed over  " + "\n             ".join(doc["passed_over"]))
+    return lines
+
+
+def cmd_info(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    manifest = Path(a.deploy_dir) / "model.json"
+    if not manifest.is_file():
+        raise ZooError(f"{manifest}: not found; a deploy folder holds model.json (snakemake deploy/<variant>)")
+    print("\n".join(describe(read_json(manifest))))
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="effzoo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"effzoo {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    c = sub.add_parser("classify", help="top-k class names and probabilities of images")
+    c.add_argument("deploy_dir", help="a deploy folder (deploy/<variant>)")
+    c.add_argument("images", nargs="+", help="image files")
+    c.add_argument("--topk", type=int, default=None, help="classes to print per image (default 5)")
+    c.add_argument("--batch", type=int, default=16, help="images per inference call (bounds memory)")
+    c.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="intra-op threads")
+    c.set_defaults(func=cmd_classify)
+    i = sub.add_parser("info", help="what a deploy folder holds: build, CPU, accuracy, speed")
+    i.add_argument("deploy_dir")
+    i.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv=None) -> int:
+    def run(args):
+        a = parser().parse_args(args)
+        a.func(a)
+    return run_main(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

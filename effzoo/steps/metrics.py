@@ -1,0 +1,164 @@
+"""Score predictions against labels and write metrics/<variant>.json.
+
+Per quant mode: top-1, top-5, images scored, images skipped at preprocessing, and (for modes other than
+the reference) top-1 agreement with the reference mode's predictions, and the speed against the reference and
+against the fp32 build of the same runtime from the benchmark step's perf JSONs (throughput at each batch size
+over theirs; the headline is the largest batch size). Plus the model facts: params (M), GMACs/GFLOPs with their
+convention, input size, the preprocessing spec and the weights source. Predictions are checked against the
+sha256 in their predict.json before they are scored. Metrics from random weights carry
+``"random_weights": true`` and a warning.
+
+CLI: python -m metrics --variant V --export-info X.json --spec-json S.json --datalist D.tsv --skipped S.tsv \
+        --dataset NAME --mode fp32 output/V-fp32/predictions.csv output/V-fp32/predict.json \
+        vacc/V-fp32/build.json [--mode ...] [--perf fp32 perf/V-fp32.json ...] --out metrics/V.json
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from effzoo import fingerprint
+from effzoo.budget import split_search_record
+from effzoo.common import ZooError, read_json, verify_file, write_json
+
+
+def read_predictions(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(files, labels (N,), top-k ids (N, k)) from a predictions CSV."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        r = csv.reader(fh)
+        header = next(r)
+        k = sum(1 for h in header if h.startswith("top"))
+        files, labels, top = [], [], []
+        for row in r:
+            files.append(row[0])
+            labels.append(int(row[1]))
+            top.append([int(x) for x in row[2:2 + k]])
+    return files, np.asarray(labels, np.int64), np.asarray(top, np.int64).reshape(len(files), k)
+
+
+def score(labels: np.ndarray, top: np.ndarray) -> dict:
+    """top-1 / top-5 accuracy of top-k predictions."""
+    n = len(labels)
+    if n == 0:
+        raise ZooError("no images to score")
+    return {"top1": float((top[:, 0] == labels).mean()), "top5": float((top[:, :5] == labels[:, None]).any(1).mean()),
+            "images": int(n)}
+
+
+def read_skipped(path: str) -> list[str]:
+    """Files skipped at preprocessing (skipped.tsv beside the datalist; one line each, with the reason)."""
+    try:
+        return [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln]
+    except FileNotFoundError:
+        raise ZooError(f"{path}: file not found (the datalist step writes it beside datalist.tsv)") from None
+
+
+def speed_vs(perf: dict, ref: dict, key: str = "fp32") -> dict:
+    """Throughput (latency mode) over the reference build's, per batch size, from two perf JSONs; headline: the
+    largest batch. Keys are named speedup_vs_<key>."""
+    per_batch = {bs: r["build"]["throughput_ips"] / ref["results"][bs]["build"]["throughput_ips"]
+                 for bs, r in perf["results"].items() if bs in ref["results"]}
+    if not per_batch:
+        return {}
+    top = max(per_batch, key=int)
+    return {f"speedup_vs_{key}": round(per_batch[top], 3), f"speedup_vs_{key}_batch": int(top),
+            f"speedup_vs_{key}_per_batch": {bs: round(v, 3) for bs, v in per_batch.items()},
+            f"faster_than_{key}": per_batch[top] > 1.0}
+
+
+def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, datalist: str, skipped_tsv: str,
+                  dataset: str, reference: str = "fp32", perf: dict | None = None) -> dict:
+    """modes: name -> (predictions.csv, predict.json, build.json); perf: name -> perf JSON path.
+    Returns the metrics document."""
+    results, tops = {}, {}
+    skipped = read_skipped(skipped_tsv)
+    predicted = {name: read_json(j) for name, (_, j, _) in modes.items()}
+    for name, (pred_csv, predict_json, _) in modes.items():
+        verify_file(pred_csv, predicted[name]["predictions"]["sha256"], predict_json)
+    perf_docs = {name: read_json(path) for name, path in (perf or {}).items()}
+    builds = {name: read_json(b) for name, (_, _, b) in modes.items()}
+    # the fp32 build of each runtime: int8 on OpenVINO is compared with fp32 on OpenVINO too
+    runtime_fp32 = {}
+    for name, b in builds.items():
+        if b["kind"] == "fp32":
+            runtime_fp32.setdefault(b["options"]["runtime"], name)
+    for name, (pred_csv, _, build_json) in modes.items():
+        files, labels, top = read_predictions(pred_csv)
+        build = builds[name]
+        res = score(labels, top)
+        res.update({"skipped_images": len(skipped), "model_size_mb": build["model"]["size_mb"],
+                    "build": str(build_json), "predictions": str(pred_csv), "kind": build["kind"],
+                    "runtime": build["options"]["runtime"], "cpu": build["cpu"],
+                    "cpu_check": predicted[name]["cpu_check"]})
+        if build.get("calibration"):
+            cal = build["calibration"]
+            res["calibration"] = {"images": cal["images"], "classes_represented": cal["classes_represented"],
+                                  "content_sha256": cal["content_sha256"], "calibration_s": cal["calibration_s"],
+                                  "peak_rss_mb": cal["peak_rss_mb"], "build_peak_rss_mb": build["build_peak_rss_mb"],
+                                  "method": build["details"]["method"],
+                                  "reduce_range": build["details"]["reduce_range"]}
+            res["accuracy_budget"] = split_search_record(build["details"]["accuracy_budget"])
+        if name in perf_docs:
+            p = perf_docs[name]
+            if name != reference and reference in perf_docs:
+                res.update(speed_vs(p, perf_docs[reference]))
+            same = runtime_fp32.get(res["runtime"])
+            if same not in (None, name) and same in perf_docs:
+                res.update(speed_vs(p, perf_docs[same], "runtime_fp32"), runtime_fp32=same)
+            res["batch1_latency_ms"] = p["batch1_latency_ms"]
+            res["best_throughput_ips"] = p["best_throughput_ips"]
+            res["speedup_vs_torch_eager"] = {bs: r["build"].get("speedup_vs_torch_eager")
+                                             for bs, r in p["results"].items()}
+            res["best_throughput_at"] = p["best_throughput_at"]
+            res["benchmark_cpu"] = {"model": p["cpu"], "flags": p["cpu_flags"]}
+            res["benchmark"] = str(perf[name])
+            if p["warnings"]:
+                res["benchmark_warnings"] = p["warnings"]
+        results[name] = res
+        tops[name] = top[:, 0]
+    if reference in tops:
+        for name in results:
+            if name != reference:
+                results[name]["top1_agreement_with_" + reference] = float((tops[name] == tops[reference]).mean())
+                if "accuracy_budget" in results[name]:  # beside it: the same figure on the calibration split
+                    results[name]["split_agreement_with_" + reference] = results[name]["accuracy_budget"][
+                        "final_agreement"]
+    w = export_info["weights"]
+    doc = {
+        "variant": variant, "timm_tag": export_info["tag"], "weights": w, "random_weights": bool(w["random"]),
+        "dataset": {"name": dataset, "datalist": datalist, "images_scored": next(iter(results.values()))["images"],
+                    "images_skipped": len(skipped), "skipped": skipped,
+                    "counting": "top-1/top-5 over images scored; skipped images are excluded (on_bad_image: skip)"
+                    if skipped else "every image in the datalist was scored"},
+        "input_size": spec["input_size"], "preprocess": spec,
+        "params_m": export_info["params_m"], "params_torch": export_info["params_torch"],
+        "gmacs": export_info["gmacs"], "gflops": export_info["gflops"],
+        "gflops_with_elementwise": export_info["gflops_with_elementwise"],
+        "flops_convention": export_info["flops_convention"], "export_check": export_info["check"],
+        "results": results, "provenance": fingerprint.provenance("metrics"),
+    }
+    if w["random"]:
+        doc["warning"] = "RANDOM WEIGHTS (explicitly configured): accuracy figures are meaningless"
+    return doc
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", required=True)
+    ap.add_argument("--export-info", required=True)
+    ap.add_argument("--spec-json", required=True)
+    ap.add_argument("--datalist", required=True)
+    ap.add_argument("--skipped", required=True, help="skipped.tsv beside the datalist")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--mode", nargs=4, action="append", metavar=("NAME", "PREDICTIONS", "PREDICT_JSON", "BUILD_JSON"),
+                    required=True)
+    ap.add_argument("--perf", nargs=2, action="append", metavar=("NAME", "PERF_JSON"), default=[])
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    modes = {n: (p, j, b) for n, p, j, b in a.mode}
+    doc = build_metrics(a.variant, read_json(a.export_info), read_json(a.spec_json), modes, a.datalist, a.skipped,
+                        a.dataset, perf=dict(a.perf))
+    write_json(a.out, doc)

@@ -1,0 +1,170 @@
+"""The user API and the `effzoo` command on a deploy folder made by the deploy step from a tiny fp32 build."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import resolved_config
+from PIL import Image
+from test_build import tiny_classifier
+
+import effzoo
+from effzoo import api, preprocess
+from effzoo.build_options import BuildOptions
+from effzoo.cli import describe
+from effzoo.common import ZooError, file_record
+from effzoo.steps import build_float, deploy
+
+CLASSES = ["red thing", "green thing", "blue thing"]
+EFFZOO = str(Path(sys.executable).parent / "effzoo")
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> Path:
+    """deploy/tiny: the deploy step's folder for an fp32 build of a model whose classes are the mean R, G, B."""
+    import onnx
+
+    tmp = tmp_path_factory.mktemp("api")
+    spec = preprocess.spec_for("tf_efficientnet_lite0.in1k")
+    src = tmp / "m.onnx"
+    onnx.save(tiny_classifier(224), src)
+    (tmp / "m.json").write_text(json.dumps({"weights": {"source": "random", "random": True}, "tag": "t",
+                                            "onnx": file_record(src)}))
+    (tmp / "s.json").write_text(json.dumps(spec))
+    fp32 = resolved_config()["quant_modes"]["fp32"]
+    build_float.main(["--onnx", str(src), "--export-info", str(tmp / "m.json"), "--spec-json", str(tmp / "s.json"),
+                      "--quant", "fp32", "--options", json.dumps(fp32), "--outdir", str(tmp / "vacc")])
+    build = json.loads((tmp / "vacc/build.json").read_text())
+    metrics = {"variant": "tiny", "dataset": {"name": "demo"},
+               "results": {"fp32": {"top1": 0.5, "top5": 1.0, "images": 6, "best_throughput_ips": 1000.0,
+                                    "best_throughput_at": {"batch": 16, "mode": "build"}, "batch1_latency_ms": 0.5,
+                                    "benchmark_cpu": {"model": "Test CPU", "flags": ["avx2", "avx512f"]}}}}
+    deploy.deploy("tiny", metrics, {"fp32": build}, {"fp32": str(tmp / "vacc/build.json")}, CLASSES,
+                  {"min_agreement": 0.98, "max_top1_loss": 0.005}, tmp / "deploy/tiny")
+    return tmp / "deploy/tiny"
+
+
+def solid(rgb, size=(300, 200)) -> Image.Image:
+    return Image.new("RGB", size, rgb)
+
+
+def test_paths_pil_images_and_arrays_classify_alike(deployed, tmp_path):
+    path = tmp_path / "blue.png"
+    solid((10, 20, 250)).save(path)
+    model = effzoo.load(deployed)
+    by_path, by_pil, by_array = model.classify([path, solid((10, 20, 250)), np.asarray(solid((10, 20, 250)))],
+                                               topk=3)
+    assert by_path == by_pil == by_array
+    assert [name for name, _ in by_path] == ["blue thing", "green thing", "red thing"]
+    probs = [p for _, p in by_path]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
+    grey = model.classify([np.full((64, 80), 200, np.uint8)], topk=1)[0]   # H x W grey: three equal channels
+    assert len(grey) == 1 and grey[0][1] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_images_run_in_batches_of_bounded_size(deployed, monkeypatch):
+    model = api.load(deployed)
+    seen = []
+    run = model._run
+
+    def recording(x):
+        seen.append(len(x))
+        return run(x)
+    monkeypatch.setattr(model, "_run", recording)
+    out = model.classify((solid((200, 0, 0)) for _ in range(5)), topk=2, batch=2)
+    assert seen == [2, 2, 1] and len(out) == 5 and all(top[0][0] == "red thing" for top in out)
+
+
+def test_bad_arguments_are_named(deployed):
+    model = effzoo.load(deployed)
+    with pytest.raises(ZooError, match=r"topk 4: expected 1 to 3"):
+        model.classify([solid((1, 2, 3))], topk=4)
+    with pytest.raises(ZooError, match=r"image array of dtype float32 and shape \(4, 4, 3\): expected uint8"):
+        model.classify([np.zeros((4, 4, 3), np.float32)])
+    with pytest.raises(ZooError, match=r"image of type int: expected a file path, a PIL image or a uint8 array"):
+        model.classify([3])
+    with pytest.raises(ZooError, match=r"batch 0: expected at least 1"):
+        model.classify([solid((1, 2, 3))], batch=0)
+    with pytest.raises(ZooError, match=r"nowhere/model.json: not found; a deploy folder holds model.json"):
+        effzoo.load("nowhere")
+
+
+def test_a_deploy_folder_holds_the_build_and_what_was_measured(deployed):
+    doc = json.loads((deployed / "model.json").read_text())
+    assert sorted(p.name for p in deployed.iterdir()) == ["model.json", "model.onnx"]
+    assert doc["files"]["model.onnx"]["sha256"] == file_record(deployed / "model.onnx")["sha256"]
+    assert doc["quant"] == "fp32" and doc["runtime"] == "onnxruntime" and doc["classes"] == CLASSES
+    assert doc["speed"]["measured_on"] == {"model": "Test CPU", "flags": ["avx2", "avx512f"]}
+    lines = describe(doc)
+    assert lines[1] == "build        fp32: fp32 on onnxruntime, model file model.onnx"
+    assert lines[5] == "speed        1000.0 images/s (batch 16, latency mode), batch-1 latency 0.50 ms"
+    assert lines[6] == "measured on  Test CPU (flags: avx2 avx512f)"
+
+
+def cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([EFFZOO, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_the_command_classifies_from_any_directory(deployed, tmp_path):
+    solid((0, 255, 0)).save(tmp_path / "green.jpg")
+    out = cli("classify", deployed, tmp_path / "green.jpg", "--topk", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == str(tmp_path / "green.jpg") and lines[1].endswith("  green thing") and len(lines) == 3
+    assert "effzoo classify" in cli("--help").stdout and "info" in cli("--help").stdout
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_a_missing_or_damaged_model_file_is_one_line_naming_it(deployed, tmp_path, damage):
+    import shutil
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(deployed, folder)
+    solid((0, 0, 0)).save(tmp_path / "x.png")
+    if damage == "missing":
+        (folder / "model.onnx").unlink()
+        expected = f"{folder / 'model.onnx'}: file not found"
+    else:
+        with open(folder / "model.onnx", "ab") as fh:
+            fh.write(b"\0")
+        expected = f"{folder / 'model.onnx'}: its sha256"
+    for args in (("classify", folder, tmp_path / "x.png"), ("info", folder)):
+        out = cli(*args)
+        if args[0] == "info":   # info reads model.json only
+            assert out.returncode == 0
+            continue
+        assert out.returncode == 2 and out.stderr.startswith(f"error: {expected}") and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_damaged_model_json_is_named(deployed, tmp_path):
+    import shutil
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(deployed, folder)
+    (folder / "model.json").write_text("{not json")
+    for command in ("classify", "info"):
+        out = cli(command, folder, *(["x.png"] if command == "classify" else []))
+        assert out.returncode == 2 and f"{folder / 'model.json'}: not valid JSON" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_build_options_are_parsed_once_with_the_cpu_target_resolved():
+    modes = resolved_config()["quant_modes"]
+    opts = BuildOptions.parse(json.dumps({**modes["int8_percentile"], "cpu_target": "avx512"}), "int8_percentile")
+    assert opts.target == "avx512" and opts.method == "percentile" and opts.percentile == 99.999
+    assert opts.exclude_layers == () and opts.as_given()["cpu_target"] == "avx512"
+    with pytest.raises(ZooError, match=r"quant mode 'q': options \['percentile'\] missing"):
+        BuildOptions.parse({k: v for k, v in modes["int8_percentile"].items() if k != "percentile"}, "q")
+    with pytest.raises(ZooError, match=r"quant mode 'q': method 'mse': expected one of max, percentile"):
+        BuildOptions.parse({**modes["int8_max"], "method": "mse"}, "q")
+    with pytest.raises(ZooError, match=r"quant mode 'q': OpenVINO builds are fp32 or int8"):
+        BuildOptions.parse({**modes["fp16"], "runtime": "openvino"}, "q")
+    with pytest.raises(ZooError, match=r"quant mode 'q': unknown options \['min_agreement'\]"):
+        BuildOptions.parse({**modes["int8_max"], "min_agreement": 0.9}, "q")
