@@ -7,9 +7,10 @@
 
 `load` reads model.json, checks every model file against its recorded sha256 and this CPU against what the
 build requires, and opens the build on its runtime (ONNX Runtime, or OpenVINO for `model.xml` builds: the
-`openvino` extra). Images may be file paths, PIL images or uint8 arrays (H x W x 3 RGB, or H x W grey); each is
-preprocessed exactly as the model was evaluated (timm's eval transform: resize, centre crop) and run `batch` at a
-time, so memory does not grow with the number of images.
+`openvino` extra) in the mode its speed was measured in: latency mode, with the threads and batch size of its
+benchmark (model.json `speed`). Images may be file paths, PIL images or uint8 arrays (H x W x 3 RGB, or H x W grey);
+each is preprocessed exactly as the model was evaluated (timm's eval transform: resize, centre crop) and run `batch`
+at a time, so memory does not grow with the number of images.
 """
 from __future__ import annotations
 
@@ -23,8 +24,6 @@ from PIL import Image
 from effzoo import preprocess
 from effzoo.common import ZooError
 from effzoo.runtime import checked_build, open_build
-
-DEFAULT_THREADS = 2  # the benchmark's default: the speed model.json reports was measured with it
 
 
 def _as_uint8(image, spec: dict) -> np.ndarray:
@@ -46,7 +45,7 @@ def _as_uint8(image, spec: dict) -> np.ndarray:
 class Classifier:
     """A deploy folder opened on its runtime; `classify` gives the top-k (class name, probability) per image."""
 
-    def __init__(self, deploy_dir: str | os.PathLike, threads: int = DEFAULT_THREADS):
+    def __init__(self, deploy_dir: str | os.PathLike, threads: int | None = None):
         self.path = Path(deploy_dir)
         manifest = self.path / "model.json"
         if not manifest.is_file():
@@ -54,10 +53,15 @@ class Classifier:
         self.info, self.cpu_check = checked_build(str(manifest))
         self.classes: list[str] = self.info["classes"]
         self.spec: dict = self.info["preprocess"]
-        self._run, self.session = open_build(str(self.path / self.info["model"]), threads=threads)
+        # by default the mode its speed was measured in: latency mode, these threads, this batch
+        self.threads = int(threads or self.info["speed"]["threads"])
+        self.batch = int(self.info["speed"]["batch"])
+        self._run, self.session = open_build(str(self.path / self.info["model"]), threads=self.threads)
 
-    def probabilities(self, images: Iterable, batch: int = 16) -> Iterator[np.ndarray]:
-        """Softmax probabilities (one row of len(classes) per image), `batch` images at a time."""
+    def probabilities(self, images: Iterable, batch: int | None = None) -> Iterator[np.ndarray]:
+        """Softmax probabilities (one row of len(classes) per image), `batch` images at a time (default: the batch
+        its speed was measured at)."""
+        batch = self.batch if batch is None else batch
         if batch < 1:
             raise ZooError(f"batch {batch}: expected at least 1")
         chunk: list[np.ndarray] = []
@@ -69,7 +73,8 @@ class Classifier:
         if chunk:
             yield from self._run(np.stack(chunk))[1]
 
-    def classify(self, images: Iterable, topk: int | None = None, batch: int = 16) -> list[list[tuple[str, float]]]:
+    def classify(self, images: Iterable, topk: int | None = None,
+                 batch: int | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) for every image, in order (topk: default 5, or every class of a
         model with fewer)."""
         topk = min(5, len(self.classes)) if topk is None else topk
@@ -82,6 +87,7 @@ class Classifier:
         return out
 
 
-def load(deploy_dir: str | os.PathLike, threads: int = DEFAULT_THREADS) -> Classifier:
-    """Open a deploy folder (deploy/<variant>/) for classification."""
+def load(deploy_dir: str | os.PathLike, threads: int | None = None) -> Classifier:
+    """Open a deploy folder (deploy/<variant>/) for classification, by default in the mode its speed was measured in
+    (latency mode, its threads and batch)."""
     return Classifier(deploy_dir, threads)

@@ -10,9 +10,49 @@ Two budgets, two names:
 """
 from __future__ import annotations
 
+import math
+
 # What metrics keeps of an int8 build's split search (build.json details.accuracy_budget).
-SPLIT_SEARCH_KEYS = ("split_min_agreement", "status", "final_agreement", "split_images", "promoted_macs_fraction",
-                     "search_s")
+SPLIT_SEARCH_KEYS = ("split_min_agreement", "status", "why", "final_agreement", "agreement_lower_95",
+                     "split_images", "split_images_needed", "promoted_macs_fraction", "search_s")
+# A split smaller than this says nothing about a budget near 99%: the search does not run on it (not_checked).
+MIN_SPLIT_IMAGES = 50
+Z95 = 1.959963984540054   # the two-sided 95% normal quantile of the Wilson interval
+
+
+def wilson_lower(agreeing: int, n: int, z: float = Z95) -> float:
+    """Lower end of the Wilson score interval (95%) of an agreement of `agreeing` out of `n` images."""
+    if n <= 0:
+        return 0.0
+    p = agreeing / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def images_to_certify(agreement: float, target: float, z: float = Z95) -> int | None:
+    """The smallest split at which an observed `agreement` would certify `target` (Wilson lower bound >= target);
+    None when the agreement itself is not above the target (no split size certifies it)."""
+    if agreement <= target:
+        return None
+    hi = 1
+    while wilson_lower(agreement * hi, hi, z) < target:
+        hi *= 2
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if wilson_lower(agreement * mid, mid, z) >= target else (mid, hi)
+    return hi
+
+
+def certify(agreeing: int, n: int, target: float) -> dict:
+    """The split budget's status from a split result that met the target as a point estimate: `met` only when the
+    Wilson 95% lower bound reaches the target, else `not_certified` with the split size that would certify it."""
+    lower = wilson_lower(agreeing, n)
+    out = {"agreement_lower_95": round(lower, 6)}
+    if lower >= target:
+        return {**out, "status": "met"}
+    return {**out, "status": "not_certified", "split_images_needed": images_to_certify(agreeing / n, target)}
 
 
 def split_search_record(search: dict) -> dict:
@@ -31,15 +71,30 @@ def within_budget(q: str, results: dict, budget: dict) -> bool:
             and ref["top1"] - r["top1"] <= budget["max_top1_loss"] + 1e-12)
 
 
-def fastest_build(results: dict, budget: dict) -> tuple[str, float] | None:
-    """The quant mode with the highest measured throughput among those within the accuracy budget; None when no
-    mode was benchmarked."""
-    ok = {q: r["best_throughput_ips"] for q, r in results.items() if r.get("best_throughput_ips")
-          and within_budget(q, results, budget)}
-    if not ok:
-        return None
-    q = max(ok, key=ok.get)
-    return q, ok[q]
+def speed_range(r: dict) -> tuple[float, float]:
+    """A build's speed over PyTorch eager in the deploy mode, as the spread of its per-round ratios (its noise)."""
+    s = r["speed"]
+    lo, hi = s.get("vs_torch_eager_range") or (s["vs_torch_eager"], s["vs_torch_eager"])
+    return lo, hi
+
+
+def pick_fastest(results: dict, modes: list[str]) -> tuple[str, list[str]]:
+    """(the fastest of these benchmarked modes, the modes tied with it). Speed is the deploy mode's speed over
+    PyTorch eager, timed beside PyTorch in each build's own job, so it compares across jobs. Builds whose
+    round-to-round ranges overlap the fastest's are within the measured noise of it: ties, broken by agreement with
+    fp32, then top-1, then speed."""
+    speed = {q: results[q]["speed"]["vs_torch_eager"] for q in modes}
+    best_lo, best_hi = speed_range(results[max(modes, key=speed.get)])
+    tied = [q for q in modes if speed_range(results[q])[1] >= best_lo and speed_range(results[q])[0] <= best_hi]
+    winner = max(tied, key=lambda q: (results[q].get("top1_agreement_with_fp32", 1.0), results[q]["top1"], speed[q]))
+    return winner, sorted(set(tied) - {winner})
+
+
+def fastest_build(results: dict, budget: dict) -> tuple[str, list[str]] | None:
+    """(the fastest build within the accuracy budget, the builds tied with it: pick_fastest); None when no build
+    within it was benchmarked."""
+    modes = [q for q, r in results.items() if r.get("speed") and within_budget(q, results, budget)]
+    return pick_fastest(results, modes) if modes else None
 
 
 def slower_than_fp32(metrics: list[dict]) -> list[str]:
@@ -57,9 +112,24 @@ def slower_than_fp32(metrics: list[dict]) -> list[str]:
     return out
 
 
-def budget_not_met(metrics: list[dict]) -> list[str]:
-    """'variant mode (0.982 on 100)' for every int8 build whose accuracy budget search reached its cap."""
-    return [f"{m['variant']} {q} ({r['accuracy_budget']['final_agreement']:.3f} on "
-            f"{r['accuracy_budget']['split_images']} split images)"
-            for m in metrics for q, r in m["results"].items()
-            if r.get("accuracy_budget", {}).get("status") == "cap_reached"]
+def split_budget_notes(metrics: list[dict]) -> list[str]:
+    """One line per int8 build whose split budget is not `met`: cap reached, not certified (with the split size that
+    would certify it) or not checked (with why)."""
+    out = []
+    for m in metrics:
+        for q, r in m["results"].items():
+            b = r.get("accuracy_budget")
+            if not b or b["status"] == "met":
+                continue
+            name = f"{m['variant']} {q}"
+            if b["status"] == "cap_reached":
+                out.append(f"{name}: split budget not met within the promotion cap ({b['final_agreement']:.3f} on "
+                           f"{b['split_images']} split images)")
+            elif b["status"] == "not_certified":
+                needed = b.get("split_images_needed")
+                out.append(f"{name}: split agreement {b['final_agreement']:.3f} on {b['split_images']} images does "
+                           f"not certify {b['split_min_agreement']} (95% lower bound {b['agreement_lower_95']:.3f}; "
+                           + (f"{needed} split images would)" if needed else "no split size would)"))
+            else:
+                out.append(f"{name}: split budget not checked ({b.get('why')})")
+    return out

@@ -41,7 +41,7 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
 
 def checked_source(onnx_path: str, export_info_path: str) -> dict:
     """The export manifest, after checking the exported model against the sha256 it recorded."""
-    info = read_json(export_info_path)
+    info = read_json(export_info_path, "export")
     verify_file(onnx_path, info["onnx"]["sha256"], export_info_path)
     return info
 

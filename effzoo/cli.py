@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from effzoo import __version__
-from effzoo.api import DEFAULT_THREADS, load
+from effzoo.api import load
 from effzoo.common import ZooError, read_json, run_main
 
 
@@ -21,14 +21,6 @@ def cmd_classify(a: argparse.Namespace) -> None:
         print(path)
         for name, p in top:
             print(f"  {p:7.4f}  {name}")
-
-
-def at_text(at: dict | None) -> str:
-    """'batch 16, throughput mode' from a benchmark's best_throughput_at."""
-    if not at:
-        return "batch and mode not recorded"
-    mode = {"build": "latency mode", "build_throughput": "throughput mode"}.get(at.get("mode"), at.get("mode"))
-    return f"batch {at.get('batch')}, {mode}"
 
 
 def describe(doc: dict) -> list[str]:
@@ -46,8 +38,9 @@ def describe(doc: dict) -> list[str]:
         f"accuracy     top-1 {acc['top1']:.4f}, top-5 {acc['top5']:.4f}, agreement with fp32 "
         f"{acc['top1_agreement_with_fp32']:.4f} (fp32 top-1 {acc['fp32_top1']:.4f}) on {acc['images']} images of "
         f"{acc['dataset']}",
-        f"speed        {speed['best_throughput_ips']:.1f} images/s ({at_text(speed.get('at'))}), batch-1 latency "
-        f"{'-' if speed.get('batch1_latency_ms') is None else format(speed['batch1_latency_ms'], '.2f')} ms",
+        f"speed        {speed['images_per_s']:.1f} images/s, {speed['vs_torch_eager']:.2f}x PyTorch eager "
+        f"({speed['mode']} mode, batch {speed['batch']}, {speed['threads']} threads: as effzoo runs it); batch-1 "
+        f"latency {'-' if speed.get('batch1_latency_ms') is None else format(speed['batch1_latency_ms'], '.2f')} ms",
         f"measured on  {measured.get('model', 'unknown CPU')} "
         f"(flags: {' '.join(f for f in measured.get('flags', []))})",
         f"classes      {len(doc['classes'])}",
@@ -63,7 +56,7 @@ def cmd_info(a: argparse.Namespace) -> None:
     manifest = Path(a.deploy_dir) / "model.json"
     if not manifest.is_file():
         raise ZooError(f"{manifest}: not found; a deploy folder holds model.json (snakemake deploy/<variant>)")
-    print("\n".join(describe(read_json(manifest))))
+    print("\n".join(describe(read_json(manifest, "deploy"))))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,8 +68,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("deploy_dir", help="a deploy folder (deploy/<variant>)")
     c.add_argument("images", nargs="+", help="image files")
     c.add_argument("--topk", type=int, default=None, help="classes to print per image (default 5)")
-    c.add_argument("--batch", type=int, default=16, help="images per inference call (bounds memory)")
-    c.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="intra-op threads")
+    c.add_argument("--batch", type=int, default=None,
+                   help="images per inference call, bounding memory (default: the batch its speed was measured at)")
+    c.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: those its speed was measured with)")
     c.set_defaults(func=cmd_classify)
     i = sub.add_parser("info", help="what a deploy folder holds: build, CPU, accuracy, speed")
     i.add_argument("deploy_dir")

@@ -106,14 +106,49 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | os.PathLike):
-    """Read JSON, naming the file in the error when it is unreadable."""
+REBUILD = "rebuild it: delete it and run snakemake again"
+# The top-level fields that the steps read from each kind of manifest: a file without one is damaged, or was
+# written by another version, and is named as such instead of failing deep inside a step.
+MANIFEST_FIELDS = {
+    "export": ("onnx", "weights", "tag"),
+    "spec": ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "resize_size"),
+    "calibration": ("prepped", "stats", "files"),
+    "build": ("quant", "kind", "options", "details", "files", "model", "cpu", "input", "preprocess", "weights", "tag"),
+    "predict": ("predictions", "cpu_check"),
+    "perf": ("results", "deploy_mode", "batch1_latency_ms", "best_throughput_ips", "best_throughput_at", "cpu",
+             "cpu_flags", "warnings"),
+    "metrics": ("variant", "results", "dataset", "random_weights", "weights", "input_size", "params_m", "gflops",
+                "flops_convention"),
+    "deploy": ("variant", "quant", "runtime", "precision", "model", "files", "cpu", "preprocess", "classes",
+               "accuracy", "speed", "weights", "tag"),
+}
+
+
+def read_json(path: str | os.PathLike, kind: str | None = None):
+    """Read JSON, naming the file in the error when it is missing or unreadable; with `kind` (MANIFEST_FIELDS),
+    also when a field the steps read is missing."""
     try:
-        return json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ZooError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise ZooError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZooError(f"{path}: not valid JSON ({e}): the file is damaged; {REBUILD}") from None
+    if kind is not None:
+        missing = [k for k in MANIFEST_FIELDS[kind] if not isinstance(doc, dict) or k not in doc]
+        if missing:
+            raise ZooError(f"{path}: not a complete {kind} manifest (no {', '.join(missing)}): the file is damaged "
+                           f"or was written by another version of effzoo; {REBUILD}")
+    return doc
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The lines of a text file (e.g. class names), naming the file when it is missing or not UTF-8 text."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ZooError(f"{path}: file not found ({what})") from None
+    except UnicodeDecodeError as e:
+        raise ZooError(f"{path}: not UTF-8 text ({what}: {e}): the file is damaged; {REBUILD}") from None
 
 
 def run_main(main, argv=None) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 from effzoo.common import LOG, ZooError
 
 KINDS = ("avx2", "avx512", "vnni")
+ANY = "any"   # what a build with no CPU-specific numerics requires: float builds, int8 builds that cannot saturate
+UNKNOWN = "unknown"   # a CPU whose flags cannot be read (no /proc/cpuinfo: not Linux, or another architecture)
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
@@ -29,8 +31,11 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_kind(flags: set[str] | None = None) -> str:
-    """The kind (KINDS) of a CPU with these flags (default: this machine's); 'other' below avx2."""
+    """The kind (KINDS) of a CPU with these flags (default: this machine's); 'other' below avx2, 'unknown' when there
+    are no flags to read."""
     flags = cpu_flags() if flags is None else flags
+    if not flags:
+        return UNKNOWN
     if flags & VNNI_FLAGS:
         return "vnni"
     if {"avx512f", "avx512bw"} <= flags:
@@ -48,7 +53,10 @@ def resolve(target: str) -> str:
 
 
 def covers(running: str, required: str) -> bool:
-    """Whether a CPU of kind `running` has everything a build that requires `required` needs."""
+    """Whether a CPU of kind `running` has everything a build that requires `required` needs (any CPU runs a build
+    that requires 'any'; an unknown CPU runs nothing that requires more)."""
+    if required == ANY:
+        return True
     return running in KINDS and KINDS.index(running) >= KINDS.index(required)
 
 
@@ -61,9 +69,11 @@ def check(build: dict, what: str, running: str | None = None) -> dict:
     record = {"running": running, "target": cpu["target"], "requires": cpu["requires"], "ok": ok}
     if ok:
         return record
-    message = (f"{what}: built for a {cpu['target']} CPU and requires {cpu['requires']} ({cpu['why']}), but this "
-               f"CPU is {running}: its results here would not be the build's. Rebuild it for this CPU "
-               f"(quant mode option cpu_target: {running} or auto, on a machine of this kind)")
+    this = ("this CPU's kind could not be read (no flags in /proc/cpuinfo)" if running == UNKNOWN
+            else f"this CPU is {running}")
+    message = (f"{what}: built for a {cpu['target']} CPU and requires {cpu['requires']} ({cpu['why']}), but {this}: "
+               f"its results here would not be the build's. Rebuild it for this CPU (quant mode option cpu_target: "
+               f"avx2, which runs exactly on any CPU, or auto on a machine of this kind)")
     if cpu["on_mismatch"] == "error":
         raise ZooError(message + "; or set on_cpu_mismatch: warn to run it anyway")
     LOG.warning("%s", message)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import onnx
+from effzoo.budget import MIN_SPLIT_IMAGES, certify, wilson_lower
 from effzoo.build_options import BuildOptions
 from effzoo.common import LOG, ZooError
 from effzoo.graph_edits import EDGE_PREFIXES, PRE_INPUT
@@ -374,10 +375,13 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         record["bias_correction"]["images"] = len(rank_images)
         if exact is not None:
             exact, _ = bias_corrected(exact, {n: v[1] for n, v in exact_noise.items()})
-    if split is None or len(split[0]) == 0 or budget <= 0:
-        why = "split_min_agreement is 0" if budget <= 0 else "the calibration source has no validation split"
-        LOG.warning("int8 accuracy budget not checked: %s", why)
-        return base, {**record, "status": "not_checked", "why": why, "promoted": [],
+    split_size = 0 if split is None else len(split[0])
+    if split_size < MIN_SPLIT_IMAGES or budget <= 0:
+        why = ("split_min_agreement is 0" if budget <= 0 else "the calibration source has no validation split"
+               if split_size == 0 else f"the validation split has {split_size} images, fewer than the "
+               f"{MIN_SPLIT_IMAGES} a budget needs (calibration.validation_images, and a larger calibration source)")
+        LOG.warning("int8 split budget not checked: %s", why)
+        return base, {**record, "status": "not_checked", "why": why, "promoted": [], "split_images": split_size,
                       "search_s": round(time.monotonic() - t0, 2)}
     images, reference = split
     allowed = int(math.floor((1 - budget) * len(images) + 1e-9))
@@ -399,8 +403,8 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         return result
 
     chosen, trials = schedule_search(trial, len(order))
-    status = "met" if chosen >= 0 else "cap_reached"
-    if chosen < 0:  # the most the cap allows, scored on the whole split
+    passed = chosen >= 0
+    if not passed:  # the most the cap allows, scored on the whole split
         chosen = len(order)
         model = promoted_model(base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)
         final = run_trial(opener(model), images, reference, len(images))
@@ -408,8 +412,13 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         model = promoted_model(base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)
         final = trials[chosen]
     promoted = order[:chosen]
+    agreeing = len(images) - final["disagreements"]
+    if passed:   # met as a point estimate: certified only as far as the split allows
+        record.update(certify(agreeing, len(images), budget))
+    else:
+        record.update(status="cap_reached", agreement_lower_95=round(wilson_lower(agreeing, len(images)), 6))
     record.update({
-        "status": status, "split_images": len(images), "disagreements_allowed": allowed,
+        "split_images": len(images), "disagreements_allowed": allowed,
         "trials_run_as": ("ONNX Runtime, QDQ graph unfused in float (this CPU cannot run the target's int8 "
                           "kernels exactly)" if emulate else f"{runtime}, the build's own kernels"),
         "ranking": {"images": len(rank_images), "metric": "output noise-to-signal ratio the promotion removes "
@@ -421,9 +430,13 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         "promoted_macs_fraction": round(sum(la.macs for la, _, _ in promoted) / max(total_macs, 1), 4),
         "final_agreement": final["agreement"], "rank_s": round(rank_s, 2),
         "search_s": round(time.monotonic() - t0, 2)})
-    if status != "met":
-        LOG.warning("int8 accuracy budget %.3f not met: %d promoted layers (the cap, %s of the MACs) agree on %.4f",
+    if not passed:
+        LOG.warning("int8 split budget %.3f not met: %d promoted layers (the cap, %s of the MACs) agree on %.4f",
                     budget, chosen, options.max_promoted_macs, final["agreement"])
+    elif record["status"] == "not_certified":
+        LOG.warning("int8 split budget %.3f met on %d split images (agreement %.4f) but not certified: the 95%% "
+                    "lower bound is %.4f; %s split images would certify it", budget, len(images), final["agreement"],
+                    record["agreement_lower_95"], record["split_images_needed"])
     return model, record
 
 

@@ -23,7 +23,7 @@ from effzoo.ort_session import make_session
 def checked_build(manifest: str) -> tuple[dict, dict]:
     """(manifest, CPU check) of a build.json or deploy model.json, after checking its model files against their
     recorded sha256 and this CPU against what the build requires (stops, or warns, on a mismatch)."""
-    doc = read_json(manifest)
+    doc = read_json(manifest, "deploy" if Path(manifest).name == "model.json" else "build")
     verify_files(doc["files"], Path(manifest).parent, manifest)
     return doc, check(doc, str(manifest))
 

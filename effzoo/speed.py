@@ -59,7 +59,15 @@ def measure(runners: dict, batch: np.ndarray, images_per_call: int | dict, itera
     for n in names:
         a = np.asarray(lat[n])
         out[n] = {"throughput_ips": float(np.median(thr[n])), "throughput_min": float(np.min(thr[n])),
-                  "throughput_max": float(np.max(thr[n])), "latency_mean_ms": float(a.mean()),
+                  "throughput_max": float(np.max(thr[n])), "throughput_rounds": [round(t, 3) for t in thr[n]],
+                  "latency_mean_ms": float(a.mean()),
                   "latency_p50_ms": float(np.percentile(a, 50)), "latency_p90_ms": float(np.percentile(a, 90)),
                   "latency_p99_ms": float(np.percentile(a, 99)), "calls": int(a.size)}
     return out
+
+
+def paired_ratio(engine: dict, baseline: dict) -> dict:
+    """An engine's throughput over a baseline's, round by round (the two ran back to back in each round, so drift
+    of the machine between rounds cancels): the median ratio and its min/max over rounds."""
+    ratios = [a / b for a, b in zip(engine["throughput_rounds"], baseline["throughput_rounds"])]
+    return {"median": float(np.median(ratios)), "min": float(np.min(ratios)), "max": float(np.max(ratios))}

@@ -123,3 +123,29 @@ rule calibrate:
         " --validation-images {params.validation_images} --seed {params.seed} --batch {params.batch}"
         " --samples-per-tensor {params.samples_per_tensor} --num-bins {params.bins} --threads {threads} --prepped {output.prepped:q}"
         " --stats {output.stats:q} --manifest {output.manifest:q} 2> {log:q}"
+
+
+rule unknown_quant_mode:
+    """A vacc/ target with a quant mode that is not configured: a clear error listing the valid ones."""
+    input:
+        lambda w: quant_cfg(w.quant),
+    output:
+        "vacc/{variant}-{quant}/model.onnx",
+        "vacc/{variant}-{quant}/build.json",
+    wildcard_constraints:
+        quant=unknown_quant_re(),
+    log:
+        "logs/unknown_quant_mode/{variant}-{quant}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "false"
+
+
+use rule unknown_quant_mode as unknown_quant_mode_openvino with:
+    output:
+        "vacc/{variant}-{quant}/model.xml",
+        "vacc/{variant}-{quant}/model.bin",
+        "vacc/{variant}-{quant}/build.json",
+    log:
+        "logs/unknown_quant_mode/{variant}-{quant}-openvino.log",

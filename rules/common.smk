@@ -48,6 +48,11 @@ def step(script):
     return f"{fingerprint.code_version(script)} {fingerprint.step_versions(script)}"
 
 
+def unknown_quant_re():
+    """Regex of quant mode names that are not configured (the rule that names the valid ones takes them)."""
+    return "(?!(?:" + "|".join(map(re.escape, QUANT_MODES)) + ")$)[A-Za-z0-9_]+"
+
+
 def quant_re(runtime, kinds):
     """Regex of the quant modes of these kinds whose builds are for `runtime` (matches nothing when none is)."""
     names = [q for q, opts in QUANT_MODES.items() if opts["runtime"] == runtime and opts["kind"] in kinds]
@@ -81,6 +86,13 @@ for _q in config["run_quant"]:
 for _d in (DATASET, CALIB_DATASET):
     if _d not in config["datasets"]:
         _unknown("dataset", _d, config["datasets"])
+if "fp32" not in config["run_quant"]:
+    raise ValueError(f"config: run_quant {config['run_quant']} has no fp32: the fp32 build is the reference of every "
+                     f"agreement, speed ratio and accuracy budget; add fp32 to run_quant")
+for _q, _opts in QUANT_MODES.items():
+    if _opts["kind"] == "fp16" and _opts["runtime"] == "openvino":
+        raise ValueError(f"config: quant mode {_q!r}: fp16 builds run on ONNX Runtime only (OpenVINO's CPU plugin "
+                         f"computes an fp16 IR in fp32); set runtime: onnxruntime or kind: fp32")
 
 
 def variant_cfg(variant):

@@ -41,8 +41,9 @@ def deployed(tmp_path_factory) -> Path:
                       "--quant", "fp32", "--options", json.dumps(fp32), "--outdir", str(tmp / "vacc")])
     build = json.loads((tmp / "vacc/build.json").read_text())
     metrics = {"variant": "tiny", "dataset": {"name": "demo"},
-               "results": {"fp32": {"top1": 0.5, "top5": 1.0, "images": 6, "best_throughput_ips": 1000.0,
-                                    "best_throughput_at": {"batch": 16, "mode": "build"}, "batch1_latency_ms": 0.5,
+               "results": {"fp32": {"top1": 0.5, "top5": 1.0, "images": 6, "batch1_latency_ms": 0.5,
+                                    "speed": {"mode": "latency", "batch": 4, "threads": 1, "images_per_s": 1000.0,
+                                              "vs_torch_eager": 3.2, "vs_torch_eager_range": [3.1, 3.3]},
                                     "benchmark_cpu": {"model": "Test CPU", "flags": ["avx2", "avx512f"]}}}}
     deploy.deploy("tiny", metrics, {"fp32": build}, {"fp32": str(tmp / "vacc/build.json")}, CLASSES,
                   {"min_agreement": 0.98, "max_top1_loss": 0.005}, tmp / "deploy/tiny")
@@ -78,6 +79,9 @@ def test_images_run_in_batches_of_bounded_size(deployed, monkeypatch):
     monkeypatch.setattr(model, "_run", recording)
     out = model.classify((solid((200, 0, 0)) for _ in range(5)), topk=2, batch=2)
     assert seen == [2, 2, 1] and len(out) == 5 and all(top[0][0] == "red thing" for top in out)
+    seen.clear()   # by default, the batch and threads its speed was measured with (model.json: 4 and 1)
+    model.classify([solid((200, 0, 0))] * 5, topk=1)
+    assert seen == [4, 1] and model.threads == 1
 
 
 def test_bad_arguments_are_named(deployed):
@@ -102,7 +106,8 @@ def test_a_deploy_folder_holds_the_build_and_what_was_measured(deployed):
     assert doc["speed"]["measured_on"] == {"model": "Test CPU", "flags": ["avx2", "avx512f"]}
     lines = describe(doc)
     assert lines[1] == "build        fp32: fp32 on onnxruntime, model file model.onnx"
-    assert lines[5] == "speed        1000.0 images/s (batch 16, latency mode), batch-1 latency 0.50 ms"
+    assert lines[5] == ("speed        1000.0 images/s, 3.20x PyTorch eager (latency mode, batch 4, 1 threads: as "
+                        "effzoo runs it); batch-1 latency 0.50 ms")
     assert lines[6] == "measured on  Test CPU (flags: avx2 avx512f)"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from conftest import resolved_config
 
 import onnx
@@ -77,7 +78,7 @@ def test_reduce_range_policy_follows_the_target_cpu():
     assert build_int8.resolve_reduce_range("auto", "avx2") == "saturating"
     assert build_int8.resolve_reduce_range("auto", "vnni") == "none"
     assert build_int8.resolve_reduce_range(True, "vnni") == "all" and build_int8.resolve_reduce_range(False, "avx2") == "none"
-    assert build_int8.cpu_requirement("none")[0] == "vnni" and build_int8.cpu_requirement("saturating")[0] == "avx2"
+    assert build_int8.cpu_requirement("none")[0] == "vnni" and build_int8.cpu_requirement("saturating")[0] == "any"
 
 
 def test_exact_uint8_weights_never_clip_the_int32_bias(tmp_path):
@@ -247,25 +248,80 @@ def test_the_cap_leaves_out_layers_past_the_promoted_macs_budget():
     assert [e[0].name for e in int8_search.capped(ranked, 100)] == ["big", "small"]
 
 
-def test_search_meets_a_reachable_budget_and_says_when_the_cap_stops_it(tmp_path):
-    rng = np.random.default_rng(6)
-    w_a, w_b = rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.5, (3, 4, 1, 1))
-    x, split = images(8), images(12, seed=1)
-    model, qdq = quantized_pair(tmp_path, w_a, w_b, x)
+def colored_images(n: int, seed: int) -> np.ndarray:
+    """Images of one dominant colour each, with noise: the colour decides the class of `color_model`."""
+    r = np.random.default_rng(seed)
+    return np.clip(r.integers(0, 256, (n, 1, 1, 3)) + r.integers(-40, 40, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
+
+
+def color_model_int8(tmp_path):
+    """(float model, QDQ graph, layers, float top-1 and int8 top-1 on 2000 images, top-1 with conv_b in float): a
+    classifier of the dominant colour whose conv_b weights are quantized badly (clipped to +-0.3), so that the
+    int8 graph disagrees with fp32 on about 10% of the images and promoting conv_b repairs most of them."""
+    r = np.random.default_rng(3)
+    w_a = r.normal(0, 0.002, (4, 3, 3, 3))
+    for c in range(3):
+        w_a[c, c, 1, 1] += 1 / 64
+    w_b = (np.eye(3, 4) + r.normal(0, 0.02, (3, 4))).reshape(3, 4, 1, 1)
+    clipped = {"wb": [{"axis": 0, "rmin": -0.3, "rmax": 0.3} for _ in range(3)]}
+    model, qdq = quantized_pair(tmp_path, w_a, w_b, colored_images(8, 0), clipped)
     layers = int8_search.weight_layers(model)
-    top1 = logits_of(model, split).argmax(axis=1)
-    opts = BuildOptions.parse({**INT8, "split_min_agreement": 0.5, "max_promoted_macs": 0.5}, "int8_max")
-    _, met = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (split, top1), x, opts, False, 1)
-    assert met["status"] == "met" and met["final_agreement"] >= 0.5 and met["split_images"] == 12
-    assert met["disagreements_allowed"] == 6 and met["steps"][-1]["passed"]
-    wrong = (top1 + 1) % 3      # no graph can agree with these
-    final, capped = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (split, wrong), x, opts,
-                                       False, 1)
-    macs = {la.name: la.macs for la in layers}    # conv_a 6912, conv_b 768: half the MACs admits conv_b only
+    pool = colored_images(2000, 1)
+    conv_b = next(la for la in layers if la.name == "conv_b")
+    promoted = logits_of(int8_search.promoted_model(qdq, [(conv_b, "float")], model, None), pool).argmax(1)
+    return model, qdq, layers, pool, logits_of(model, pool).argmax(1), logits_of(qdq, pool).argmax(1), promoted
+
+
+def test_search_promotes_the_layer_that_repairs_agreement_and_certifies_only_what_the_split_allows(tmp_path):
+    model, qdq, layers, pool, fp32, int8, promoted = color_model_int8(tmp_path)
+    repaired = np.nonzero((int8 != fp32) & (promoted == fp32))[0]
+    agree = np.nonzero((int8 == fp32) & (promoted == fp32))[0]
+    assert len(repaired) >= 15 and len(agree) >= 185
+    opts = BuildOptions.parse({**INT8, "split_min_agreement": 0.95, "max_promoted_macs": 0.5,
+                               "bias_correction": False}, "int8_max")
+
+    def search(rows):
+        return int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[rows], fp32[rows]),
+                                  pool[:8], opts, False, 1)[1]
+    # 60 images, 5 of them repaired by conv_b in float: the int8 graph fails (5 > 3 allowed), one promotion passes
+    small = search(np.concatenate([repaired[:5], agree[:55]]))
+    assert [s["layers"] for s in small["steps"]] == [0, 1] and not small["steps"][0]["passed"]
+    assert small["promoted"] == [["conv_b", "float"]] and small["final_agreement"] == 1.0
+    # 60/60 agreeing cannot certify 95%: its Wilson lower bound is 60 / (60 + 1.96^2) = 0.94; 73 images would
+    assert small["status"] == "not_certified" and small["agreement_lower_95"] == pytest.approx(0.9398, abs=1e-4)
+    assert small["split_images_needed"] == 73
+    # 200 images, 15 repaired: the same promotion, now certified (lower bound 200 / 203.84 = 0.981)
+    large = search(np.concatenate([repaired[:15], agree[:185]]))
+    assert large["status"] == "met" and large["promoted"] == [["conv_b", "float"]]
+    assert large["agreement_lower_95"] == pytest.approx(0.9812, abs=1e-4) and "split_images_needed" not in large
+    # no graph agrees with shifted labels: the search stops at the cap (half the MACs admits conv_b only)
+    rows = np.concatenate([repaired[:15], agree[:185]])
+    capped = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[rows], (fp32[rows] + 1) % 3),
+                                pool[:8], opts, False, 1)[1]
+    macs = {la.name: la.macs for la in layers}
     assert capped["status"] == "cap_reached" and capped["promoted"] == [["conv_b", "float"]]
     assert capped["promoted_macs_fraction"] == round(macs["conv_b"] / sum(macs.values()), 4)
-    assert capped["final_agreement"] == 0.0 and [s["layers"] for s in capped["steps"]] == [0, 1]
-    assert capped["cap_macs"] == int(0.5 * sum(macs.values()))
-    _, off = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", None, x, opts, False, 1)
+    assert capped["final_agreement"] == 0.0 and capped["cap_macs"] == int(0.5 * sum(macs.values()))
+
+
+def test_a_split_too_small_or_missing_is_not_checked(tmp_path):
+    model, qdq, layers, pool, fp32, _, _ = color_model_int8(tmp_path)
+    opts = BuildOptions.parse({**INT8, "max_promoted_macs": 0.5}, "int8_max")
+    _, tiny = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[:12], fp32[:12]), pool[:8],
+                                 opts, False, 1)
+    assert tiny["status"] == "not_checked" and tiny["promoted"] == [] and tiny["split_images"] == 12
+    assert tiny["why"].startswith("the validation split has 12 images, fewer than the 50 a budget needs")
+    _, off = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", None, pool[:8], opts, False, 1)
     # bias correction applies without a split too; conv_b has no bias to correct
     assert off["status"] == "not_checked" and off["promoted"] == [] and off["bias_correction"]["layers"] == 1
+    assert off["why"] == "the calibration source has no validation split"
+
+
+def test_wilson_bounds_and_the_split_size_that_certifies():
+    from effzoo.budget import images_to_certify, wilson_lower
+
+    assert wilson_lower(100, 100) == pytest.approx(100 / (100 + 1.959964 ** 2), abs=1e-6)
+    assert wilson_lower(0, 0) == 0.0 and wilson_lower(50, 100) == pytest.approx(0.4038, abs=1e-4)
+    assert images_to_certify(1.0, 0.99) == 381        # 1.96^2 x 99 = 380.3: 0 disagreements in 381 images
+    assert wilson_lower(380, 380) < 0.99 <= wilson_lower(381, 381)
+    assert images_to_certify(0.99, 0.99) is None and images_to_certify(0.98, 0.99) is None

@@ -121,7 +121,7 @@ def test_damaged_predictions_are_not_scored(tmp_path):
     pred = tmp_path / "predictions.csv"
     pred.write_text("file,label,top1,top2,top3,top4,top5,prob1,prob2,prob3,prob4,prob5\na,1,1,2,3,4,5,.5,.2,.1,.1,.1\n")
     manifest = tmp_path / "predict.json"
-    manifest.write_text(json.dumps({"predictions": file_record(pred)}))
+    manifest.write_text(json.dumps({"predictions": file_record(pred), "cpu_check": {"ok": True}}))
     pred.write_text(pred.read_text().replace("a,1,1,", "a,1,7,"))
     skipped = tmp_path / "skipped.tsv"
     skipped.write_text("")

@@ -19,14 +19,33 @@ def test_score_empty_is_an_error():
         score(np.zeros(0, int), np.zeros((0, 5), int))
 
 
-def test_speed_against_fp32_comes_from_the_perf_files():
-    def perf(ips1, ips16):
-        return {"results": {"1": {"build": {"throughput_ips": ips1}},
-                            "16": {"build": {"throughput_ips": ips16}}}}
-    s = speed_vs(perf(50.0, 240.0), perf(40.0, 200.0))
+def perf(torch1, torch16, ips16=100.0) -> dict:
+    """A perf JSON whose build ran `torch1`/`torch16` times PyTorch eager at batch 1/16 (deploy batch 16)."""
+    return {"deploy_mode": {"mode": "latency", "batch": 16, "threads": 2},
+            "results": {"1": {"build": {"throughput_ips": 10.0, "speedup_vs_torch_eager": torch1}},
+                        "16": {"build": {"throughput_ips": ips16, "speedup_vs_torch_eager": torch16,
+                                         "speedup_vs_torch_eager_range": [torch16 * 0.95, torch16 * 1.05]}}}}
+
+
+def test_speed_against_fp32_is_the_ratio_of_speeds_over_pytorch():
+    # the int8 job ran on a machine 30% slower than the fp32 job (images/s 70 against 100): its ratio over the
+    # PyTorch turns timed beside it (3.6x against 3.0x) says it is 1.2x fp32, whatever the drift
+    s = speed_vs(perf(2.5, 3.6, ips16=70.0), perf(2.0, 3.0, ips16=100.0), ("q.json", "fp32.json"))
     assert s == {"speedup_vs_fp32": 1.2, "speedup_vs_fp32_batch": 16,
                  "speedup_vs_fp32_per_batch": {"1": 1.25, "16": 1.2}, "faster_than_fp32": True}
-    assert speed_vs(perf(30.0, 180.0), perf(40.0, 200.0))["faster_than_fp32"] is False
+    assert speed_vs(perf(1.5, 2.7), perf(2.0, 3.0), ("q.json", "f.json"))["faster_than_fp32"] is False
+
+
+def test_the_deploy_speed_and_a_perf_without_its_baseline():
+    from effzoo.steps.metrics import deploy_speed
+
+    assert deploy_speed(perf(2.0, 3.0), "p.json") == {"mode": "latency", "batch": 16, "threads": 2,
+                                                      "images_per_s": 100.0, "vs_torch_eager": 3.0,
+                                                      "vs_torch_eager_range": [2.85, 3.15]}
+    bare = perf(2.0, 3.0)
+    del bare["results"]["16"]["build"]["speedup_vs_torch_eager"]
+    with pytest.raises(ZooError, match=r"p.json: no speed over PyTorch eager at batch 16"):
+        deploy_speed(bare, "p.json")
 
 
 def test_text_table_recommends_fp32_over_a_slower_build():
@@ -46,7 +65,22 @@ def test_text_table_recommends_fp32_over_a_slower_build():
     assert lines[3].split()[:8] == ["v", "int8", "onnxruntime", "0.8000", "1.0000", "0.800", "0.970", "1.00x"]
     assert lines[-2] == ("not faster than fp32 on its runtime and this CPU (fp32 is recommended over it): "
                          "v fp16 (0.89x), v int8 (1.00x)")
-    assert lines[-1] == "int8 accuracy budget not met within the promotion cap: v int8 (0.970 on 100 split images)"
+    assert lines[-1] == "v int8: split budget not met within the promotion cap (0.970 on 100 split images)"
+
+
+def test_split_budget_notes_say_what_the_split_could_not_certify():
+    from effzoo.budget import split_budget_notes
+
+    m = {"variant": "v", "results": {
+        "a": {"accuracy_budget": {"status": "met"}},
+        "b": {"accuracy_budget": {"status": "not_certified", "final_agreement": 1.0, "split_images": 100,
+                                  "split_min_agreement": 0.99, "agreement_lower_95": 0.963,
+                                  "split_images_needed": 381}},
+        "c": {"accuracy_budget": {"status": "not_checked", "why": "the validation split has 1 images, fewer than"}},
+        "fp32": {}}}
+    assert split_budget_notes([m]) == [
+        "v b: split agreement 1.000 on 100 images does not certify 0.99 (95% lower bound 0.963; 381 split images "
+        "would)", "v c: split budget not checked (the validation split has 1 images, fewer than)"]
 
 
 def test_throughput_axis_has_labelled_ticks_within_one_decade():
@@ -64,24 +98,41 @@ def test_throughput_axis_has_labelled_ticks_within_one_decade():
     assert len(inside) >= 3 and all(lo <= v <= hi for v in inside)
 
 
+def speed(x: float, spread: float = 0.02) -> dict:
+    return {"vs_torch_eager": x, "vs_torch_eager_range": [x - spread, x + spread], "images_per_s": 40.0 * x}
+
+
 def test_fastest_build_keeps_the_accuracy_budget_and_slow_builds_are_listed():
     from effzoo.budget import fastest_build, slower_than_fp32
 
     budget = {"min_agreement": 0.98, "max_top1_loss": 0.005}
-    res = {"fp32": {"best_throughput_ips": 100.0, "top1": 0.880},
-           "int8_a": {"best_throughput_ips": 300.0, "top1": 0.880, "top1_agreement_with_fp32": 0.97,
+    res = {"fp32": {"speed": speed(2.5), "top1": 0.880},
+           "int8_a": {"speed": speed(7.5), "top1": 0.880, "top1_agreement_with_fp32": 0.97,
                       "speedup_vs_fp32": 2.9},                                   # agreement below 98%
-           "int8_b": {"best_throughput_ips": 250.0, "top1": 0.874, "top1_agreement_with_fp32": 0.99,
+           "int8_b": {"speed": speed(6.0), "top1": 0.874, "top1_agreement_with_fp32": 0.99,
                       "speedup_vs_fp32": 2.5},                                   # loses 0.6 pt
-           "ov_fp32": {"best_throughput_ips": 99.0, "top1": 0.880, "top1_agreement_with_fp32": 1.0, "kind": "fp32",
+           "ov_fp32": {"speed": speed(2.4), "top1": 0.880, "top1_agreement_with_fp32": 1.0, "kind": "fp32",
                        "speedup_vs_fp32": 0.99},                                  # OpenVINO's own reference
-           "ov_int8": {"best_throughput_ips": 150.0, "top1": 0.878, "top1_agreement_with_fp32": 0.985,
+           "ov_int8": {"speed": speed(3.6), "top1": 0.878, "top1_agreement_with_fp32": 0.985,
                        "speedup_vs_fp32": 1.4, "runtime_fp32": "ov_fp32", "speedup_vs_runtime_fp32": 0.95},
-           "fp16": {"best_throughput_ips": 60.0, "top1": 0.880, "top1_agreement_with_fp32": 1.0,
+           "fp16": {"speed": speed(1.5), "top1": 0.880, "top1_agreement_with_fp32": 1.0,
                     "speedup_vs_fp32": 0.6}}
-    assert fastest_build(res, budget) == ("ov_int8", 150.0)
-    assert fastest_build({"fp32": {"best_throughput_ips": None, "top1": 0.9}}, budget) is None
+    assert fastest_build(res, budget) == ("ov_int8", [])
+    assert fastest_build({"fp32": {"top1": 0.9}}, budget) is None   # nothing benchmarked
     assert slower_than_fp32([{"variant": "v", "results": res}]) == ["v ov_int8 (0.95x)", "v fp16 (0.60x)"]
+
+
+def test_builds_within_each_others_noise_are_ties_broken_by_accuracy():
+    from effzoo.budget import pick_fastest
+
+    res = {"fp32": {"speed": speed(2.5), "top1": 0.880},
+           "int8_a": {"speed": speed(5.05, 0.2), "top1": 0.878, "top1_agreement_with_fp32": 0.985},
+           "int8_b": {"speed": speed(4.90, 0.2), "top1": 0.880, "top1_agreement_with_fp32": 0.995},
+           "int8_c": {"speed": speed(4.40, 0.2), "top1": 0.880, "top1_agreement_with_fp32": 1.0}}
+    # a and b overlap (4.85-5.25 and 4.70-5.10): a tie that the more accurate b wins; c (4.20-4.60) is slower
+    assert pick_fastest(res, list(res)) == ("int8_b", ["int8_a"])
+    res["int8_a"]["speed"] = speed(5.6, 0.2)   # now clear of b's range: the faster a wins outright
+    assert pick_fastest(res, list(res)) == ("int8_a", [])
 
 
 def test_a_missing_skipped_list_is_an_error_not_nothing_skipped(tmp_path):
@@ -95,11 +146,12 @@ def test_a_missing_skipped_list_is_an_error_not_nothing_skipped(tmp_path):
 
 def report_metrics(variant: str, random: bool = False) -> dict:
     """A metrics document with an fp32, an ONNX Runtime int8 and an OpenVINO fp32 + int8 build."""
-    def build(kind, runtime, top1, agree, ips, torch_x, **speed):
+    def build(kind, runtime, top1, agree, ips, torch_x, **ratios):
         return {"kind": kind, "runtime": runtime, "top1": top1, "top5": 0.95, "images": 500,
-                "cpu": {"target": "vnni"}, "top1_agreement_with_fp32": agree, "best_throughput_ips": ips,
-                "best_throughput_at": {"batch": 16, "mode": "build"}, "speedup_vs_torch_eager": {"16": torch_x},
-                "model_size_mb": 5.0, **speed}
+                "cpu": {"target": "vnni"}, "top1_agreement_with_fp32": agree, "best_throughput_ips": ips * 1.1,
+                "speed": {"mode": "latency", "batch": 16, "threads": 2, "images_per_s": ips,
+                          "vs_torch_eager": torch_x, "vs_torch_eager_range": [torch_x * 0.98, torch_x * 1.02]},
+                "model_size_mb": 5.0, **ratios}
     results = {"fp32": build("fp32", "onnxruntime", 0.880, None, 100.0, 1.5),
                "int8_max": build("int8", "onnxruntime", 0.878, 0.99, 180.0, 2.7, speedup_vs_fp32=1.8),
                "ov_fp32": build("fp32", "openvino", 0.880, 1.0, 120.0, 1.8, speedup_vs_fp32=1.2),

@@ -4,12 +4,16 @@ Like the vendor's benchmark tool (-b batch, -i iterations, instances): for every
 rounds of `iterations` calls after `warmup` calls, the build on its own runtime (ONNX Runtime or OpenVINO,
 effzoo/runtime.py) and PyTorch eager interleaved (rotating order, so machine noise hits both alike).
 Reported per batch size and engine: throughput (images/s; median over rounds, with min/max as the spread) and
-latency (mean, p50, p90, p99 ms over all calls). `build` is the latency mode predict runs; `build_throughput`
-(OpenVINO builds, and any build with instances > 1) is the throughput mode: `instances` streams or sessions
-with several requests in flight, aggregate images/s. The load average before and after, the CPU steal time
-during the run, the CPU's flags and the check of the CPU against what the build requires are recorded; a
-warning is added when the machine was busy. The PyTorch baseline uses timm's random init: speed does not
-depend on the weights. The model is checked against the sha256 its build.json recorded before it is timed.
+latency (mean, p50, p90, p99 ms over all calls); for the build, its speed over PyTorch eager as the median of the
+per-round ratios (each round times both back to back, so the machine's drift between rounds and between jobs
+cancels), with their min/max. `deploy_mode` names the mode the deployed model runs in (latency mode, the largest
+batch size, these threads): deploy ranks builds on their speed over PyTorch there. `build` is the latency mode
+predict runs; `build_throughput` (OpenVINO builds, and any build with instances > 1) is the throughput mode:
+`instances` streams or sessions with several requests in flight, aggregate images/s. The load average before
+and after, the CPU steal time during the run, the CPU's flags and the check of the CPU against what the build
+requires are recorded; a warning is added when the machine was busy. The PyTorch baseline uses timm's random
+init: speed does not depend on the weights. The model is checked against the sha256 its build.json recorded
+before it is timed.
 
 CLI: python -m benchmark --model vacc/V-Q/model.onnx|model.xml --build-json vacc/V-Q/build.json --out perf/V-Q.json \
         --batch-sizes 1 16 --iterations 5 --warmup 2 --rounds 3 --threads 2 --instances 1 --layout-tuning off
@@ -80,10 +84,12 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
         x = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
         per = speed.measure(runners, x, {n: bs * k for n, k in per_call.items()}, iterations, warmup, rounds,
                             progress)
-        if baseline:
+        if baseline:   # each round's ratio to the PyTorch turn beside it: machine drift between rounds cancels
             for n in runners:
                 if n != "torch_eager":
-                    per[n]["speedup_vs_torch_eager"] = per[n]["throughput_ips"] / per["torch_eager"]["throughput_ips"]
+                    ratio = speed.paired_ratio(per[n], per["torch_eager"])
+                    per[n]["speedup_vs_torch_eager"] = ratio["median"]
+                    per[n]["speedup_vs_torch_eager_range"] = [ratio["min"], ratio["max"]]
         results[str(bs)] = per
     load_after = os.getloadavg()
     steal = speed.steal_percent(ticks_before, speed.cpu_ticks())
@@ -105,6 +111,7 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
             "batch1_latency_ms": results.get("1", {}).get("build", {}).get("latency_p50_ms"),
             "best_throughput_ips": results[best_bs][best_mode]["throughput_ips"],
             "best_throughput_at": {"batch": int(best_bs), "mode": best_mode},
+            "deploy_mode": {"mode": "latency", "batch": max(batch_sizes), "threads": threads},
             "loadavg_before": load_before, "provenance": fingerprint.provenance("benchmark"),
             "loadavg_after": load_after, "cpu_steal_pct": steal, "warnings": warnings,
             "method": "median over rounds of interleaved engines (rotating order, 0.1 s pause between turns); "

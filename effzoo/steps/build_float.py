@@ -20,6 +20,7 @@ import onnx
 from effzoo.build_manifest import build_parser, checked_source, cpu_record, write_build
 from effzoo.build_options import BuildOptions
 from effzoo.common import ZooError, atomic_path, read_json
+from effzoo.cpu_target import ANY
 from effzoo.graph_edits import edge_nodes, fold_preprocessing
 from effzoo.openvino_ir import save_ir
 
@@ -71,7 +72,7 @@ def main(argv=None):
         raise ZooError(f"quant mode {a.quant!r}: kind {kind!r} is not a float build (fp32, fp16); int8 builds "
                        f"run `python -m build_int8`")
     export_info = checked_source(a.onnx, a.export_info)
-    spec = read_json(a.spec_json)
+    spec = read_json(a.spec_json, "spec")
     outdir = Path(a.outdir)
     if kind == "fp16":
         details = build_fp16(a.onnx, spec, outdir / "model.onnx")
@@ -82,4 +83,4 @@ def main(argv=None):
             details = build_fp32(a.onnx, spec, Path(td) / "model.onnx", options.graph_optimization)
             save_ir(str(Path(td) / "model.onnx"), outdir)
     write_build("build_float", a, kind, options, details, export_info, spec, t0,
-                cpu_record(options, "avx2", "float build: no CPU-specific numerics"))
+                cpu_record(options, ANY, "float build: no CPU-specific numerics"))

@@ -33,7 +33,7 @@ import onnx
 from effzoo.build_manifest import build_parser, checked_source, cpu_record, write_build
 from effzoo.build_options import BuildOptions
 from effzoo.common import ZooError, atomic_path, read_json, verify_file, write_json
-from effzoo.cpu_target import covers, cpu_kind
+from effzoo.cpu_target import ANY, covers, cpu_kind
 from effzoo.graph_edits import edge_nodes
 from effzoo.int8_search import search, weight_layers
 from effzoo.openvino_ir import save_ir
@@ -118,7 +118,7 @@ def cpu_requirement(policy: str) -> tuple[str, str]:
     if policy == "none":
         return "vnni", ("plain 8-bit u8s8 GEMM layers, which saturate their int16 sums on a CPU without VNNI "
                         "(measured: 89-90% top-1 agreement with fp32 instead of 98-99%)")
-    return "avx2", "no u8s8 GEMM layer can saturate (7-bit or exact uint8 weights): exact on any CPU"
+    return ANY, "no u8s8 GEMM layer can saturate (7-bit or exact uint8 weights): exact on any CPU"
 
 
 def _quantize_model(prepped, ranges: dict, out_model: Path, options: BuildOptions, exclude: list[str],
@@ -238,8 +238,8 @@ def main(argv=None):
         raise ZooError(f"quant mode {a.quant!r}: kind {options.kind!r} is not int8; float builds run "
                        f"`python -m build_float`")
     export_info = checked_source(a.onnx, a.export_info)
-    spec = read_json(a.spec_json)
-    calibration = read_json(a.calibration)
+    spec = read_json(a.spec_json, "spec")
+    calibration = read_json(a.calibration, "calibration")
     verify_file(a.prepped, calibration["prepped"]["sha256"], a.calibration)
     verify_file(a.stats, calibration["stats"]["sha256"], a.calibration)
     outdir = Path(a.outdir)

@@ -205,8 +205,8 @@ def main(argv=None):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     t0 = time.monotonic()
-    verify_file(a.onnx, read_json(a.export_info)["onnx"]["sha256"], a.export_info)
-    spec = read_json(a.spec_json)
+    verify_file(a.onnx, read_json(a.export_info, "export")["onnx"]["sha256"], a.export_info)
+    spec = read_json(a.spec_json, "spec")
     folded = fold_preprocessing(onnx.load(a.onnx), spec)
     with atomic_path(a.prepped, ".onnx") as tmp:
         raw = tmp.with_suffix(".raw.onnx")

@@ -2,9 +2,12 @@
 
 Among the variant's builds whose top-1 agreement with the fp32 build is at least `min_agreement` and whose top-1
 loss is at most `max_top1_loss` on the evaluated set (fp32 always qualifies), and whose CPU requirement this
-machine meets, it picks the one the benchmark measured fastest, copies its model files and writes model.json:
-runtime, precision, CPU target and requirement, preprocessing spec, class names, measured accuracy and speed,
-the CPU the speed was measured on, and every file's sha256. Run it with `effzoo classify deploy/<variant> IMG`.
+machine meets, it picks the fastest in the mode the deployed model runs in (effzoo.budget.pick_fastest: latency
+mode at the largest benchmark batch, ranked on the speed over PyTorch eager timed beside it in each build's job;
+ties within the measured noise go to the more accurate build). It copies the model files and writes model.json:
+runtime, precision, CPU target and requirement, preprocessing spec, class names, measured accuracy and speed (and
+the mode, batch and threads it was measured with, which effzoo.load runs it with), the CPU the speed was measured
+on, and every file's sha256. Run it with `effzoo classify deploy/<variant> IMG`.
 
 CLI: python -m deploy --variant V --metrics metrics/V.json --classes npz/D/classes.txt --min-agreement 0.98 \
         --max-top1-loss 0.005 --build fp32 vacc/V-fp32/build.json [--build ...] --out deploy/V
@@ -18,38 +21,56 @@ import tempfile
 from pathlib import Path
 
 from effzoo import fingerprint
-from effzoo.budget import within_budget
-from effzoo.common import LOG, ZooError, file_record, read_json, remove_leftovers, verify_files, write_json
+from effzoo.budget import pick_fastest, within_budget
+from effzoo.common import (
+    LOG,
+    REBUILD,
+    ZooError,
+    file_record,
+    read_json,
+    read_lines,
+    remove_leftovers,
+    verify_files,
+    write_json,
+)
 from effzoo.cpu_target import covers, cpu_kind
 
 
-def choose(metrics: dict, builds: dict, budget: dict, running: str) -> tuple[str, list[str]]:
-    """(the chosen quant mode, why each other mode was passed over)."""
+def choose(metrics: dict, builds: dict, budget: dict, running: str) -> tuple[str, list[str], list[str]]:
+    """(the chosen quant mode, why each other mode was passed over, the modes tied with it on speed)."""
     results, passed = metrics["results"], []
-    ok = {}
+    if "fp32" not in results:
+        raise ZooError(f"{metrics['variant']}: no fp32 build in the metrics: it is the reference of the budget; "
+                       f"add fp32 to run_quant")
+    ok = []
     for q, r in results.items():
         if not within_budget(q, results, budget):
             passed.append(f"{q}: outside the accuracy budget (agreement {r.get('top1_agreement_with_fp32')}, "
                           f"top-1 {r['top1']:.4f} vs fp32 {results['fp32']['top1']:.4f})")
         elif not covers(running, builds[q]["cpu"]["requires"]):
             passed.append(f"{q}: requires a {builds[q]['cpu']['requires']} CPU; this one is {running}")
-        elif r.get("best_throughput_ips") is None:
+        elif not r.get("speed"):
             passed.append(f"{q}: not benchmarked")
         else:
-            ok[q] = r["best_throughput_ips"]
+            ok.append(q)
     if not ok:
         raise ZooError(f"{metrics['variant']}: no build is within the accuracy budget {budget}, runs on this "
                        f"{running} CPU and was benchmarked: " + "; ".join(passed))
-    best = max(ok, key=ok.get)
-    passed += [f"{q}: {ips:.1f} images/s, slower than {best}" for q, ips in ok.items() if q != best]
-    return best, passed
+    best, ties = pick_fastest(results, ok)
+    for q in ok:
+        if q == best:
+            continue
+        s = results[q]["speed"]
+        why = ("tied on speed within the measured noise, less accurate" if q in ties else f"slower than {best}")
+        passed.append(f"{q}: {s['vs_torch_eager']:.2f}x PyTorch eager ({s['images_per_s']:.1f} images/s), {why}")
+    return best, passed, ties
 
 
 def deploy(variant: str, metrics: dict, builds: dict, build_jsons: dict, classes: list[str], budget: dict,
            out: Path) -> dict:
     """Write deploy/<variant>/ atomically (a temporary folder renamed into place); returns model.json."""
     running = cpu_kind()
-    best, passed = choose(metrics, builds, budget, running)
+    best, passed, ties = choose(metrics, builds, budget, running)
     build, r = builds[best], metrics["results"][best]
     src = Path(build_jsons[best]).parent
     verify_files(build["files"], src, build_jsons[best])
@@ -67,8 +88,8 @@ def deploy(variant: str, metrics: dict, builds: dict, build_jsons: dict, classes
             "accuracy": {"dataset": metrics["dataset"]["name"], "images": r["images"], "top1": r["top1"],
                          "top5": r["top5"], "top1_agreement_with_fp32": r.get("top1_agreement_with_fp32", 1.0),
                          "fp32_top1": metrics["results"]["fp32"]["top1"]},
-            "speed": {"best_throughput_ips": r["best_throughput_ips"], "at": r.get("best_throughput_at"),
-                      "batch1_latency_ms": r.get("batch1_latency_ms"), "measured_on": r.get("benchmark_cpu")},
+            "speed": {**r["speed"], "batch1_latency_ms": r.get("batch1_latency_ms"),
+                      "measured_on": r.get("benchmark_cpu"), "tied_with": ties},
             "chosen_on": running, "budget": budget, "passed_over": passed,
             "provenance": fingerprint.provenance("deploy"),
         }
@@ -80,8 +101,9 @@ def deploy(variant: str, metrics: dict, builds: dict, build_jsons: dict, classes
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    LOG.info("deploy/%s: %s on %s (%.1f images/s, top-1 %.4f, agreement %.3f)", variant, best, doc["runtime"],
-             r["best_throughput_ips"], r["top1"], doc["accuracy"]["top1_agreement_with_fp32"])
+    LOG.info("deploy/%s: %s on %s (%.2fx PyTorch eager, %.1f images/s, top-1 %.4f, agreement %.3f)", variant, best,
+             doc["runtime"], r["speed"]["vs_torch_eager"], r["speed"]["images_per_s"], r["top1"],
+             doc["accuracy"]["top1_agreement_with_fp32"])
     return doc
 
 
@@ -96,6 +118,9 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     build_jsons = dict(a.build)
-    classes = Path(a.classes).read_text(encoding="utf-8").splitlines()
-    deploy(a.variant, read_json(a.metrics), {q: read_json(p) for q, p in build_jsons.items()}, build_jsons, classes,
+    classes = read_lines(a.classes, "class names, one a line")
+    if not classes or any(not c.strip() for c in classes):
+        raise ZooError(f"{a.classes}: {len(classes)} lines, some empty: expected one class name a line; {REBUILD}")
+    deploy(a.variant, read_json(a.metrics, "metrics"), {q: read_json(p, "build") for q, p in build_jsons.items()},
+           build_jsons, classes,
            {"min_agreement": a.min_agreement, "max_top1_loss": a.max_top1_loss}, Path(a.out))

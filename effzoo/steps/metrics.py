@@ -1,9 +1,11 @@
 """Score predictions against labels and write metrics/<variant>.json.
 
 Per quant mode: top-1, top-5, images scored, images skipped at preprocessing, and (for modes other than
-the reference) top-1 agreement with the reference mode's predictions, and the speed against the reference and
-against the fp32 build of the same runtime from the benchmark step's perf JSONs (throughput at each batch size
-over theirs; the headline is the largest batch size). Plus the model facts: params (M), GMACs/GFLOPs with their
+the reference) top-1 agreement with the reference mode's predictions. From the benchmark step's perf JSONs: the
+build's speed in the deploy mode (latency mode, the largest batch: images/s and the paired ratio over PyTorch eager
+timed in the same job), and its speed against the reference and against the fp32 build of the same runtime as the
+ratio of their speeds over PyTorch, so that drift between benchmark jobs cancels (per batch size; the headline is
+the deploy batch). Plus the model facts: params (M), GMACs/GFLOPs with their
 convention, input size, the preprocessing spec and the weights source. Predictions are checked against the
 sha256 in their predict.json before they are scored. Metrics from random weights carry
 ``"random_weights": true`` and a warning.
@@ -22,7 +24,7 @@ import numpy as np
 
 from effzoo import fingerprint
 from effzoo.budget import split_search_record
-from effzoo.common import ZooError, read_json, verify_file, write_json
+from effzoo.common import ZooError, read_json, read_lines, verify_file, write_json
 
 
 def read_predictions(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -50,23 +52,46 @@ def score(labels: np.ndarray, top: np.ndarray) -> dict:
 
 def read_skipped(path: str) -> list[str]:
     """Files skipped at preprocessing (skipped.tsv beside the datalist; one line each, with the reason)."""
+    return [ln for ln in read_lines(path, "the datalist step writes it beside datalist.tsv") if ln]
+
+
+def torch_ratio(perf: dict, perf_path: str, bs: str) -> float:
+    """The build's paired speed over PyTorch eager at a batch size (a clear error for a perf JSON without it)."""
     try:
-        return [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln]
-    except FileNotFoundError:
-        raise ZooError(f"{path}: file not found (the datalist step writes it beside datalist.tsv)") from None
+        return perf["results"][bs]["build"]["speedup_vs_torch_eager"]
+    except KeyError:
+        raise ZooError(f"{perf_path}: no speed over PyTorch eager at batch {bs} (a benchmark run without its "
+                       f"baseline, or damaged): rerun the benchmark step for it") from None
 
 
-def speed_vs(perf: dict, ref: dict, key: str = "fp32") -> dict:
-    """Throughput (latency mode) over the reference build's, per batch size, from two perf JSONs; headline: the
-    largest batch. Keys are named speedup_vs_<key>."""
-    per_batch = {bs: r["build"]["throughput_ips"] / ref["results"][bs]["build"]["throughput_ips"]
-                 for bs, r in perf["results"].items() if bs in ref["results"]}
-    if not per_batch:
+def deploy_speed(perf: dict, perf_path: str) -> dict:
+    """A build's speed in the mode the deployed model runs in (the perf JSON's deploy_mode: latency mode, the
+    largest batch size): images/s and its paired speed over PyTorch eager timed in the same job, with its spread."""
+    mode = perf["deploy_mode"]
+    r = perf["results"][str(mode["batch"])]["build"]
+    lo, hi = r.get("speedup_vs_torch_eager_range", [None, None])
+    return {**mode, "images_per_s": round(r["throughput_ips"], 2),
+            "vs_torch_eager": round(torch_ratio(perf, perf_path, str(mode["batch"])), 4),
+            "vs_torch_eager_range": [round(lo, 4), round(hi, 4)] if lo is not None else None}
+
+
+def speed_vs(perf: dict, ref: dict, paths: tuple[str, str], key: str = "fp32") -> dict:
+    """Speed over a reference build per batch size, as the ratio of the two builds' speeds over PyTorch eager (each
+    timed beside PyTorch in its own job, so the machine's drift between the two jobs cancels); the headline is the
+    deploy mode's batch. Keys are named speedup_vs_<key>."""
+    per_batch = {bs: torch_ratio(perf, paths[0], bs) / torch_ratio(ref, paths[1], bs)
+                 for bs in perf["results"] if bs in ref["results"]}
+    top = str(perf["deploy_mode"]["batch"])
+    if top not in per_batch:
         return {}
-    top = max(per_batch, key=int)
     return {f"speedup_vs_{key}": round(per_batch[top], 3), f"speedup_vs_{key}_batch": int(top),
             f"speedup_vs_{key}_per_batch": {bs: round(v, 3) for bs, v in per_batch.items()},
             f"faster_than_{key}": per_batch[top] > 1.0}
+
+
+def same_dataset(datalist_a: str, datalist_b: str) -> bool:
+    """Whether two datalists (npz/<dataset>/<geometry>/datalist.tsv) are of the same dataset."""
+    return Path(datalist_a).resolve().parent.parent == Path(datalist_b).resolve().parent.parent
 
 
 def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, datalist: str, skipped_tsv: str,
@@ -75,11 +100,11 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
     Returns the metrics document."""
     results, tops = {}, {}
     skipped = read_skipped(skipped_tsv)
-    predicted = {name: read_json(j) for name, (_, j, _) in modes.items()}
+    predicted = {name: read_json(j, "predict") for name, (_, j, _) in modes.items()}
     for name, (pred_csv, predict_json, _) in modes.items():
         verify_file(pred_csv, predicted[name]["predictions"]["sha256"], predict_json)
-    perf_docs = {name: read_json(path) for name, path in (perf or {}).items()}
-    builds = {name: read_json(b) for name, (_, _, b) in modes.items()}
+    perf_docs = {name: read_json(path, "perf") for name, path in (perf or {}).items()}
+    builds = {name: read_json(b, "build") for name, (_, _, b) in modes.items()}
     # the fp32 build of each runtime: int8 on OpenVINO is compared with fp32 on OpenVINO too
     runtime_fp32 = {}
     for name, b in builds.items():
@@ -100,14 +125,17 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
                                   "peak_rss_mb": cal["peak_rss_mb"], "build_peak_rss_mb": build["build_peak_rss_mb"],
                                   "method": build["details"]["method"],
                                   "reduce_range": build["details"]["reduce_range"]}
+            res["calibration"]["on_evaluated_images"] = ("source_datalist" in cal
+                                                         and same_dataset(cal["source_datalist"], datalist))
             res["accuracy_budget"] = split_search_record(build["details"]["accuracy_budget"])
         if name in perf_docs:
             p = perf_docs[name]
+            res["speed"] = deploy_speed(p, perf[name])
             if name != reference and reference in perf_docs:
-                res.update(speed_vs(p, perf_docs[reference]))
+                res.update(speed_vs(p, perf_docs[reference], (perf[name], perf[reference])))
             same = runtime_fp32.get(res["runtime"])
             if same not in (None, name) and same in perf_docs:
-                res.update(speed_vs(p, perf_docs[same], "runtime_fp32"), runtime_fp32=same)
+                res.update(speed_vs(p, perf_docs[same], (perf[name], perf[same]), "runtime_fp32"), runtime_fp32=same)
             res["batch1_latency_ms"] = p["batch1_latency_ms"]
             res["best_throughput_ips"] = p["best_throughput_ips"]
             res["speedup_vs_torch_eager"] = {bs: r["build"].get("speedup_vs_torch_eager")
@@ -139,6 +167,8 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
         "gflops_with_elementwise": export_info["gflops_with_elementwise"],
         "flops_convention": export_info["flops_convention"], "export_check": export_info["check"],
         "results": results, "provenance": fingerprint.provenance("metrics"),
+        "calibration_on_evaluated_images": any(r.get("calibration", {}).get("on_evaluated_images")
+                                               for r in results.values()),
     }
     if w["random"]:
         doc["warning"] = "RANDOM WEIGHTS (explicitly configured): accuracy figures are meaningless"
@@ -159,6 +189,6 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     modes = {n: (p, j, b) for n, p, j, b in a.mode}
-    doc = build_metrics(a.variant, read_json(a.export_info), read_json(a.spec_json), modes, a.datalist, a.skipped,
-                        a.dataset, perf=dict(a.perf))
+    doc = build_metrics(a.variant, read_json(a.export_info, "export"), read_json(a.spec_json, "spec"), modes,
+                        a.datalist, a.skipped, a.dataset, perf=dict(a.perf))
     write_json(a.out, doc)

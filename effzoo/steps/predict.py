@@ -41,6 +41,7 @@ def predict(model_path: str, shards: list[str], out_csv: str, out_logits: str, b
         t0 = time.perf_counter()
         logits, probs = run(images)
         t_run += time.perf_counter() - t0
+        topk = min(topk, probs.shape[1])   # a model with fewer classes has fewer top-k columns
         top = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
         for j in range(len(top)):
             rows.append([files[j], int(labels[j])] + top[j].tolist() + [f"{probs[j, c]:.6g}" for c in top[j]])
