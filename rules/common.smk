@@ -49,8 +49,9 @@ def step(script):
 
 
 def unknown_quant_re():
-    """Regex of quant mode names that are not configured (the rule that names the valid ones takes them)."""
-    return "(?!(?:" + "|".join(map(re.escape, QUANT_MODES)) + ")$)[A-Za-z0-9_]+"
+    """Regex of quant mode names that are not configured (the rule that names the valid ones takes them); in a
+    vacc/ path the quant mode is always followed by '/'."""
+    return "(?!(?:" + "|".join(map(re.escape, QUANT_MODES)) + ")/)[A-Za-z0-9_]+"
 
 
 def quant_re(runtime, kinds):

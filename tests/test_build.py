@@ -184,3 +184,31 @@ def test_ranking_images_are_spread_over_the_calibration_files():
     files = [f"{i}.JPEG" for i in range(10)]
     assert build_int8.spread(files, 4) == ["0.JPEG", "2.JPEG", "5.JPEG", "7.JPEG"]
     assert build_int8.spread(files, 20) == files
+
+
+def test_an_export_that_differs_from_pytorch_is_removed_and_named(tmp_path, monkeypatch):
+    """The exported graph is checked against PyTorch on photos: an export of other weights (a stand-in for an
+    exporter bug) fails the tolerance, and nothing that looks like an export is left."""
+    import copy
+
+    import torch
+
+    from effzoo.steps import export_onnx
+
+    real_export = export_onnx.export
+
+    def export_other_weights(model, size, out_path):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        real_export(other, size, out_path)
+    monkeypatch.setattr(export_onnx, "export", export_other_weights)
+    spec = {**preprocess.spec_for("tf_efficientnet_lite0.in1k"), "input_size": [3, 64, 64], "resize_size": 73}
+    out = tmp_path / "x.onnx"
+    argv = ["--tag", "tf_efficientnet_lite0.in1k", "--weights", "random", "--spec", json.dumps(spec), "--spec-out",
+            str(tmp_path / "x.preprocess.json"), "--out", str(out), "--info", str(tmp_path / "x.json")]
+    with pytest.raises(ZooError, match=rf"{out}: ONNX logits differ from PyTorch by .* > tolerance 0.001\); "
+                                       r"export removed"):
+        export_onnx.main(argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

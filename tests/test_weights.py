@@ -19,6 +19,18 @@ def test_lite0_package_loads_every_tensor():
     theirs = [v for k, v in sd.items() if not k.endswith("num_batches_tracked")]
     assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
     assert info["random"] is False and info["sha256"] == sha256_file(info["file"])
+    # the order above is the loader's own, so a swap of two same-shaped tensors would pass it: the loaded model
+    # must also recognise photos, which no swap keeps (timm's own eval transform, fp32)
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from effzoo.demo import photo_path
+
+    transform = create_transform(**resolve_data_config({}, model=model))
+    batch = torch.stack([transform(Image.open(photo_path(n)).convert("RGB")) for n in ("coffee", "chelsea")])
+    with torch.inference_mode():
+        top1 = model.eval()(batch).argmax(1).tolist()
+    assert top1[0] == 967 and 281 <= top1[1] <= 285   # espresso; a domestic cat (timm says tiger cat, 282)
 
 
 def test_random_is_marked_and_deterministic():
