@@ -67,9 +67,11 @@ def main() -> None:
         if rep:
             snakemake(work, "--forcerun", "benchmark")
         m = json.loads((work / f"metrics/{VARIANT}.json").read_text())
-        chosen = json.loads((work / f"deploy/{VARIANT}/model.json").read_text())["quant"]
+        deployed = json.loads((work / f"deploy/{VARIANT}/model.json").read_text())
+        chosen = deployed["quant"]
         runs.append((m["results"], chosen, old_choice(m["results"])))
-        print(f"\nrepeat {rep + 1}: deploy chose {chosen}; raw best throughput would choose {runs[-1][2]}")
+        print(f"\nrepeat {rep + 1}: deploy chose {chosen} (tied with {deployed['speed']['tied_with']}); raw best "
+              f"throughput would choose {runs[-1][2]}")
         print(f"  {'build':24s} {'images/s':>9s} {'x PyTorch':>9s} {'best any mode':>13s}")
         for q, r in m["results"].items():
             print(f"  {q:24s} {r['speed']['images_per_s']:9.1f} {r['speed']['vs_torch_eager']:9.2f} "

@@ -78,23 +78,28 @@ def speed_range(r: dict) -> tuple[float, float]:
     return lo, hi
 
 
-def pick_fastest(results: dict, modes: list[str]) -> tuple[str, list[str]]:
+def pick_fastest(results: dict, modes: list[str], tolerance: float = 0.0) -> tuple[str, list[str]]:
     """(the fastest of these benchmarked modes, the modes tied with it). Speed is the deploy mode's speed over
-    PyTorch eager, timed beside PyTorch in each build's own job, so it compares across jobs. Builds whose
-    round-to-round ranges overlap the fastest's are within the measured noise of it: ties, broken by agreement with
-    fp32, then top-1, then speed."""
+    PyTorch eager, timed beside PyTorch in each build's own job. Builds within the measured noise of the fastest are
+    ties: their round-to-round ranges overlap its range, or their speed is within `tolerance` of it (the noise
+    between benchmark jobs, which the rounds of one job do not see). A tie goes to the higher agreement with fp32,
+    then the higher top-1, then the earlier mode in `modes` (run_quant order): never to noise."""
     speed = {q: results[q]["speed"]["vs_torch_eager"] for q in modes}
-    best_lo, best_hi = speed_range(results[max(modes, key=speed.get)])
-    tied = [q for q in modes if speed_range(results[q])[1] >= best_lo and speed_range(results[q])[0] <= best_hi]
-    winner = max(tied, key=lambda q: (results[q].get("top1_agreement_with_fp32", 1.0), results[q]["top1"], speed[q]))
-    return winner, sorted(set(tied) - {winner})
+    fastest = max(modes, key=speed.get)
+    best_lo, best_hi = speed_range(results[fastest])
+    tied = [q for q in modes if speed[q] * (1 + tolerance) >= speed[fastest]
+            or (speed_range(results[q])[1] >= best_lo and speed_range(results[q])[0] <= best_hi)]
+    winner = max(tied, key=lambda q: (results[q].get("top1_agreement_with_fp32", 1.0), results[q]["top1"],
+                                      -modes.index(q)))
+    return winner, [q for q in tied if q != winner]
 
 
-def fastest_build(results: dict, budget: dict) -> tuple[str, list[str]] | None:
-    """(the fastest build within the accuracy budget, the builds tied with it: pick_fastest); None when no build
-    within it was benchmarked."""
-    modes = [q for q, r in results.items() if r.get("speed") and within_budget(q, results, budget)]
-    return pick_fastest(results, modes) if modes else None
+def fastest_build(results: dict, budget: dict, order: list[str] | None = None) -> tuple[str, list[str]] | None:
+    """(the fastest build within the accuracy budget, the builds tied with it: pick_fastest, ties broken in `order`,
+    run_quant's); None when no build within it was benchmarked."""
+    modes = [q for q in (order or list(results)) if q in results and results[q].get("speed")
+             and within_budget(q, results, budget)]
+    return pick_fastest(results, modes, budget.get("speed_tolerance", 0.0)) if modes else None
 
 
 def slower_than_fp32(metrics: list[dict]) -> list[str]:

@@ -13,6 +13,7 @@ rule deploy:
         builds=lambda w, input: " ".join(f"--build {q} {b}" for q, b in zip(config["run_quant"], input.builds)),
         min_agreement=config["deploy"]["min_agreement"],
         max_top1_loss=config["deploy"]["max_top1_loss"],
+        speed_tolerance=config["deploy"]["speed_tolerance"],
         step=step("deploy"),
     log:
         "logs/deploy/{variant}.log",
@@ -20,5 +21,6 @@ rule deploy:
         CONDA_ENV
     shell:
         "python -m deploy --variant {wildcards.variant} --metrics {input.metrics:q} --classes {input.classes:q}"
-        " --min-agreement {params.min_agreement} --max-top1-loss {params.max_top1_loss} {params.builds}"
+        " --min-agreement {params.min_agreement} --max-top1-loss {params.max_top1_loss}"
+        " --speed-tolerance {params.speed_tolerance} {params.builds}"
         " --out {output:q} 2> {log:q}"

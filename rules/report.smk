@@ -12,6 +12,7 @@ rule summary:
     params:
         min_agreement=config["deploy"]["min_agreement"],
         max_top1_loss=config["deploy"]["max_top1_loss"],
+        speed_tolerance=config["deploy"]["speed_tolerance"],
         step=step("summary"),
     log:
         "logs/summary.log",
@@ -20,4 +21,5 @@ rule summary:
     shell:
         "python -m summary --metrics {input:q} --md {output.md:q} --html {output.html:q} --csv {output.csv:q}"
         " --plot {output.plot:q}"
-        " --min-agreement {params.min_agreement} --max-top1-loss {params.max_top1_loss} 2> {log:q}"
+        " --min-agreement {params.min_agreement} --max-top1-loss {params.max_top1_loss}"
+        " --speed-tolerance {params.speed_tolerance} 2> {log:q}"

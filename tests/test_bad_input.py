@@ -35,11 +35,12 @@ def args(step: str, root) -> list[str]:
                     "demo", "--mode", "fp32", f"{root}/out/predictions.csv", f"{root}/out/predict.json",
                     f"{root}/vacc/build.json", "--perf", "fp32", f"{root}/perf.json", "--out", f"{root}/metrics.json"],
         "deploy": ["--variant", "tiny", "--metrics", f"{root}/metrics.json", "--classes", f"{root}/classes.txt",
-                   "--min-agreement", "0.98", "--max-top1-loss", "0.005", "--build", "fp32", f"{root}/vacc/build.json",
+                   "--min-agreement", "0.98", "--max-top1-loss", "0.005", "--speed-tolerance", "0.15", "--build",
+                   "fp32", f"{root}/vacc/build.json",
                    "--out", f"{root}/deploy/tiny"],
         "summary": ["--metrics", f"{root}/metrics.json", "--md", f"{root}/r/s.md", "--html", f"{root}/r/s.html",
                     "--csv", f"{root}/r/s.csv", "--plot", f"{root}/r/p.png", "--min-agreement", "0.98",
-                    "--max-top1-loss", "0.005"],
+                    "--max-top1-loss", "0.005", "--speed-tolerance", "0.15"],
     }[step]
 
 

@@ -133,6 +133,15 @@ def test_builds_within_each_others_noise_are_ties_broken_by_accuracy():
     assert pick_fastest(res, list(res)) == ("int8_b", ["int8_a"])
     res["int8_a"]["speed"] = speed(5.6, 0.2)   # now clear of b's range: the faster a wins outright
     assert pick_fastest(res, list(res)) == ("int8_a", [])
+    # within a 15% tolerance (the noise between benchmark jobs) b (4.90 x 1.15 >= 5.6) ties again and wins on
+    # accuracy; c (4.40) ties only within 30%, and then the most accurate, c, wins
+    assert pick_fastest(res, list(res), 0.15) == ("int8_b", ["int8_a"])
+    assert pick_fastest(res, list(res), 0.30) == ("int8_c", ["int8_a", "int8_b"])
+    # equal accuracy: the earlier mode in run_quant order, whatever the noise made faster
+    for q in ("int8_a", "int8_b", "int8_c"):
+        res[q]["top1_agreement_with_fp32"], res[q]["top1"] = 1.0, 0.88
+    assert pick_fastest(res, ["int8_c", "int8_b", "int8_a"], 0.30)[0] == "int8_c"
+    assert pick_fastest(res, ["int8_b", "int8_c", "int8_a"], 0.30)[0] == "int8_b"
 
 
 def test_a_missing_skipped_list_is_an_error_not_nothing_skipped(tmp_path):
@@ -176,7 +185,7 @@ def test_report_has_the_vendor_model_table_then_one_row_per_build(tmp_path):
     out = {k: tmp_path / f"summary.{k}" for k in ("md", "html", "csv")}
     summary.main(["--metrics", *map(str, paths), "--md", str(out["md"]), "--html", str(out["html"]), "--csv",
                   str(out["csv"]), "--plot", str(tmp_path / "plot.png"), "--min-agreement", "0.98",
-                  "--max-top1-loss", "0.005"])
+                  "--max-top1-loss", "0.005", "--speed-tolerance", "0.15"])
     md = out["md"].read_text().splitlines()
     first = next(i for i, ln in enumerate(md) if ln.startswith("| "))
     header = [c.strip() for c in md[first].strip("|").split("|")]
@@ -211,5 +220,5 @@ def test_report_without_an_fp32_build_names_it(tmp_path):
     with pytest.raises(ZooError, match=r"m.json: no fp32 build, the reference of every table figure; add fp32"):
         summary.main(["--metrics", str(tmp_path / "m.json"), "--md", str(tmp_path / "s.md"), "--html",
                       str(tmp_path / "s.html"), "--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "p.png"),
-                      "--min-agreement", "0.98", "--max-top1-loss", "0.005"])
+                      "--min-agreement", "0.98", "--max-top1-loss", "0.005", "--speed-tolerance", "0.15"])
     assert not (tmp_path / "s.md").exists()

@@ -10,7 +10,7 @@ the mode, batch and threads it was measured with, which effzoo.load runs it with
 on, and every file's sha256. Run it with `effzoo classify deploy/<variant> IMG`.
 
 CLI: python -m deploy --variant V --metrics metrics/V.json --classes npz/D/classes.txt --min-agreement 0.98 \
-        --max-top1-loss 0.005 --build fp32 vacc/V-fp32/build.json [--build ...] --out deploy/V
+        --max-top1-loss 0.005 --speed-tolerance 0.15 --build fp32 vacc/V-fp32/build.json [--build ...] --out deploy/V
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def choose(metrics: dict, builds: dict, budget: dict, running: str) -> tuple[str
         raise ZooError(f"{metrics['variant']}: no fp32 build in the metrics: it is the reference of the budget; "
                        f"add fp32 to run_quant")
     ok = []
-    for q, r in results.items():
+    for q in builds:   # run_quant order
+        r = results[q]
         if not within_budget(q, results, budget):
             passed.append(f"{q}: outside the accuracy budget (agreement {r.get('top1_agreement_with_fp32')}, "
                           f"top-1 {r['top1']:.4f} vs fp32 {results['fp32']['top1']:.4f})")
@@ -56,12 +57,13 @@ def choose(metrics: dict, builds: dict, budget: dict, running: str) -> tuple[str
     if not ok:
         raise ZooError(f"{metrics['variant']}: no build is within the accuracy budget {budget}, runs on this "
                        f"{running} CPU and was benchmarked: " + "; ".join(passed))
-    best, ties = pick_fastest(results, ok)
+    best, ties = pick_fastest(results, ok, budget["speed_tolerance"])
     for q in ok:
         if q == best:
             continue
         s = results[q]["speed"]
-        why = ("tied on speed within the measured noise, less accurate" if q in ties else f"slower than {best}")
+        why = (f"tied with {best} on speed within the measured noise, and not more accurate" if q in ties
+               else f"slower than {best}")
         passed.append(f"{q}: {s['vs_torch_eager']:.2f}x PyTorch eager ({s['images_per_s']:.1f} images/s), {why}")
     return best, passed, ties
 
@@ -114,7 +116,10 @@ def main(argv=None):
     ap.add_argument("--classes", required=True, help="class names, one a line (the dataset index's classes.txt)")
     ap.add_argument("--min-agreement", type=float, required=True)
     ap.add_argument("--max-top1-loss", type=float, required=True)
-    ap.add_argument("--build", nargs=2, action="append", required=True, metavar=("QUANT", "BUILD_JSON"))
+    ap.add_argument("--speed-tolerance", type=float, required=True,
+                    help="speeds within this fraction of the fastest's are ties (chosen by accuracy, then order)")
+    ap.add_argument("--build", nargs=2, action="append", required=True, metavar=("QUANT", "BUILD_JSON"),
+                    help="every build, in run_quant order (the order that breaks a tie of speed and accuracy)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     build_jsons = dict(a.build)
@@ -122,5 +127,5 @@ def main(argv=None):
     if not classes or any(not c.strip() for c in classes):
         raise ZooError(f"{a.classes}: {len(classes)} lines, some empty: expected one class name a line; {REBUILD}")
     deploy(a.variant, read_json(a.metrics, "metrics"), {q: read_json(p, "build") for q, p in build_jsons.items()},
-           build_jsons, classes,
-           {"min_agreement": a.min_agreement, "max_top1_loss": a.max_top1_loss}, Path(a.out))
+           build_jsons, classes, {"min_agreement": a.min_agreement, "max_top1_loss": a.max_top1_loss,
+                                  "speed_tolerance": a.speed_tolerance}, Path(a.out))

@@ -166,7 +166,7 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
         "gmacs": export_info["gmacs"], "gflops": export_info["gflops"],
         "gflops_with_elementwise": export_info["gflops_with_elementwise"],
         "flops_convention": export_info["flops_convention"], "export_check": export_info["check"],
-        "results": results, "provenance": fingerprint.provenance("metrics"),
+        "results": results, "quant_order": list(modes), "provenance": fingerprint.provenance("metrics"),
         "calibration_on_evaluated_images": any(r.get("calibration", {}).get("on_evaluated_images")
                                                for r in results.values()),
     }

@@ -8,7 +8,7 @@ variant and build); summary.html the same tables for `snakemake --report`. Rows 
 
 CLI: python -m summary --metrics metrics/a.json metrics/b.json --md reports/summary.md \
         --html reports/summary.html --csv reports/summary.csv --plot reports/accuracy_vs_throughput.png \
-        --min-agreement 0.98 --max-top1-loss 0.005
+        --min-agreement 0.98 --max-top1-loss 0.005 --speed-tolerance 0.15
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def model_rows(metrics: list[dict], budget: dict) -> list[dict]:
         row = {"variant": m["variant"], "weights": "RANDOM" if m["random_weights"] else m["weights"]["source"],
                "input": m["input_size"][1], "params_m": m["params_m"], "gflops": m["gflops"],
                "fp32_top1": _pct(ref["top1"]), "fp32_top5": _pct(ref["top5"])}
-        best = fastest_build(m["results"], budget)
+        best = fastest_build(m["results"], budget, m.get("quant_order"))
         if best:
             r = m["results"][best[0]]
             row.update(fastest_build=f"{best[0]} ({r['runtime']})", fastest_top1=_pct(r["top1"]),
@@ -225,8 +225,9 @@ def main(argv=None):
     ap.add_argument("--plot", required=True)
     ap.add_argument("--min-agreement", type=float, required=True, help="accuracy budget: top-1 agreement with fp32")
     ap.add_argument("--max-top1-loss", type=float, required=True, help="accuracy budget: top-1 loss against fp32")
+    ap.add_argument("--speed-tolerance", type=float, required=True, help="speeds within this fraction are ties")
     a = ap.parse_args(argv)
-    budget = {"min_agreement": a.min_agreement, "max_top1_loss": a.max_top1_loss}
+    budget = {"min_agreement": a.min_agreement, "max_top1_loss": a.max_top1_loss, "speed_tolerance": a.speed_tolerance}
     metrics = [read_json(p, "metrics") for p in a.metrics]
     missing = [p for p, m in zip(a.metrics, metrics) if "fp32" not in m["results"]]
     if missing:
@@ -237,7 +238,8 @@ def main(argv=None):
              f"GFLOPs: {metrics[0]['flops_convention']}",
              "params: timm's parameter count (PyTorch), as the vendor table"]
     notes.append(f"deploy budget: top-1 agreement with fp32 >= {a.min_agreement:.1%} and top-1 loss <= "
-                 f"{100 * a.max_top1_loss:.1f} pt (fp32 always within)")
+                 f"{100 * a.max_top1_loss:.1f} pt (fp32 always within); speeds within {a.speed_tolerance:.0%} of the "
+                 f"fastest's are ties, chosen by accuracy, then run_quant order")
     slow = slower_than_fp32(metrics)
     if slow:
         notes.append("not faster than the fp32 build of their runtime on this CPU (fp32 is recommended over "
