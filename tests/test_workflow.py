@@ -177,16 +177,18 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     assert header.count("|") - 1 <= 12   # the vendor's table comes first and stays readable
     dep = json.loads((tmp_path / "deploy/tf_efficientnet_lite0/model.json").read_text())
     # the choice recomputed here from the metrics: within the deploy budget (agreement >= 98%, top-1 loss <= 0.5 pt,
-    # fp32 always in), the highest speed over PyTorch in the deploy mode; overlapping ranges tie, on accuracy
-    res = m["results"]
-    within = [q for q, r in res.items() if q == "fp32" or (r["top1_agreement_with_fp32"] >= 0.98
-                                                          and res["fp32"]["top1"] - r["top1"] <= 0.005 + 1e-12)]
-    fastest = max(within, key=lambda q: res[q]["speed"]["vs_torch_eager"])
+    # fp32 always in), the highest speed over PyTorch in the deploy mode; speeds within 15% or with overlapping
+    # ranges tie, and a tie goes to accuracy, then to the earlier mode in run_quant
+    res, order = m["results"], base_config()["run_quant"]
+    within = [q for q in order if q == "fp32" or (res[q]["top1_agreement_with_fp32"] >= 0.98
+                                                  and res["fp32"]["top1"] - res[q]["top1"] <= 0.005 + 1e-12)]
+    speed = {q: res[q]["speed"]["vs_torch_eager"] for q in within}
+    fastest = max(within, key=speed.get)
     lo, hi = res[fastest]["speed"]["vs_torch_eager_range"]
-    tied = [q for q in within if res[q]["speed"]["vs_torch_eager_range"][1] >= lo
-            and res[q]["speed"]["vs_torch_eager_range"][0] <= hi]
+    tied = [q for q in within if speed[q] * 1.15 >= speed[fastest] or (
+        res[q]["speed"]["vs_torch_eager_range"][1] >= lo and res[q]["speed"]["vs_torch_eager_range"][0] <= hi)]
     assert dep["quant"] == max(tied, key=lambda q: (res[q].get("top1_agreement_with_fp32", 1.0), res[q]["top1"],
-                                                   res[q]["speed"]["vs_torch_eager"]))
+                                                   -order.index(q)))
     assert sorted(dep["speed"]["tied_with"]) == sorted(set(tied) - {dep["quant"]})
     assert dep["speed"]["images_per_s"] == m["results"][dep["quant"]]["speed"]["images_per_s"]
     assert len(dep["classes"]) == 1000 and dep["classes"][281].startswith("tabby")
