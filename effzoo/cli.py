@@ -8,6 +8,7 @@ Errors are one line naming the file or value at fault (exit status 2), never a t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from effzoo import __version__
@@ -83,7 +84,11 @@ def main(argv=None) -> int:
     def run(args):
         a = parser().parse_args(args)
         a.func(a)
-    return run_main(run, argv)
+    try:
+        return run_main(run, argv)
+    except BrokenPipeError:   # output piped into a reader that stopped early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -173,3 +173,11 @@ def test_build_options_are_parsed_once_with_the_cpu_target_resolved():
         BuildOptions.parse({**modes["fp16"], "runtime": "openvino"}, "q")
     with pytest.raises(ZooError, match=r"quant mode 'q': unknown options \['min_agreement'\]"):
         BuildOptions.parse({**modes["int8_max"], "min_agreement": 0.9}, "q")
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_no_error(deployed, tmp_path):
+    solid((0, 255, 0)).save(tmp_path / "green.jpg")
+    images = " ".join([str(tmp_path / "green.jpg")] * 200)
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", f"{EFFZOO} classify {deployed} {images} | head -1"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == f"{tmp_path / 'green.jpg'}\n" and "Traceback" not in out.stderr
