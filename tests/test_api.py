@@ -181,3 +181,11 @@ def test_output_piped_into_a_reader_that_stops_early_is_no_error(deployed, tmp_p
     out = subprocess.run(["bash", "-o", "pipefail", "-c", f"{EFFZOO} classify {deployed} {images} | head -1"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout == f"{tmp_path / 'green.jpg'}\n" and "Traceback" not in out.stderr
+
+
+def test_an_openvino_build_without_openvino_says_how_to_install_it(monkeypatch):
+    from effzoo import runtime
+
+    monkeypatch.setitem(sys.modules, "openvino", None)   # `import openvino` raises ImportError
+    with pytest.raises(ZooError, match=r"this build runs on OpenVINO, which is not installed: pip install openvino"):
+        runtime.open_build("deploy/x/model.xml", threads=1)

