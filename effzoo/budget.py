@@ -102,19 +102,24 @@ def fastest_build(results: dict, budget: dict, order: list[str] | None = None) -
     return pick_fastest(results, modes, budget.get("speed_tolerance", 0.0)) if modes else None
 
 
+def is_runtime_reference(r: dict) -> bool:
+    """Whether a build is the fp32 build of its own runtime (the reference of that runtime's speed ratios)."""
+    return r.get("kind") == "fp32" and "runtime_fp32" not in r
+
+
+def speed_over_fp32(r: dict) -> float | None:
+    """A build's speed over the fp32 build of its own runtime (over the reference fp32 where its runtime has none),
+    both as speeds over PyTorch eager in the deploy mode; 1.0 for a runtime's own fp32 build."""
+    if is_runtime_reference(r):
+        return 1.0 if r.get("speed") else None
+    return r.get("speedup_vs_runtime_fp32" if "runtime_fp32" in r else "speedup_vs_fp32")
+
+
 def slower_than_fp32(metrics: list[dict]) -> list[str]:
     """'variant mode (0.81x)' for every build the benchmark measured no faster than the fp32 build of its own
     runtime (of the reference fp32 build where its runtime has none)."""
-    out = []
-    for m in metrics:
-        for q, r in m["results"].items():
-            if "runtime_fp32" in r:
-                speed = r.get("speedup_vs_runtime_fp32")
-            else:  # a runtime's own fp32 build is its reference, not slower than itself
-                speed = None if r.get("kind") == "fp32" else r.get("speedup_vs_fp32")
-            if speed is not None and speed <= 1.0:
-                out.append(f"{m['variant']} {q} ({speed:.2f}x)")
-    return out
+    return [f"{m['variant']} {q} ({speed_over_fp32(r):.2f}x)" for m in metrics for q, r in m["results"].items()
+            if not is_runtime_reference(r) and speed_over_fp32(r) is not None and speed_over_fp32(r) <= 1.0]
 
 
 def split_budget_notes(metrics: list[dict]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from effzoo import __version__
 from effzoo.api import load
@@ -52,8 +53,6 @@ def describe(doc: dict) -> list[str]:
 
 
 def cmd_info(a: argparse.Namespace) -> None:
-    from pathlib import Path
-
     manifest = Path(a.deploy_dir) / "model.json"
     if not manifest.is_file():
         raise ZooError(f"{manifest}: not found; a deploy folder holds model.json (snakemake deploy/<variant>)")

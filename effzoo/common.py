@@ -107,8 +107,8 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 REBUILD = "rebuild it: delete it and run snakemake again"
-# The top-level fields that the steps read from each kind of manifest: a file without one is damaged, or was
-# written by another version, and is named as such instead of failing deep inside a step.
+# The fields that the steps read from each kind of manifest (a.b: field b of field a): a file without one is
+# damaged, or was written by another version, and is named as such instead of failing deep inside a step.
 MANIFEST_FIELDS = {
     "export": ("onnx", "weights", "tag"),
     "spec": ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "resize_size"),
@@ -120,8 +120,18 @@ MANIFEST_FIELDS = {
     "metrics": ("variant", "results", "dataset", "random_weights", "weights", "input_size", "params_m", "gflops",
                 "flops_convention"),
     "deploy": ("variant", "quant", "runtime", "precision", "model", "files", "cpu", "preprocess", "classes",
-               "accuracy", "speed", "weights", "tag"),
+               "accuracy", "speed.mode", "speed.batch", "speed.threads", "speed.images_per_s", "speed.vs_torch_eager",
+               "weights", "tag"),
 }
+
+
+def has_field(doc, dotted: str) -> bool:
+    """Whether a JSON document holds a (dotted, a.b) field."""
+    for key in dotted.split("."):
+        if not isinstance(doc, dict) or key not in doc:
+            return False
+        doc = doc[key]
+    return True
 
 
 def read_json(path: str | os.PathLike, kind: str | None = None):
@@ -134,7 +144,7 @@ def read_json(path: str | os.PathLike, kind: str | None = None):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZooError(f"{path}: not valid JSON ({e}): the file is damaged; {REBUILD}") from None
     if kind is not None:
-        missing = [k for k in MANIFEST_FIELDS[kind] if not isinstance(doc, dict) or k not in doc]
+        missing = [k for k in MANIFEST_FIELDS[kind] if not has_field(doc, k)]
         if missing:
             raise ZooError(f"{path}: not a complete {kind} manifest (no {', '.join(missing)}): the file is damaged "
                            f"or was written by another version of effzoo; {REBUILD}")

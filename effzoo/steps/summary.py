@@ -16,7 +16,7 @@ import argparse
 import csv
 import html
 
-from effzoo.budget import fastest_build, slower_than_fp32, split_budget_notes, within_budget
+from effzoo.budget import fastest_build, slower_than_fp32, speed_over_fp32, split_budget_notes, within_budget
 from effzoo.common import ZooError, atomic_path, read_json
 
 # The model table, the vendor's shape: one row per variant, at most 12 columns.
@@ -36,16 +36,6 @@ BUILD_COLUMNS = {
 
 def _pct(x) -> str | float:
     return "" if x is None else round(100 * x, 2)
-
-
-def speed_over_fp32(r: dict) -> float | None:
-    """A build's speed over the fp32 build of its own runtime (over the reference fp32 where its runtime has none),
-    both as speeds over PyTorch eager in the deploy mode; 1.0 for a runtime's own fp32 build."""
-    if "runtime_fp32" in r:
-        return r.get("speedup_vs_runtime_fp32")
-    if r.get("kind") == "fp32":
-        return 1.0 if r.get("speed") else None
-    return r.get("speedup_vs_fp32")
 
 
 def model_rows(metrics: list[dict], budget: dict) -> list[dict]:
