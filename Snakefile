@@ -28,6 +28,7 @@ localrules:
     demo_photos,
     dataset_index,
     make_datalist,
+    gather_predictions,
     metrics,
     summary,
     deploy,

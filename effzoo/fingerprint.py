@@ -40,6 +40,7 @@ STEP_PACKAGES = {
     "build_float": ("onnxruntime", "onnx", "openvino"),
     "build_int8": ("onnxruntime", "onnx", "openvino", "numpy"),
     "predict": ("onnxruntime", "openvino"),
+    "gather_predictions": ("numpy",),
     "benchmark": ("onnxruntime", "openvino", "torch", "timm"),
     "metrics": (),
     "summary": ("matplotlib",),

@@ -17,10 +17,12 @@ rule benchmark:
         step=step("benchmark"),
     threads: exclusive_threads  # locally all cores: nothing else runs while timing
     resources:
-        mem_mb=mem_mb_export,
-        runtime=60,
+        mem_mb=job_mem_mb("benchmark"),
+        runtime=job_runtime("benchmark"),
     log:
         "logs/benchmark/{variant}-{quant}.log",
+    benchmark:
+        "benchmarks/benchmark/{variant}-{quant}.tsv"
     conda:
         CONDA_ENV
     shell:

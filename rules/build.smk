@@ -21,8 +21,8 @@ rule build_float:
         step=step("build_float"),
     threads: 2
     resources:
-        mem_mb=mem_mb_export,
-        runtime=120,
+        mem_mb=job_mem_mb("build_float"),
+        runtime=job_runtime("build_float"),
     log:
         "logs/build_float/{variant}-{quant}.log",
     benchmark:
@@ -64,8 +64,8 @@ rule build_int8:
         step=step("build_int8"),
     threads: 2
     resources:
-        mem_mb=mem_mb_export,
-        runtime=120,
+        mem_mb=job_mem_mb("build_int8"),
+        runtime=job_runtime("build_int8"),
     log:
         "logs/build_int8/{variant}-{quant}.log",
     benchmark:
@@ -109,8 +109,8 @@ rule calibrate:
         step=step("calibrate"),
     threads: 2
     resources:
-        mem_mb=mem_mb_export,
-        runtime=600,
+        mem_mb=job_mem_mb("calibrate"),
+        runtime=job_runtime("calibrate"),
     log:
         "logs/calibrate/{variant}.log",
     benchmark:

@@ -14,7 +14,7 @@ validate(config, "../schemas/config.schema.yaml")
 ROOT = Path(workflow.basedir)
 SCRIPTS = ROOT / "scripts"
 sys.path.insert(0, str(ROOT))  # this workflow's effzoo package, whatever else is installed
-from effzoo import fingerprint  # noqa: E402  (standard library only: cheap at parse time)
+from effzoo import cost, fingerprint  # noqa: E402  (standard library only: cheap at parse time)
 from effzoo import preprocess  # noqa: E402  (numpy + PIL only)
 from effzoo.dataset import IMAGE_EXTS  # noqa: E402
 from effzoo.demo import DEMO_LABELS  # noqa: E402
@@ -200,23 +200,100 @@ def weights_input(wildcards):
     return [] if w in ("hub", "random") or w.startswith("pypi:") else [w]
 
 
-def pixels(variant):
-    return variant_spec(variant)["input_size"][1] ** 2
+# --- job sizes: runtime, memory and predict parts from the measured cost file (effzoo/cost.py) ---
+SIZING = config["sizing"]
+COSTS = cost.load(SIZING["cost_file"])
+SIZES = cost.Sizing(SIZING["safety_factor"], SIZING["min_runtime_minutes"], SIZING["max_job_minutes"],
+                    SIZING["min_mem_mb"])
 
 
-def mem_mb_export(wildcards):
-    """Export memory grows with the input area (b7 at 600 needs far more than lite0 at 224)."""
-    return int(3000 + 0.06 * pixels(wildcards.variant))
+def arch_and_size(variant):
+    """(timm architecture, input size) of a variant: what its costs are looked up and scaled by."""
+    return cost.arch_of(variant_cfg(variant)["tag"]), variant_spec(variant)["input_size"][1]
 
 
-def mem_mb_shard(wildcards):
-    """One shard of uint8 images in memory plus the decoding workers."""
-    size = parse_geom(wildcards.geom)[0]
-    return int(1000 + PREP["workers"] * 300 + PREP["shard_size"] * size * size * 3 / 1e6)
+def build_kind(quant):
+    """runtime-precision of a quant mode's builds (onnxruntime-int8, openvino-fp32, ...)."""
+    opts = quant_cfg(quant)
+    return f"{opts['runtime']}-{opts['kind']}"
 
 
-def mem_mb_predict(wildcards):
-    return int(1500 + 0.02 * pixels(wildcards.variant) * INFER["batch"] / 8)
+@lru_cache(maxsize=None)
+def workload():
+    """The images each kind of job goes over (cost.Workload)."""
+    return cost.Workload.from_config(config, dataset_size(DATASET), dataset_size(CALIB_DATASET))
+
+
+def job_plan(stage, wildcards, threads):
+    """(planned seconds before the safety factor, peak MB) of one job, from the cost file."""
+    if stage == "make_shards":
+        arch, size, kind = None, parse_geom(wildcards.geom)[0], None
+    else:
+        (arch, size), kind = arch_and_size(wildcards.variant), None
+        if stage in cost.KIND_STAGES:
+            kind = build_kind(wildcards.quant)
+    first, last = (int(wildcards.first), int(wildcards.last)) if "first" in wildcards.keys() else (0, None)
+    work = workload()
+    split = work.split_images if stage == "calibrate" else 0
+    return cost.job_seconds(COSTS, stage, arch, size, kind, threads, work.images(stage, first, last), split,
+                            work.batch(stage))
+
+
+def job_runtime(stage):
+    """Resource callable: minutes to ask for, from the stage's measured cost at the job's threads."""
+    def runtime(wildcards, threads, attempt):
+        return SIZES.runtime_minutes(job_plan(stage, wildcards, threads)[0], attempt)
+    return runtime
+
+
+def job_mem_mb(stage):
+    """Resource callable: memory to ask for, from the stage's measured peak."""
+    def mem_mb(wildcards, threads, attempt):
+        return SIZES.mem_mb(job_plan(stage, wildcards, threads)[1], attempt)
+    return mem_mb
+
+
+def _set_threads(rule_name, default):
+    """The threads a profile's set-threads gives a rule (predict parts are planned with them)."""
+    value = workflow.resource_settings.overwrite_threads.get(rule_name, default)
+    value = getattr(value, "raw", value)   # a Resource in Snakemake 9
+    return int(value) if isinstance(value, int) or str(value).isdigit() else default
+
+
+@lru_cache(maxsize=None)
+def predict_parts(variant, quant):
+    """Shard ranges [(first, last)] of a build's predict jobs: one range unless a single job would be planned
+    longer than sizing.max_job_minutes."""
+    n_shards = math.ceil(dataset_size(DATASET) / PREP["shard_size"])
+    arch, size = arch_and_size(variant)
+    threads = _set_threads("predict_part", _set_threads("predict", INFER["threads"]))
+    fixed_s = cost.job_seconds(COSTS, "predict", arch, size, build_kind(quant), threads, 0)[0]
+    shard_s = cost.job_seconds(COSTS, "predict", arch, size, build_kind(quant), threads, PREP["shard_size"])[0] - fixed_s
+    return cost.split_parts(n_shards, shard_s, fixed_s, SIZES.max_job_minutes * 60 / SIZES.safety_factor)
+
+
+def parted_builds_re(negate):
+    """Regex for the variant wildcard of output/{variant}-{quant}/: matches (or, negated, excludes) the builds
+    whose predictions are made in parts (a lookahead over the variant-quant pair)."""
+    pairs = [f"{v}-{q}" for v in config["run_variants"] + list(VARIANTS) for q in QUANT_MODES
+             if v in VARIANTS and len(predict_parts(v, q)) > 1]
+    alternatives = "|".join(map(re.escape, sorted(set(pairs)))) or "(?!)"
+    return f"(?{'!' if negate else '='}(?:{alternatives})/)[A-Za-z0-9_]+"
+
+
+def part_shards(wildcards):
+    """The shard files of one predict part."""
+    shards = eval_shards(wildcards)
+    return shards[int(wildcards.first):int(wildcards.last) + 1]
+
+
+def part_files(wildcards):
+    """Every part's outputs of a build predicted in parts, in shard order."""
+    d = f"output/{wildcards.variant}-{wildcards.quant}/parts"
+    return {kind: [f"{d}/{first:05d}-{last:05d}/{name}" for first, last in predict_parts(wildcards.variant,
+                                                                                          wildcards.quant)]
+            for kind, name in (("predictions", "predictions.csv"), ("logits", "logits.npy"),
+                               ("manifests", "predict.json"))}
 
 
 def metrics_mode_args(wildcards, input):

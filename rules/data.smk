@@ -50,8 +50,8 @@ rule make_shards:
         step=step("make_shards"),
     threads: PREP["workers"]
     resources:
-        mem_mb=mem_mb_shard,
-        runtime=60,
+        mem_mb=job_mem_mb("make_shards"),
+        runtime=job_runtime("make_shards"),
     log:
         "logs/make_shards/{dataset}/{geom}/{shard}.log",
     benchmark:

@@ -15,8 +15,8 @@ rule export_onnx:
         step=step("export_onnx"),
     threads: 2
     resources:
-        mem_mb=mem_mb_export,
-        runtime=60,
+        mem_mb=job_mem_mb("export_onnx"),
+        runtime=job_runtime("export_onnx"),
     log:
         "logs/export_onnx/{variant}.log",
     benchmark:

@@ -36,9 +36,9 @@ def resolved_config(cfg: dict | None = None) -> dict:
     return cfg
 
 
-def planned_jobs(work: Path, cfg: dict | None = None, **kw) -> dict[str, int]:
+def planned_jobs(work: Path, cfg: dict | None = None, targets: tuple = (), **kw) -> dict[str, int]:
     """Job counts per rule of `snakemake -n` ({} when nothing is to be done)."""
-    out = run_snakemake(work, "-n", "--quiet", "rules", config=cfg, **kw).stdout
+    out = run_snakemake(work, *targets, "-n", "--quiet", "rules", config=cfg, **kw).stdout
     jobs = {}
     for line in out.splitlines():
         parts = line.split()
@@ -77,3 +77,36 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: 
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+# ------------------------------------------------------------------------------------------------
+# exports made once per test session: the workflow's own export jobs, copied with Snakemake's records into the
+# workdirs of the fixtures that build on them (a copied export is what the fixture's own job would have made:
+# its params and code fingerprint are recorded, so a fixture whose settings differ still re-exports)
+
+SHARED_EXPORTS = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "efficientnet_b0")
+
+
+@pytest.fixture(scope="session")
+def shared_exports(tmp_path_factory) -> Path:
+    """A workdir holding onnx/<variant>.* of SHARED_EXPORTS (efficientnet_b0 at random weights)."""
+    work = tmp_path_factory.mktemp("exports")
+    cfg = base_config()
+    cfg["variants"]["efficientnet_b0"]["weights"] = "random"
+    run_snakemake(work, *(f"onnx/{v}.onnx" for v in SHARED_EXPORTS), config=cfg)
+    return work
+
+
+def seed_exports(shared: Path, work: Path, variants) -> None:
+    """Copy the shared exports of `variants` and Snakemake's metadata records of them into `work`."""
+    import base64
+    import shutil
+
+    (work / "onnx").mkdir(parents=True, exist_ok=True)
+    (work / ".snakemake" / "metadata").mkdir(parents=True, exist_ok=True)
+    for v in variants:
+        for suffix in (".onnx", ".json", ".preprocess.json"):
+            rel = f"onnx/{v}{suffix}"
+            shutil.copy2(shared / rel, work / rel)
+            record = base64.urlsafe_b64encode(rel.encode()).decode()
+            shutil.copy2(shared / ".snakemake" / "metadata" / record, work / ".snakemake" / "metadata" / record)

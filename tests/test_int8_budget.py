@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, needs_sample, run_snakemake
+from conftest import SAMPLE, needs_sample, run_snakemake, seed_exports
 
 from effzoo import int8_search, runtime
 from effzoo.cpu_target import covers, cpu_kind
@@ -23,7 +23,7 @@ BUILDS = {
 
 
 @pytest.fixture(scope="module")
-def budget_run(tmp_path_factory):
+def budget_run(tmp_path_factory, shared_exports):
     """calibration on 150 sample images (48 range images, a 100-image validation split), the six int8 builds."""
     work = tmp_path_factory.mktemp("budget")
     root = work / "sample-150"   # 150 of the sample's images (links): 48 range + 100 split + 2 left over
@@ -38,6 +38,7 @@ def budget_run(tmp_path_factory):
     cfg = {"dataset": "sample", "datasets": {"sample": {"root": str(root)}},
            "calibration": {"images": 48, "validation_images": 100}, "quant_modes": modes}
     targets = [f"vacc/{v}-{q}/build.json" for v, builds in BUILDS.items() for q, _, _ in builds]
+    seed_exports(shared_exports, work, list(BUILDS))
     run_snakemake(work, *targets, config=cfg)
     return work
 

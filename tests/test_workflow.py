@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SAMPLE, base_config, copy_repo, needs_sample, planned_jobs, run_snakemake
+from conftest import REPO, SAMPLE, base_config, copy_repo, needs_sample, planned_jobs, run_snakemake, seed_exports
 
 from effzoo import ort_session
 from effzoo.cpu_target import cpu_kind
@@ -100,11 +100,20 @@ def test_misspelt_config_key_is_named(tmp_path):
     assert proc.returncode != 0 and "shard_sise" in proc.stdout + proc.stderr
 
 
+def demo_config() -> dict:
+    """The default job's config with fewer timed calls per benchmark round (2 + 1 warm-up instead of 5 + 2; the
+    three rounds and both batch sizes kept): the same steps and code paths, in half the benchmark time."""
+    cfg = base_config()
+    cfg["benchmark"] = {"iterations": 2, "warmup": 1}
+    return cfg
+
+
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """The default job (the demo) run once; (workdir, snakemake's output)."""
+def demo_run(tmp_path_factory, shared_exports):
+    """The default job (the demo) run once, on the session's lite0 export; (workdir, snakemake's output)."""
     work = tmp_path_factory.mktemp("demo")
-    return work, run_snakemake(work)
+    seed_exports(shared_exports, work, ["tf_efficientnet_lite0"])
+    return work, run_snakemake(work, config=demo_config())
 
 
 @pytest.mark.slow
@@ -216,13 +225,13 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     out = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0 and out.stdout.startswith("data/demo/val/DEMO_00000002_coffee.JPEG: espresso ("), \
         out.stdout + out.stderr
-    run_snakemake(tmp_path, "--report", "reports/report.html")
+    run_snakemake(tmp_path, "--report", "reports/report.html", config=demo_config())
     assert "summary.html" in (tmp_path / "reports/report.html").read_text(errors="replace")
-    rerun = run_snakemake(tmp_path, "-n")
+    rerun = run_snakemake(tmp_path, "-n", config=demo_config())
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
     # changing one quant mode's options reruns only that mode's build, predictions and metrics
-    cfg = base_config()
+    cfg = demo_config()
     cfg["quant_modes"]["int8_percentile"]["percentile"] = 99.99
     plan = run_snakemake(tmp_path, "-n", "--quiet", "rules", config=cfg).stdout
     jobs = dict(line.split()[:2] for line in plan.splitlines() if line.strip() and line.split()[-1].isdigit()
@@ -232,13 +241,14 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
 
 
 @pytest.mark.slow
-def test_b0_random_weights_end_to_end(tmp_path):
+def test_b0_random_weights_end_to_end(tmp_path, shared_exports):
     cfg = base_config()
     cfg["variants"]["efficientnet_b0"]["weights"] = "random"
     cfg["run_variants"] = ["efficientnet_b0"]
     cfg["run_quant"] = ["fp32", "int8_percentile"]
     cfg["benchmark"] = {"batch_sizes": [1], "rounds": 1, "iterations": 2}
     cfg["inference"] = {"layout_tuning": True}   # opt-in: tested end to end here
+    seed_exports(shared_exports, tmp_path, ["efficientnet_b0"])
     proc = run_snakemake(tmp_path, config=cfg)
     assert "RANDOM" in proc.stdout
     m = json.loads((tmp_path / "metrics/efficientnet_b0.json").read_text())
@@ -271,7 +281,7 @@ def make_subset(dst: Path, n: int) -> Path:
 
 @needs_sample
 @pytest.mark.slow
-def test_lite0_on_real_sample_subset_agrees_with_timm(tmp_path):
+def test_lite0_on_real_sample_subset_agrees_with_timm(tmp_path, shared_exports):
     import parity_timm
 
     cfg = base_config()
@@ -280,6 +290,7 @@ def test_lite0_on_real_sample_subset_agrees_with_timm(tmp_path):
     cfg["preprocessing"] = {"shard_size": 32}  # several shards, the last one partial
     cfg["run_quant"] = ["fp32", "ov_fp32"]
     cfg["benchmark"] = {"enabled": False}
+    seed_exports(shared_exports, tmp_path / "run", ["tf_efficientnet_lite0"])
     run_snakemake(tmp_path / "run", config=cfg)
     run = tmp_path / "run"
     assert len(list((run / "npz/subset/224-r256-bicubic").glob("shard-*.npz"))) == 4
@@ -320,7 +331,7 @@ def test_editing_comments_and_docstrings_reruns_nothing(demo_run, tmp_path):
     edit(repo / "effzoo/common.py", '"""Shared helpers', '"""Shared helpers, reworded')
     edit(repo / "scripts/predict.py", '"""Run a vacc build', '"""Run a deployable build')
     edit(repo / "effzoo/steps/predict.py", '"""Run a vacc build', '"""Run a deployable build')
-    assert planned_jobs(work, repo=repo) == {}
+    assert planned_jobs(work, demo_config(), repo=repo) == {}
 
 
 @pytest.mark.slow
@@ -330,10 +341,10 @@ def test_a_calibration_logic_change_reruns_the_int8_chain_only(demo_run, tmp_pat
          "    return min(lo, 0.0), max(hi, 0.0) + 0.0\n")
     # calibration, the three int8 builds, their predictions and benchmarks, the metrics; no export, shards,
     # fp32 or fp16 build
-    assert planned_jobs(work, repo=repo) == {"calibrate": 1, "build_int8": 3, "build_int8_openvino": 3,
+    assert planned_jobs(work, demo_config(), repo=repo) == {"calibrate": 1, "build_int8": 3, "build_int8_openvino": 3,
                                              "predict": 6, "benchmark": 6, "metrics": 1, "summary": 1, "deploy": 1,
                                              "all": 1, "total": 23}
-    out = run_snakemake(work, "-n", repo=repo).stdout
+    out = run_snakemake(work, "-n", repo=repo, config=demo_config()).stdout
     assert "quant=fp32" not in out and "quant=fp16" not in out and "quant=ov_fp32" not in out
 
 
@@ -349,7 +360,7 @@ def fake_upgrade(tmp_path: Path, dist: str, version: str) -> dict:
 @pytest.mark.slow
 def test_upgrading_onnxruntime_reruns_builds_and_what_follows_not_export_or_shards(demo_run, tmp_path):
     work = demo_copy(demo_run, tmp_path)[1]
-    jobs = planned_jobs(work, env=fake_upgrade(tmp_path, "onnxruntime", "9.9.9"))
+    jobs = planned_jobs(work, demo_config(), env=fake_upgrade(tmp_path, "onnxruntime", "9.9.9"))
     assert jobs == {"calibrate": 1, "build_float": 2, "build_float_openvino": 1, "build_int8": 3,
                     "build_int8_openvino": 3, "predict": 9, "benchmark": 9, "metrics": 1, "summary": 1, "deploy": 1,
                     "all": 1, "total": 32}
@@ -358,9 +369,51 @@ def test_upgrading_onnxruntime_reruns_builds_and_what_follows_not_export_or_shar
 @pytest.mark.slow
 def test_upgrading_pillow_reruns_the_data_not_the_export(demo_run, tmp_path):
     work = demo_copy(demo_run, tmp_path)[1]
-    jobs = planned_jobs(work, env=fake_upgrade(tmp_path, "pillow", "99.0"))
+    jobs = planned_jobs(work, demo_config(), env=fake_upgrade(tmp_path, "pillow", "99.0"))
     assert "export_onnx" not in jobs
     assert jobs["demo_photos"] == 1 and jobs["make_shards"] == 1 and jobs["make_datalist"] == 1
     # only the builds that read the data (int8: calibration) follow; fp32 and fp16 builds stay
     assert jobs["build_int8"] == 3 and jobs["build_int8_openvino"] == 3 and jobs["calibrate"] == 1
     assert "build_float" not in jobs and "build_float_openvino" not in jobs
+
+
+# ------------------------------------------------------------------------------------------------
+# predict in parts: gathered byte for byte as one job writes them; a lost part is all that reruns
+
+def slow_cost_file(path: Path) -> Path:
+    """The shipped cost file with inference 1000 times slower: a 2-image shard then plans longer than the
+    shortest max_job_minutes, so every shard is a part of its own."""
+    doc = json.loads((REPO / "effzoo/zoo_cost.json").read_text())
+    for entry in doc["architectures"].values():
+        for rec in entry["stages"]["predict"].values():
+            rec["per_image_s"] *= 1000
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.slow
+def test_predictions_made_in_parts_are_byte_identical_and_a_lost_part_alone_reruns(demo_run, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(demo_run[0], work, symlinks=True)
+    targets = [f"output/tf_efficientnet_lite0-{q}/{f}" for q in ("fp32", "ov_fp32")
+               for f in ("predictions.csv", "logits.npy")]
+    cfg = demo_config()
+    cfg["preprocessing"] = {"shard_size": 2}   # the demo's 6 photos in 3 shards
+    run_snakemake(work, *targets, config=cfg)
+    whole = {t: (work / t).read_bytes() for t in targets}
+    assert not (work / "output/tf_efficientnet_lite0-fp32/parts").exists()
+    cfg["sizing"] = {"cost_file": str(slow_cost_file(tmp_path / "slow.json")), "max_job_minutes": 1}
+    assert planned_jobs(work, cfg, targets) == {"predict_part": 6, "gather_predictions": 2, "total": 8}
+    run_snakemake(work, *targets, config=cfg)
+    for t in targets:
+        assert (work / t).read_bytes() == whole[t], t
+    parts = sorted(p.name for p in (work / "output/tf_efficientnet_lite0-fp32/parts").iterdir())
+    assert parts == ["00000-00000", "00001-00001", "00002-00002"]
+    gathered = json.loads((work / "output/tf_efficientnet_lite0-fp32/predict.json").read_text())
+    assert gathered["images"] == 6 and len(gathered["parts"]) == 3
+    # a part Slurm killed leaves no output (snakemake removes a failed job's files) and the gather has not run:
+    # the rerun runs that part and the gather only
+    shutil.rmtree(work / "output/tf_efficientnet_lite0-fp32/parts/00001-00001")
+    for name in ("predictions.csv", "logits.npy", "predict.json"):
+        (work / "output/tf_efficientnet_lite0-fp32" / name).unlink()
+    assert planned_jobs(work, cfg, targets) == {"predict_part": 1, "gather_predictions": 1, "total": 2}

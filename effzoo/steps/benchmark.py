@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 
 import numpy as np
 
@@ -141,4 +142,5 @@ def main(argv=None):
         res["warnings"].append(cpu["warning"])
     for w in res["warnings"]:
         LOG.warning(w)
+    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     write_json(a.out, res)

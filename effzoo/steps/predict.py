@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import resource
 import time
 
 import numpy as np
@@ -79,4 +80,5 @@ def main(argv=None):
     res = predict(a.model, a.shards, a.out, a.logits, a.batch, a.threads, a.topk, a.layout_tuning == "on")
     write_json(a.manifest, {**res, "cpu_check": cpu, "model": a.model, "batch": a.batch, "threads": a.threads,
                             "predictions": file_record(a.out), "logits": file_record(a.logits),
+                            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                             "provenance": fingerprint.provenance("predict")})
