@@ -267,8 +267,9 @@ def predict_parts(variant, quant):
     n_shards = math.ceil(dataset_size(DATASET) / PREP["shard_size"])
     arch, size = arch_and_size(variant)
     threads = _set_threads("predict_part", _set_threads("predict", INFER["threads"]))
-    fixed_s = cost.job_seconds(COSTS, "predict", arch, size, build_kind(quant), threads, 0)[0]
-    shard_s = cost.job_seconds(COSTS, "predict", arch, size, build_kind(quant), threads, PREP["shard_size"])[0] - fixed_s
+    kind = build_kind(quant)
+    fixed_s = cost.job_seconds(COSTS, "predict", arch, size, kind, threads, 0)[0]
+    shard_s = cost.job_seconds(COSTS, "predict", arch, size, kind, threads, PREP["shard_size"])[0] - fixed_s
     return cost.split_parts(n_shards, shard_s, fixed_s, SIZES.max_job_minutes * 60 / SIZES.safety_factor)
 
 
