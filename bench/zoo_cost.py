@@ -299,8 +299,7 @@ def project(a) -> None:
     work = cost.Workload.from_config(cfg, a.images, a.images)
     variants = a.variants or B_SERIES
     quants = cfg["run_quant"]
-    kinds = {q: f"{cfg['quant_modes'][q].get('runtime', 'onnxruntime')}-{cfg['quant_modes'][q]['kind']}"
-             for q in quants}
+    kinds = {q: cost.build_kind(cfg["quant_modes"][q]) for q in quants}
     sizing = cfg["sizing"]
     limit = sizing["max_job_minutes"] * 60 / sizing["safety_factor"]
     print(f"cost file: {model.source} (measured {model.doc.get('measured')} on {model.doc.get('cpu')})")
@@ -340,14 +339,12 @@ def project(a) -> None:
             peak = max(peak, m)
         chain += slowest_build + slowest_predict
         longest = max(longest, chain)
-        geom_cost = model.shard_cost(size)
-        shards = math.ceil(a.images / work.shard_size)
-        if size not in geoms:
-            geoms[size] = shards * cost.job_seconds(model, "make_shards", None, size, None, 2, work.shard_size)[0] * 2
-            near = min(model.geometries, key=lambda g: abs(g - size))
-            per_image = model.geometries[near].get("bytes_per_image", 3 * near * near) * (size / near) ** 2
-            disk[size] = a.images * per_image
-            peak = max(peak, geom_cost.peak_mb)
+        if size not in geoms:   # shard jobs with the workers as threads, shared by the variants of a geometry
+            workers = cfg["preprocessing"]["workers"]
+            s, m = cost.job_seconds(model, "make_shards", None, size, None, workers, work.shard_size)
+            geoms[size] = math.ceil(a.images / work.shard_size) * s * workers
+            disk[size] = a.images * model.bytes_per_image(size)
+            peak = max(peak, m)
         v_total = sum(row.values())
         total += v_total
         print(f"| {v} | {size} | {_hours(row['export_onnx'])} | {_hours(row['calibrate'])} | {_hours(row['builds'])} "
@@ -401,13 +398,12 @@ def check(a) -> None:
             size = preprocess.spec_for(tag, cfg["variants"][variant].get("preprocess"))["input_size"][1]
             kind = None
             if rule in cost.KIND_STAGES:
-                opts = quants[quant]
-                kind = f"{opts.get('runtime', 'onnxruntime')}-{opts['kind']}"
-            stage = {"build_float_openvino": "build_float", "build_int8_openvino": "build_int8"}.get(rule, rule)
-            threads = cfg["inference"]["threads"] if stage == "predict" else (
-                cfg["benchmark"]["threads"] if stage == "benchmark" else 2)
-            proj = cost.job_seconds(model, stage, cost.arch_of(tag), size, kind, threads, work.images(stage),
-                                    work.split_images if stage == "calibrate" else 0, work.batch(stage))[0]
+                kind = cost.build_kind(quants[quant])
+            # (the OpenVINO build rules write their benchmark files under build_float/ and build_int8/ too)
+            threads = cfg["inference"]["threads"] if rule == "predict" else (
+                cfg["benchmark"]["threads"] if rule == "benchmark" else 2)
+            proj = cost.job_seconds(model, rule, cost.arch_of(tag), size, kind, threads, work.images(rule),
+                                    work.split_images if rule == "calibrate" else 0, work.batch(rule))[0]
             name = f"{rule} {stem}"
         rows.append((name, proj, tsv(path)["s"]))
     print(f"cost file {model.source}; run {work_dir} ({n} images); CPU here: {cpu_line()}\n")

@@ -17,6 +17,15 @@ SPLIT_SEARCH_KEYS = ("split_min_agreement", "status", "why", "final_agreement", 
                      "split_images", "split_images_needed", "promoted_macs_fraction", "search_s")
 # A split smaller than this says nothing about a budget near 99%: the search does not run on it (not_checked).
 MIN_SPLIT_IMAGES = 50
+
+
+def split_sizes(available: int, images: int, validation: int) -> tuple[int, int]:
+    """(range images, validation images) from a source of `available` images; when it holds fewer than both
+    counts, the split gets its proportional share but at most half of the source (the ranges come first)."""
+    if available >= images + validation:
+        return images, validation
+    val = min(round(available * validation / (images + validation)), available // 2)
+    return min(images, available - val), val
 Z95 = 1.959963984540054   # the two-sided 95% normal quantile of the Wilson interval
 
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from effzoo.budget import split_sizes
 from effzoo.common import ZooError
 
 COST_FILE = Path(__file__).with_name("zoo_cost.json")
@@ -31,6 +32,11 @@ class Cost:
     peak_mb: float
     per_pass_s: float = 0.0
     passes: int = 1
+
+
+def build_kind(quant_options: dict) -> str:
+    """runtime-precision of a quant mode's builds (onnxruntime-int8, openvino-fp32, ...)."""
+    return f"{quant_options['runtime']}-{quant_options['kind']}"
 
 
 def arch_of(tag: str) -> str:
@@ -99,17 +105,20 @@ class CostModel:
         return Cost(rec["fixed_s"], rec.get("per_image_s", 0.0) * ratio, peak * max(ratio, 1.0),
                     rec.get("per_pass_s", 0.0), int(rec.get("passes", 1))), entry["parallel_fraction"]
 
-    def shard_cost(self, size: int) -> Cost:
-        """Preprocessing cost per image at a crop size (nearest measured size, scaled by the pixels)."""
+    def _geometry(self, size: int) -> tuple[dict, float]:
+        """The measured crop size nearest `size` and the pixel ratio to it."""
         near = min(self.geometries, key=lambda s: abs(s - size))
-        rec = self.geometries[near]
-        ratio = max((size / near) ** 2, 1.0) if size > near else 1.0
-        return Cost(rec["fixed_s"], rec["per_image_s"] * ratio, rec["peak_mb"])
+        return self.geometries[near], (size / near) ** 2
+
+    def shard_cost(self, size: int) -> Cost:
+        """Preprocessing cost per image at a crop size (nearest measured size, scaled up by the pixels)."""
+        rec, ratio = self._geometry(size)
+        return Cost(rec["fixed_s"], rec["per_image_s"] * max(ratio, 1.0), rec["peak_mb"])
 
     def bytes_per_image(self, size: int) -> float:
         """Bytes of one image in a shard at a crop size (measured shard files, scaled by the pixels)."""
-        near = min(self.geometries, key=lambda s: abs(s - size))
-        return self.geometries[near].get("bytes_per_image", 3 * near * near) * (size / near) ** 2
+        rec, ratio = self._geometry(size)
+        return rec["bytes_per_image"] * ratio
 
     # --- sizes ---
     def seconds(self, cost: Cost, parallel_fraction: float, images: float, threads: int) -> float:
@@ -178,10 +187,9 @@ class Workload:
     @classmethod
     def from_config(cls, config: dict, dataset_images: int, calibration_source_images: int) -> "Workload":
         cal, bench = config["calibration"], config["benchmark"]
-        wanted = cal["images"] + cal["validation_images"]
-        share = min(1.0, calibration_source_images / wanted) if wanted else 1.0   # a small source is shared
-        return cls(dataset_images, config["preprocessing"]["shard_size"], math.ceil(cal["images"] * share),
-                   math.ceil(cal["validation_images"] * share),
+        # a small source is shared between range and split images as calibrate shares it
+        range_images, split = split_sizes(calibration_source_images, cal["images"], cal["validation_images"])
+        return cls(dataset_images, config["preprocessing"]["shard_size"], range_images, split,
                    bench["rounds"] * (bench["iterations"] + bench["warmup"]) * sum(bench["batch_sizes"])
                    * bench["instances"], config["inference"]["batch"], max(bench["batch_sizes"]))
 

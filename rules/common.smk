@@ -213,9 +213,7 @@ def arch_and_size(variant):
 
 
 def build_kind(quant):
-    """runtime-precision of a quant mode's builds (onnxruntime-int8, openvino-fp32, ...)."""
-    opts = quant_cfg(quant)
-    return f"{opts['runtime']}-{opts['kind']}"
+    return cost.build_kind(quant_cfg(quant))
 
 
 @lru_cache(maxsize=None)
@@ -276,9 +274,8 @@ def predict_parts(variant, quant):
 def parted_builds_re(negate):
     """Regex for the variant wildcard of output/{variant}-{quant}/: matches (or, negated, excludes) the builds
     whose predictions are made in parts (a lookahead over the variant-quant pair)."""
-    pairs = [f"{v}-{q}" for v in config["run_variants"] + list(VARIANTS) for q in QUANT_MODES
-             if v in VARIANTS and len(predict_parts(v, q)) > 1]
-    alternatives = "|".join(map(re.escape, sorted(set(pairs)))) or "(?!)"
+    pairs = [f"{v}-{q}" for v in VARIANTS for q in QUANT_MODES if len(predict_parts(v, q)) > 1]
+    alternatives = "|".join(map(re.escape, pairs)) or "(?!)"
     return f"(?{'!' if negate else '='}(?:{alternatives})/)[A-Za-z0-9_]+"
 
 

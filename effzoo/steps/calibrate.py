@@ -29,6 +29,7 @@ import numpy as np
 
 import onnx
 from effzoo import fingerprint
+from effzoo.budget import split_sizes
 from effzoo.common import LOG, Progress, atomic_path, file_record, read_json, verify_file, write_json
 from effzoo.graph_edits import fold_preprocessing
 from effzoo.ort_session import bounded_session
@@ -56,15 +57,6 @@ def balanced_selection(labels: list[int], n: int, seed: int = 0) -> list[int]:
             if queues[c] and len(chosen) < n:
                 chosen.append(int(queues[c].pop()))
     return sorted(chosen)
-
-
-def split_sizes(available: int, images: int, validation: int) -> tuple[int, int]:
-    """(range images, validation images) from a source of `available` images; when it holds fewer than both
-    counts, the split gets its proportional share but at most half of the source (the ranges come first)."""
-    if available >= images + validation:
-        return images, validation
-    val = min(round(available * validation / (images + validation)), available // 2)
-    return min(images, available - val), val
 
 
 def calibration_split(labels: list[int], images: int, validation: int, seed: int) -> tuple[list[int], list[int]]:
