@@ -7,19 +7,19 @@
   project  prints the full run from a cost file: core-hours per stage and variant, predict parts, peak memory
            per job, disk per geometry and the wall time on K nodes of C cores.
   check    compares a finished run's job times (benchmarks/*.tsv) with what the cost file projects for them.
-  disk     measures compact (zlib) shard storage against the plain shards: size ratio, read speed, exactness.
+  disk     measures compact shard storage (zlib, and the workflow's PNG storage) against the plain shards: size
+           ratio, write and read speed, exactness; --update records the PNG figures in the cost file.
 
 usage: python bench/zoo_cost.py measure [--variants efficientnet_b0 ...] [--images 16] [--out effzoo/zoo_cost.json]
        python bench/zoo_cost.py project [--images 50000] [--nodes 4 --cores 32] [--threads 2]
        python bench/zoo_cost.py check --workdir RUN [--configfile RUN/config.yaml]
-       python bench/zoo_cost.py disk [--images 200]
+       python bench/zoo_cost.py disk [--images 200] [--update]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import datetime
-import io
 import json
 import math
 import os
@@ -36,7 +36,7 @@ from _workflow import REPO, calibrate_args, resolved_config
 from snakemake.utils import update_config, validate
 
 sys.path.insert(0, str(REPO))
-from effzoo import cost, preprocess  # noqa: E402
+from effzoo import cost, preprocess, shard_io  # noqa: E402
 from effzoo.cpu_target import cpu_kind  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
@@ -268,11 +268,12 @@ def measure(a) -> None:
     base = {"dataset": "zoo", "datasets": {"zoo": {"root": str(work / "zoo")}},
             "run_quant": list(MEASURED_QUANT), "calibration": {"images": half, "validation_images": a.images - half},
             "inference": {"batch": resolved_config()["inference"]["batch"]},
-            "benchmark": BENCH_MEASURED, "sizing": {"cost_file": str(boot)}}
+            "benchmark": BENCH_MEASURED, "sizing": {"cost_file": str(boot)},
+            "preprocessing": {"png_from_size": None}}   # raw shards: PNG storage is measured by `disk`
     tags = {v: c["tag"] for v, c in resolved_config()["variants"].items()}
     out = Path(a.out)
-    doc = json.loads(out.read_text()) if out.exists() and a.update else {}
-    archs, geoms = doc.get("architectures", {}), doc.get("geometries", {})
+    old = json.loads(out.read_text()) if out.exists() else {}
+    archs, geoms = (old.get("architectures", {}), old.get("geometries", {})) if a.update else ({}, {})
     for variant in a.variants:
         tag = tags.get(variant, variant)
         print(f"measuring {variant} ({tag}) ...", flush=True)
@@ -285,6 +286,8 @@ def measure(a) -> None:
            "images_measured": a.images, "reference_threads": 2,
            "shard_parallel_fraction": SHARD_PARALLEL,
            "geometries": dict(sorted(geoms.items(), key=lambda kv: int(kv[0]))), "architectures": archs}
+    if "png_storage" in old:
+        doc["png_storage"] = old["png_storage"]
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out}")
 
@@ -312,25 +315,29 @@ def project(a) -> None:
     for v in variants:
         tag = cfg["variants"][v]["tag"]
         arch, size = cost.arch_of(tag), preprocess.spec_for(tag)["input_size"][1]
+        storage = cost.shard_storage(size, cfg["preprocessing"]["png_from_size"])
         row, peak, chain = {}, 0.0, 0.0
         for stage in ("export_onnx", "calibrate"):
             s, m = cost.job_seconds(model, stage, arch, size, None, a.threads, work.images(stage),
-                                    work.split_images if stage == "calibrate" else 0)
+                                    work.split_images if stage == "calibrate" else 0, storage=storage)
             row[stage], peak, chain = s * a.threads, max(peak, m), chain + s
         row["builds"] = row["predict"] = row["benchmark"] = 0.0
         parts_max, slowest_build, slowest_predict = 0, 0.0, 0.0
         for q in quants:
             build = "build_int8" if "int8" in kinds[q] else "build_float"
-            s, m = cost.job_seconds(model, build, arch, size, kinds[q], a.threads, work.images(build))
+            s, m = cost.job_seconds(model, build, arch, size, kinds[q], a.threads, work.images(build),
+                                    storage=storage)
             row["builds"] += s * a.threads
             slowest_build, peak = max(slowest_build, s), max(peak, m)
-            fixed = cost.job_seconds(model, "predict", arch, size, kinds[q], a.threads, 0)[0]
-            per_shard = cost.job_seconds(model, "predict", arch, size, kinds[q], a.threads, work.shard_size)[0] - fixed
+            fixed = cost.job_seconds(model, "predict", arch, size, kinds[q], a.threads, 0, storage=storage)[0]
+            per_shard = cost.job_seconds(model, "predict", arch, size, kinds[q], a.threads, work.shard_size,
+                                         storage=storage)[0] - fixed
             parts = cost.split_parts(math.ceil(a.images / work.shard_size), per_shard, fixed, limit)
             parts_max = max(parts_max, len(parts))
             for first, last in parts:
                 s, m = cost.job_seconds(model, "predict", arch, size, kinds[q], a.threads,
-                                        work.images("predict", first, last), batch=work.predict_batch)
+                                        work.images("predict", first, last), batch=work.predict_batch,
+                                        storage=storage)
                 row["predict"] += s * a.threads
                 slowest_predict, peak = max(slowest_predict, s), max(peak, m)
             s, m = cost.job_seconds(model, "benchmark", arch, size, kinds[q], a.threads, work.images("benchmark"),
@@ -341,9 +348,11 @@ def project(a) -> None:
         longest = max(longest, chain)
         if size not in geoms:   # shard jobs with the workers as threads, shared by the variants of a geometry
             workers = cfg["preprocessing"]["workers"]
-            s, m = cost.job_seconds(model, "make_shards", None, size, None, workers, work.shard_size)
+            s, m = cost.job_seconds(model, "make_shards", None, size, None, workers, work.shard_size,
+                                    storage=storage)
             geoms[size] = math.ceil(a.images / work.shard_size) * s * workers
-            disk[size] = a.images * model.bytes_per_image(size)
+            disk[size] = (a.images * model.bytes_per_image(size),
+                          a.images * model.stored_bytes_per_image(size, storage), storage)
             peak = max(peak, m)
         v_total = sum(row.values())
         total += v_total
@@ -355,11 +364,13 @@ def project(a) -> None:
     print(f"\npreprocessing ({len(geoms)} geometries): {_hours(shard_total)} core-h; "
           f"all stages: {_hours(total)} core-h "
           f"({_hours(total * sizing['safety_factor'])} as requested with the safety factor)")
-    print("\n| geometry | shards on disk (GB) |\n|---|---|")
+    print(f"\n| geometry | raw shards (GB) | as stored (GB) | storage (png_from_size "
+          f"{cfg['preprocessing']['png_from_size']}) |\n|---|---|---|---|")
     for size in sorted(disk):
-        print(f"| {size} | {disk[size] / 1e9:.1f} |")
+        print(f"| {size} | {disk[size][0] / 1e9:.1f} | {disk[size][1] / 1e9:.1f} | {disk[size][2]} |")
     logits = a.images * cfg["num_classes"] * 4 * len(quants) * len(variants)
-    print(f"| all | {sum(disk.values()) / 1e9:.1f} (+ logits {logits / 1e9:.1f} GB in output/) |")
+    print(f"| all | {sum(d[0] for d in disk.values()) / 1e9:.1f} | {sum(d[1] for d in disk.values()) / 1e9:.1f} "
+          f"(+ logits {logits / 1e9:.1f} GB in output/) | |")
     cores = a.nodes * a.cores
     wall = max(total / cores, longest)
     print(f"\nwall time on {a.nodes} nodes x {a.cores} cores: at least {wall / 3600:.1f} h (all core-hours over "
@@ -388,7 +399,8 @@ def check(a) -> None:
             geom = path.parent.name
             size = int(geom.split("-")[0])
             proj = cost.job_seconds(model, rule, None, size, None, cfg["preprocessing"]["workers"],
-                                    min(work.shard_size, n - int(stem) * work.shard_size))[0]
+                                    min(work.shard_size, n - int(stem) * work.shard_size),
+                                    storage=cost.shard_storage(size, cfg["preprocessing"]["png_from_size"]))[0]
             name = f"make_shards {geom}/{stem}"
         else:
             if rule == "predict" and path.parent.name != "predict":
@@ -403,7 +415,8 @@ def check(a) -> None:
             threads = cfg["inference"]["threads"] if rule == "predict" else (
                 cfg["benchmark"]["threads"] if rule == "benchmark" else 2)
             proj = cost.job_seconds(model, rule, cost.arch_of(tag), size, kind, threads, work.images(rule),
-                                    work.split_images if rule == "calibrate" else 0, work.batch(rule))[0]
+                                    work.split_images if rule == "calibrate" else 0, work.batch(rule),
+                                    cost.shard_storage(size, cfg["preprocessing"]["png_from_size"]))[0]
             name = f"{rule} {stem}"
         rows.append((name, proj, tsv(path)["s"]))
     print(f"cost file {model.source}; run {work_dir} ({n} images); CPU here: {cpu_line()}\n")
@@ -421,53 +434,58 @@ def check(a) -> None:
     print(f"| all {len(rows)} jobs | {p:.1f} | {r:.1f} | {100 * (p - r) / r:+.0f}% | | at most {100 * worst:.0f}% |")
 
 
-def _png_bytes(images: np.ndarray, level: int) -> list[bytes]:
-    from PIL import Image
-
-    out = []
-    for img in images:
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG", compress_level=level)
-        out.append(buf.getvalue())
-    return out
-
-
 def disk(a) -> None:
-    """Lossless compact shards against the plain ones on real images at 224 and 600: zlib inside the npz
-    (np.savez_compressed) and PNG per image; size, read + decode time, exactness."""
-    from PIL import Image
-
+    """Lossless compact shards against the plain ones on real images: zlib inside the npz (np.savez_compressed)
+    and the workflow's PNG storage (shard_io, written and read as the steps do, every row checked against its
+    sha256); size ratio, write and read time per image in one process, exactness. --update records the PNG
+    figures in the cost file (the job sizes and `project` use them)."""
     lines = (SAMPLE / "val_label.txt").read_text().splitlines()[:a.images]
     print(f"{len(lines)} sample images; CPU: {cpu_line()}; date {datetime.date.today()}\n")
-    print("| size | storage | MB | size ratio | read+decode ms/img | exact |")
-    print("|---|---|---|---|---|---|")
-    for size, resize in ((224, 256), (600, 632)):
+    print("| size | storage | MB | size ratio | write ms/img | read ms/img | exact |")
+    print("|---|---|---|---|---|---|---|")
+    sizes = {}
+    for size, resize in ((224, 256), (456, 488), (600, 632)):
         spec = preprocess.normalize_spec({"input_size": [3, size, size], "interpolation": "bicubic",
                                           "crop_pct": size / resize, "crop_mode": "center", "mean": [0.5] * 3,
                                           "std": [0.5] * 3})
         images = np.stack([preprocess.transform_uint8(preprocess.load_image(SAMPLE / "val" / ln.split()[0]), spec)
                            for ln in lines])
+        n, rows = len(images), []
         with tempfile.TemporaryDirectory() as td:
-            plain, compact = Path(td) / "p.npz", Path(td) / "c.npz"
-            np.savez(plain, images=images)
+            compact = Path(td) / "zlib.npz"
+            t0 = time.perf_counter()
             np.savez_compressed(compact, images=images)
-            rows = []
-            for name, path in (("plain npz", plain), ("npz, zlib", compact)):
-                best, back = math.inf, None
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    back = np.load(path)["images"]
-                    best = min(best, time.perf_counter() - t0)
-                rows.append((name, path.stat().st_size, best, np.array_equal(back, images)))
-            for level in (1, 6):
-                blobs = _png_bytes(images, level)
+            t_write = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            back = np.load(compact)["images"]
+            rows.append(("npz, zlib", compact.stat().st_size, t_write, time.perf_counter() - t0,
+                         np.array_equal(back, images)))
+            for storage in shard_io.STORAGES:
+                path = Path(td) / f"{storage}.npz"
                 t0 = time.perf_counter()
-                back = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
-                rows.append((f"PNG level {level}", sum(map(len, blobs)), time.perf_counter() - t0,
+                shard_io.write_shard(path, images, [0] * n, [str(i) for i in range(n)], [], storage)
+                t_write = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                back = np.concatenate([b for b, _, _ in shard_io.iter_shards([str(path)], 32)])
+                rows.append((f"shard, {storage}", path.stat().st_size, t_write, time.perf_counter() - t0,
                              np.array_equal(back, images)))
-        for name, nbytes, secs, exact in rows:
-            print(f"| {size} | {name} | {nbytes / 1e6:.1f} | {rows[0][1] / nbytes:.2f} | "
-                  f"{1e3 * secs / len(lines):.2f} | {exact} |")
+        plain = rows[1][1]
+        for name, nbytes, t_write, t_read, exact in rows:
+            print(f"| {size} | {name} | {nbytes / 1e6:.1f} | {plain / nbytes:.2f} | {1e3 * t_write / n:.2f} | "
+                  f"{1e3 * t_read / n:.2f} | {exact} |")
+        # the PNG write time includes the raw write's sha256 and file write: only the encoding is extra
+        png, raw = rows[2], rows[1]
+        sizes[str(size)] = {"size_ratio": round(raw[1] / png[1], 3),
+                            "encode_ms": round(1e3 * max(png[2] - raw[2], 0.0) / n, 2),
+                            "decode_ms": round(1e3 * max(png[3] - raw[3], 0.0) / n, 2)}
+    if a.update:
+        out = Path(a.cost) if a.cost else cost.COST_FILE
+        doc = json.loads(out.read_text())
+        doc["png_storage"] = {"measured": datetime.date.today().isoformat(), "cpu": cpu_line(),
+                              "command": "python bench/zoo_cost.py disk " + " ".join(sys.argv[2:]),
+                              "images": len(lines), "png_level": shard_io.PNG_LEVEL, "sizes": sizes}
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"\nwrote png_storage to {out}: {json.dumps(sizes)}")
 
 
 def main(argv=None) -> None:
@@ -492,6 +510,8 @@ def main(argv=None) -> None:
     c.add_argument("--cost", default=None)
     d = sub.add_parser("disk")
     d.add_argument("--images", type=int, default=200)
+    d.add_argument("--update", action="store_true", help="record the PNG figures in the cost file")
+    d.add_argument("--cost", default=None, help="the cost file to update (effzoo/zoo_cost.json)")
     a = ap.parse_args(argv)
     {"measure": measure, "project": project, "check": check, "disk": disk}[a.command](a)
 

@@ -39,6 +39,11 @@ def build_kind(quant_options: dict) -> str:
     return f"{quant_options['runtime']}-{quant_options['kind']}"
 
 
+def shard_storage(size: int, png_from_size: int | None) -> str:
+    """How shards of a crop size keep their rows: "png" from preprocessing.png_from_size up, else "raw"."""
+    return "png" if png_from_size is not None and size >= png_from_size else "raw"
+
+
 def arch_of(tag: str) -> str:
     """The timm architecture of a tag: tf_efficientnet_b7.ra_in1k -> tf_efficientnet_b7."""
     return tag.split(".")[0]
@@ -67,6 +72,7 @@ class CostModel:
             raise ZooError(f"{source}: missing or bad field {e}: remeasure with bench/zoo_cost.py measure") from None
         if not self.archs or not self.geometries:
             raise ZooError(f"{source}: no architectures or geometries measured")
+        self.png = {int(k): v for k, v in doc.get("png_storage", {}).get("sizes", {}).items()}
         self.doc = doc
 
     # --- lookups ---
@@ -119,6 +125,21 @@ class CostModel:
         """Bytes of one image in a shard at a crop size (measured shard files, scaled by the pixels)."""
         rec, ratio = self._geometry(size)
         return rec["bytes_per_image"] * ratio
+
+    def png_cost(self, size: int) -> tuple[float, float, float]:
+        """(size ratio raw / PNG, encode seconds, decode seconds) of one image stored as PNG at a crop size (the
+        nearest measured size, times scaled by the pixels)."""
+        if not self.png:
+            raise ZooError(f"{self.source}: no PNG storage measured; measure it with bench/zoo_cost.py disk "
+                           f"--update, or set preprocessing.png_from_size: null")
+        near = min(self.png, key=lambda s: abs(s - size))
+        rec, ratio = self.png[near], (size / near) ** 2
+        return rec["size_ratio"], rec["encode_ms"] * ratio / 1e3, rec["decode_ms"] * ratio / 1e3
+
+    def stored_bytes_per_image(self, size: int, storage: str) -> float:
+        """Bytes of one image in a shard as stored ("raw" or "png")."""
+        raw = self.bytes_per_image(size)
+        return raw / self.png_cost(size)[0] if storage == "png" else raw
 
     # --- sizes ---
     def seconds(self, cost: Cost, parallel_fraction: float, images: float, threads: int) -> float:
@@ -211,15 +232,22 @@ class Workload:
 
 
 def job_seconds(model: CostModel, stage: str, arch: str, input_size: int, kind: str | None, threads: int,
-                images: int, split_images: int = 0, batch: int | None = None) -> tuple[float, float]:
+                images: int, split_images: int = 0, batch: int | None = None,
+                storage: str = "raw") -> tuple[float, float]:
     """(planned wall seconds before the safety factor, peak MB) of one job; calibrate also runs its split images
-    through the float model once (at predict's fp32 cost)."""
+    through the float model once (at predict's fp32 cost). `storage` is how the shards the job writes or reads
+    keep their rows."""
+    png = storage == "png" and stage in ("make_shards", "calibrate", "build_int8", "predict")
     if stage == "make_shards":   # memory: the job's measured peak, with the shard's images held in memory
         c, parallel = model.shard_cost(input_size), model.shard_parallel_fraction
-        c = Cost(c.fixed_s, c.per_image_s, c.peak_mb + images * model.bytes_per_image(input_size) / 1e6)
+        held = model.bytes_per_image(input_size) + (model.stored_bytes_per_image(input_size, storage) if png else 0)
+        c = Cost(c.fixed_s, c.per_image_s + (model.png_cost(input_size)[1] if png else 0.0),
+                 c.peak_mb + images * held / 1e6)
     else:
         c, parallel = model.stage(stage, arch, input_size, kind if stage in KIND_STAGES else None, batch)
     seconds = model.seconds(c, parallel, images, threads)
+    if png and stage != "make_shards":   # each image read is decoded once, in the job's main thread
+        seconds += (images + split_images) * model.png_cost(input_size)[2]
     if stage == "calibrate" and split_images:
         fp32, _ = model.stage("predict", arch, input_size, "onnxruntime-fp32")
         seconds += split_images * fp32.per_image_s * amdahl(parallel, threads, model.reference_threads)

@@ -168,6 +168,15 @@ def shard_files(wildcards):
     return [f"npz/{wildcards.dataset}/{wildcards.geom}/shard-{i:05d}.npz" for i in range(n)]
 
 
+def size_storage(size):
+    """How the shards of a crop size keep their image rows ("raw" or "png")."""
+    return cost.shard_storage(size, PREP["png_from_size"])
+
+
+def shard_storage(geom):
+    return size_storage(parse_geom(geom)[0])
+
+
 def eval_datalist(variant):
     return f"npz/{DATASET}/{variant_geom(variant)}/datalist.tsv"
 
@@ -234,7 +243,7 @@ def job_plan(stage, wildcards, threads):
     work = workload()
     split = work.split_images if stage == "calibrate" else 0
     return cost.job_seconds(COSTS, stage, arch, size, kind, threads, work.images(stage, first, last), split,
-                            work.batch(stage))
+                            work.batch(stage), size_storage(size))
 
 
 def job_runtime(stage):
@@ -266,8 +275,10 @@ def predict_parts(variant, quant):
     arch, size = arch_and_size(variant)
     threads = _set_threads("predict_part", _set_threads("predict", INFER["threads"]))
     kind = build_kind(quant)
-    fixed_s = cost.job_seconds(COSTS, "predict", arch, size, kind, threads, 0)[0]
-    shard_s = cost.job_seconds(COSTS, "predict", arch, size, kind, threads, PREP["shard_size"])[0] - fixed_s
+    rows_as = size_storage(size)   # (a line may not start with "storage": a Snakemake keyword)
+    fixed_s = cost.job_seconds(COSTS, "predict", arch, size, kind, threads, 0, storage=rows_as)[0]
+    shard_s = cost.job_seconds(COSTS, "predict", arch, size, kind, threads, PREP["shard_size"], storage=rows_as)
+    shard_s = shard_s[0] - fixed_s
     return cost.split_parts(n_shards, shard_s, fixed_s, SIZES.max_job_minutes * 60 / SIZES.safety_factor)
 
 

@@ -47,6 +47,7 @@ rule make_shards:
         geom=lambda w: parse_geom(w.geom),
         shard_size=PREP["shard_size"],
         on_bad_image=PREP["on_bad_image"],
+        rows_as=lambda w: shard_storage(w.geom),
         step=step("make_shards"),
     threads: PREP["workers"]
     resources:
@@ -62,7 +63,7 @@ rule make_shards:
         "python -m make_shards --root {params.root:q} --index {input.index:q} --shard {wildcards.shard}"
         " --shard-size {params.shard_size} --size {params.geom[0]} --resize {params.geom[1]}"
         " --interpolation {params.geom[2]} {params.geom[3]} --on-bad-image {params.on_bad_image} --workers {threads}"
-        " --out {output:q} 2> {log:q}"
+        " --storage {params.rows_as} --out {output:q} 2> {log:q}"
 
 
 rule make_datalist:

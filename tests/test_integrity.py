@@ -128,3 +128,54 @@ def test_damaged_predictions_are_not_scored(tmp_path):
     with pytest.raises(ZooError, match=rf"{pred}: its sha256 .* recorded in {manifest}"):
         metrics.build_metrics("v", {}, {}, {"fp32": (str(pred), str(manifest), str(tmp_path / "build.json"))},
                               str(tmp_path / "datalist.tsv"), str(skipped), "demo")
+
+
+def photo_like(n: int, size: int = 48) -> np.ndarray:
+    """Smooth images with noise (PNG compresses them, as it does photos)."""
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(0, 200, size, dtype=np.float32)
+    base = ramp[None, :, None, None] + ramp[None, None, :, None] * 0.2
+    return np.clip(base + rng.normal(0, 3, (n, size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def test_png_shard_rows_read_back_exactly_and_smaller(tmp_path):
+    imgs = photo_like(5)
+    raw, png = tmp_path / "raw.npz", tmp_path / "png.npz"
+    shard_io.write_shard(raw, imgs, [0, 1, 2, 3, 4], list("abcde"), [])
+    shard_io.write_shard(png, imgs, [0, 1, 2, 3, 4], list("abcde"), [], storage="png")
+    assert shard_io.shard_storage(str(raw)) == "raw" and shard_io.shard_storage(str(png)) == "png"
+    assert png.stat().st_size < 0.8 * raw.stat().st_size
+    assert np.array_equal(shard_io.read_rows(str(png), [4, 0, 2]), imgs[[4, 0, 2]])
+    back = [(b, lab.tolist(), f.tolist()) for b, lab, f in shard_io.iter_shards([str(png)], 2)]
+    assert np.array_equal(np.concatenate([b for b, _, _ in back]), imgs)
+    assert [x for _, lab, _ in back for x in lab] == [0, 1, 2, 3, 4]
+    # the digests are of the pixels, whatever the storage
+    assert (shard_io.read_small(str(png), "image_sha256")[0] == shard_io.read_small(str(raw), "image_sha256")[0]).all()
+
+
+def test_a_damaged_png_row_is_caught_where_it_is_read(tmp_path):
+    p = tmp_path / "shard-00000.npz"
+    imgs = photo_like(4)
+    shard_io.write_shard(p, imgs, [1, 2, 3, 4], list("abcd"), [], storage="png")
+    base, _, _ = shard_io.npz_member(str(p), "png")
+    offsets = shard_io.read_small(str(p), "png_offsets")[0]
+    damage(p, base + int(offsets[2]) + 40, 20)   # inside row 2's PNG only
+    assert np.array_equal(shard_io.read_rows(str(p), [0, 1, 3]), imgs[[0, 1, 3]])
+    with pytest.raises(ZooError, match=rf"{p}: image row 2 (is not a readable PNG|does not match the sha256).* {REBUILD}"):
+        shard_io.read_rows(str(p), [2])
+
+
+def test_a_png_row_that_decodes_to_other_pixels_is_caught(tmp_path):
+    p = tmp_path / "shard-00000.npz"
+    imgs = photo_like(2)
+    other = [shard_io.png_bytes(imgs[1]), shard_io.png_bytes(imgs[1])]   # row 0 stored as row 1's picture
+    shard_io.write_shard(p, imgs, [0, 1], ["a", "b"], [], storage="png", encoded=other)
+    with pytest.raises(ZooError, match=rf"{p}: image row 0 does not match the sha256"):
+        shard_io.read_rows(str(p), [0])
+    assert np.array_equal(shard_io.read_rows(str(p), [1]), imgs[[1]])
+
+
+def test_an_unknown_shard_storage_is_named(tmp_path):
+    with pytest.raises(ZooError, match="unknown shard storage 'jpeg'"):
+        shard_io.write_shard(tmp_path / "s.npz", photo_like(1), [0], ["a"], [], storage="jpeg")
+    assert not (tmp_path / "s.npz").exists()

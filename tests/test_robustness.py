@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, base_config, planned_jobs, run_snakemake, seed_exports
 from PIL import Image
 
-from effzoo import common, preprocess
+from effzoo import common, preprocess, shard_io
 from effzoo.common import ZooError
 from effzoo.demo import photo_path
 from effzoo.steps import make_shards
@@ -56,6 +56,22 @@ def test_shard_skip_policy_lists_bad_files(tmp_path):
     assert counts == {"images": 1, "skipped": 1}
     with np.load(tmp_path / "s.npz") as z:
         assert z["files"].tolist() == ["good one.JPEG"] and "bad é.JPEG" in z["skipped"][0]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_png_shard_holds_the_same_pixels_and_skips_as_a_raw_one(tmp_path, workers):
+    Image.open(photo_path("coffee")).convert("RGB").save(tmp_path / "a.JPEG", format="JPEG")
+    Image.open(photo_path("chelsea")).convert("RGB").save(tmp_path / "b.JPEG", format="JPEG")
+    (tmp_path / "bad.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    rows = [("a.JPEG", 967), ("bad.JPEG", 1), ("b.JPEG", 285)]
+    counts = {s: make_shards.make_shard(tmp_path, rows, lite_spec(), tmp_path / f"{s}.npz", workers, "skip", s)
+              for s in ("raw", "png")}
+    assert counts["raw"] == counts["png"] == {"images": 2, "skipped": 1}
+    raw, png = str(tmp_path / "raw.npz"), str(tmp_path / "png.npz")
+    assert shard_io.shard_storage(png) == "png"
+    assert np.array_equal(shard_io.read_rows(png, [0, 1]), shard_io.read_rows(raw, [0, 1]))
+    assert [a.tolist() for a in shard_io.read_small(png, "labels", "files", "skipped")] == \
+        [a.tolist() for a in shard_io.read_small(raw, "labels", "files", "skipped")]
 
 
 def test_sigkill_while_writing_a_shard_leaves_no_complete_file(tmp_path):

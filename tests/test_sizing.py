@@ -196,3 +196,32 @@ def test_a_site_profile_sets_threads_and_the_sizes_follow(imagenet_50k, tmp_path
     expected = cost.amdahl(b7["parallel_fraction"], 16, 2)
     minutes = [sum(int(j["resources"]["runtime"]) for j in jobs) for jobs in (two, sixteen)]
     assert minutes[1] / minutes[0] == pytest.approx(expected, rel=0.1), minutes
+
+
+def test_png_shards_add_their_measured_encoding_and_decoding_and_take_their_share_of_disk():
+    png = {"png_storage": {"sizes": {"224": {"size_ratio": 2.0, "encode_ms": 30.0, "decode_ms": 10.0}}}}
+    model = _model(**png)
+    raw_s, raw_mb = cost.job_seconds(model, "predict", "small", 224, "onnxruntime-fp32", 2, 100)
+    png_s, png_mb = cost.job_seconds(model, "predict", "small", 224, "onnxruntime-fp32", 2, 100, storage="png")
+    assert png_s - raw_s == pytest.approx(100 * 0.010) and png_mb == raw_mb
+    # decoding runs in the job's main thread: more threads do not shorten it
+    png_8 = cost.job_seconds(model, "predict", "small", 224, "onnxruntime-fp32", 8, 100, storage="png")[0]
+    raw_8 = cost.job_seconds(model, "predict", "small", 224, "onnxruntime-fp32", 8, 100)[0]
+    assert png_8 - raw_8 == pytest.approx(100 * 0.010)
+    shard_raw = cost.job_seconds(model, "make_shards", None, 224, None, 2, 100)
+    shard_png = cost.job_seconds(model, "make_shards", None, 224, None, 2, 100, storage="png")
+    assert shard_png[0] > shard_raw[0] + 100 * 0.030 * cost.amdahl(0.95, 2, 2) * 0.99
+    assert shard_png[1] == pytest.approx(shard_raw[1] + 100 * 150528 / 2 / 1e6)   # the PNG rows held too
+    assert model.stored_bytes_per_image(224, "png") == pytest.approx(150528 / 2)
+    assert model.stored_bytes_per_image(224, "raw") == 150528
+    assert cost.shard_storage(456, 456) == "png" and cost.shard_storage(455, 456) == "raw"
+    assert cost.shard_storage(672, None) == "raw"
+    with pytest.raises(ZooError, match="no PNG storage measured.*png_from_size: null"):
+        cost.job_seconds(_model(), "predict", "small", 224, "onnxruntime-fp32", 2, 100, storage="png")
+
+
+def test_the_shipped_cost_file_has_png_storage_measured_at_the_large_sizes():
+    model = cost.load()
+    ratio, encode_s, decode_s = model.png_cost(600)
+    assert 1.5 < ratio < 3 and 0 < decode_s < 0.1 and 0 < encode_s < 0.2
+    assert {456, 600} <= set(model.png)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SAMPLE, base_config, copy_repo, needs_sample, planned_jobs, run_snakemake, seed_exports
 
-from effzoo import ort_session
+from effzoo import ort_session, shard_io
 from effzoo.cpu_target import cpu_kind
 from effzoo.demo import photo_path
 
@@ -417,3 +417,36 @@ def test_predictions_made_in_parts_are_byte_identical_and_a_lost_part_alone_reru
     for name in ("predictions.csv", "logits.npy", "predict.json"):
         (work / "output/tf_efficientnet_lite0-fp32" / name).unlink()
     assert planned_jobs(work, cfg, targets) == {"predict_part": 1, "gather_predictions": 1, "total": 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# compact shards: PNG rows give the same predictions byte for byte; a lost shard is still all that reruns
+
+@pytest.mark.slow
+def test_png_shards_give_byte_identical_predictions_and_rerun_shard_by_shard(demo_run, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(demo_run[0], work, symlinks=True)
+    targets = [f"output/tf_efficientnet_lite0-{q}/{f}" for q in ("fp32", "ov_fp32")
+               for f in ("predictions.csv", "logits.npy")]
+    cfg = demo_config()
+    cfg["preprocessing"] = {"shard_size": 2}   # the demo's 6 photos in 3 shards
+    run_snakemake(work, *targets, config=cfg)
+    shards = sorted((work / "npz/demo").glob("*/shard-*.npz"))
+    assert len(shards) == 3 and {shard_io.shard_storage(str(s)) for s in shards} == {"raw"}
+    raw = {t: (work / t).read_bytes() for t in targets}
+    raw_bytes = sum(s.stat().st_size for s in shards)
+    cfg["preprocessing"]["png_from_size"] = 224   # the demo's crop: its shards now store PNG rows
+    jobs = planned_jobs(work, cfg, targets)
+    assert jobs["make_shards"] == 3 and jobs["predict"] == 2
+    run_snakemake(work, *targets, config=cfg)
+    assert {shard_io.shard_storage(str(s)) for s in shards} == {"png"}
+    assert sum(s.stat().st_size for s in shards) < 0.8 * raw_bytes
+    for t in targets:
+        assert (work / t).read_bytes() == raw[t], t
+    assert planned_jobs(work, cfg, targets) == {}
+    # a shard job killed before it finished leaves no shard (it writes atomically), and nothing after it ran:
+    # the rerun makes that shard, not the two others
+    shards[1].unlink()
+    for t in targets:
+        (work / t).unlink()
+    assert planned_jobs(work, cfg, targets) == {"make_shards": 1, "predict": 2, "total": 3}
