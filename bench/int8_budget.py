@@ -13,7 +13,11 @@ VNNI (elsewhere their int8 kernels saturate and the figures would not be the bui
 --b7: the search cost on tf_efficientnet_b7 at 600x600 (random weights: cost only), with split_min_agreement 1.0 so that
 the search walks its whole schedule, 200 split images.
 
+Then, over every build and fold, how well the split's count and the continuous expected_agreement estimate
+(effzoo/int8_search.py split_signals) predict the held-out agreement.
+
 usage: python bench/int8_budget.py [--variants tf_efficientnet_lite0 ...] [--workdir bench-out/int8-budget]
+                                   [--methods max percentile kl_divergence mse] [--targets vnni avx512]
                                    [--benchmark] [--b7]
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 from _workflow import REPO
 
@@ -33,16 +38,16 @@ sys.path.insert(0, str(REPO))
 from effzoo.cpu_target import cpu_flags, cpu_kind  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
-METHODS = ("max", "percentile", "kl_divergence")
+METHODS = ("max", "percentile", "kl_divergence", "mse")
 TARGETS = ("vnni", "avx512")
 LITES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 
 
-def int8_modes() -> dict[str, dict]:
+def int8_modes(methods=METHODS) -> dict[str, dict]:
     """Every int8 method x runtime x forced CPU target, named like ov_int8_max_avx512."""
     modes = {}
     for runtime, prefix in (("onnxruntime", ""), ("openvino", "ov_")):
-        for method in METHODS:
+        for method in methods:
             for target in TARGETS:
                 modes[f"{prefix}int8_{method}_{target}"] = {"kind": "int8", "method": method, "runtime": runtime,
                                                             "cpu_target": target}
@@ -98,6 +103,9 @@ def pooled(folds: list[Path], variant: str, modes: list[str]) -> dict[str, dict]
         budgets = [b["details"]["accuracy_budget"] for b in builds]
         speed = [doc["results"][q].get("speedup_vs_runtime_fp32") for doc in docs]
         out[q] = {"images": n, "loss_pt": 100 * (ref - top1) / n, "agreement": agree / n,
+                  "held_out": [doc["results"][q]["top1_agreement_with_fp32"] for doc in docs],
+                  "expected": [b.get("final_expected_agreement") for b in budgets],
+                  "kl": [b.get("final_kl") for b in budgets],
                   "split": [b["final_agreement"] for b in budgets], "status": [b["status"] for b in budgets],
                   "promoted": [len(b["promoted"]) for b in budgets],
                   "macs": [b["promoted_macs_fraction"] for b in budgets],
@@ -121,6 +129,21 @@ def report(variant: str, rows: dict[str, dict]) -> list[str]:
         print(f"  {q:28s} {-r['loss_pt']:+5.1f} pt  {100 * r['agreement']:5.1f}% of {r['images']}  "
               f"{'meets' if ok else 'MISSES'}  | {folds} | vs its runtime's fp32: {speed}")
     return misses
+
+
+def signal_report(rows: dict[str, dict]) -> None:
+    """How well each split signal predicts the held-out agreement, over every build and fold."""
+    pairs = [(h, c, e) for r in rows.values() for h, c, e in zip(r["held_out"], r["split"], r["expected"])
+             if e is not None]
+    if not pairs:
+        return
+    held, count, expected = (np.asarray(x) for x in zip(*pairs))
+    print(f"\nsplit signals against the held-out agreement, {len(pairs)} builds x folds:")
+    for name, pred in (("split count (agreement)", count), ("expected_agreement", expected)):
+        err = pred - held
+        corr = np.corrcoef(pred, held)[0, 1] if pred.std() > 0 and held.std() > 0 else float("nan")
+        print(f"  {name:26s} mean abs error {100 * np.mean(np.abs(err)):.2f} pt, mean error {100 * np.mean(err):+.2f} "
+              f"pt, correlation {corr:.2f}")
 
 
 def b7_cost(work: Path) -> None:
@@ -159,6 +182,8 @@ def main():
     ap.add_argument("--benchmark", action="store_true",
                     help="also run the benchmark step (speed vs fp32) on the first fold")
     ap.add_argument("--b7", action="store_true", help="measure the search cost on efficientnet_b7 instead")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     a = ap.parse_args()
     work = Path(a.workdir).resolve()
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx_vnni", "avx2"))
@@ -166,15 +191,18 @@ def main():
     if a.b7:
         b7_cost(work)
         return
-    modes = int8_modes()
+    modes = {q: o for q, o in int8_modes(a.methods).items() if o["cpu_target"] in a.targets}
     if cpu_kind() != "vnni":
         print("this CPU has no VNNI: the vnni-policy modes are not scored here (their kernels would saturate)")
         modes = {q: o for q, o in modes.items() if o["cpu_target"] != "vnni"}
     roots = halves(work)
     folds = [run_fold(work, roots, k, a.variants, modes, a.benchmark and k == 0) for k in (0, 1)]
-    misses = []
+    misses, every = [], {}
     for v in a.variants:
-        misses += report(v, pooled(folds, v, list(modes)))
+        rows = pooled(folds, v, list(modes))
+        misses += report(v, rows)
+        every.update({f"{v} {q}": r for q, r in rows.items()})
+    signal_report(every)
     print("\nbars (>= 99% agreement, <= 0.5 pt loss, held-out): "
           + ("every build meets them" if not misses else f"{len(misses)} of {len(modes) * len(a.variants)} builds "
              f"miss: {', '.join(misses)}"))

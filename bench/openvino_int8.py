@@ -5,9 +5,17 @@
 Prints top-1, top-5, top-1 agreement with the fp32 build and images/s (batch 16, 2 threads, latency mode) for
 both, with ONNX Runtime fp32/int8, OpenVINO fp32 and PyTorch eager as references, and the CPU flags.
 
+--folds DIR: the peer with accuracy control, on the two folds of bench/int8_budget.py (run it first): for each fold
+and variant, NNCF's quantize_with_accuracy_control of the OpenVINO fp32 build, with the same range images
+(calibration.json's files), the same validation split and the same budget (top-1 agreement with fp32 on the split,
+max_drop = 1 - split_min_agreement, absolute), beside NNCF's default quantize and the project's OpenVINO and ONNX
+Runtime int8 builds of that fold: top-1 change and agreement with fp32 on the held-out half (both folds pooled),
+build seconds, and images/s over the runtime's fp32 in one interleaved run per variant (fold 0's models).
+
 usage: python bench/openvino_int8.py [--variant tf_efficientnet_lite0] [--workdir bench-out/sample]
        (runs the workflow on the sample in the workdir first if its metrics are missing; efficientnet_b0 runs
         with random weights: speed only)
+       python bench/openvino_int8.py --folds bench-out/int8-budget [--variants tf_efficientnet_lite0 ...]
 """
 from __future__ import annotations
 
@@ -72,6 +80,106 @@ def nncf_model(work: Path, variant: str, out: Path) -> tuple[str, float]:
     return str(out), time.monotonic() - t0
 
 
+def nncf_accuracy_control(fold: Path, variant: str, out: Path) -> tuple[str, float, float]:
+    """NNCF quantize_with_accuracy_control of the fold's OpenVINO fp32 build: the fold's range images, its
+    validation split with the fp32 top-1 as labels, top-1 agreement as the metric and max_drop = 1 - the split
+    budget; (IR path, seconds, the budget)."""
+    import nncf
+    import openvino as ov
+
+    cal = json.loads((fold / f"calib/{variant}/calibration.json").read_text())
+    budget = json.loads((fold / f"vacc/{variant}-ov_int8_max_vnni/build.json").read_text())["options"].get(
+        "split_min_agreement", 0.99)
+    datalist = str(fold / cal["source_datalist"])
+    rows = {r[2]: i for i, r in enumerate(read_datalist(datalist))}
+    split = cal["validation"]
+    t0 = time.monotonic()
+    calibration = nncf.Dataset([b for b, _ in iter_datalist_rows(datalist, [rows[f] for f in cal["files"]], 1)])
+    images = [b for b, _ in iter_datalist_rows(datalist, [rows[f] for f in split["files"]], 1)]
+    validation = nncf.Dataset(list(zip(images, split["fp32_top1"])))
+
+    def agreement(compiled, items):
+        logits = compiled.output("logits")
+        hits = [float(np.argmax(compiled(x)[logits]) == top) for x, top in items]
+        return float(np.mean(hits)), hits
+
+    model = ov.Core().read_model(str(fold / f"vacc/{variant}-ov_fp32/model.xml"))
+    q = nncf.quantize_with_accuracy_control(model, calibration, validation, agreement, max_drop=1 - budget,
+                                            drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.MIXED,
+                                            subset_size=len(cal["files"]))
+    ov.save_model(q, str(out), compress_to_fp16=False)
+    return str(out), time.monotonic() - t0, budget
+
+
+def nncf_default(fold: Path, variant: str, out: Path) -> tuple[str, float]:
+    """NNCF's default quantize of the fold's OpenVINO fp32 build on the fold's range images."""
+    import nncf
+    import openvino as ov
+
+    cal = json.loads((fold / f"calib/{variant}/calibration.json").read_text())
+    datalist = str(fold / cal["source_datalist"])
+    rows = {r[2]: i for i, r in enumerate(read_datalist(datalist))}
+    t0 = time.monotonic()
+    data = nncf.Dataset([b for b, _ in iter_datalist_rows(datalist, [rows[f] for f in cal["files"]], 1)])
+    model = ov.Core().read_model(str(fold / f"vacc/{variant}-ov_fp32/model.xml"))
+    q = nncf.quantize(model, data, preset=nncf.QuantizationPreset.MIXED, subset_size=len(cal["files"]),
+                      fast_bias_correction=True)
+    ov.save_model(q, str(out), compress_to_fp16=False)
+    return str(out), time.monotonic() - t0
+
+
+def held_out_shards(fold: Path, variant: str) -> list[str]:
+    """The shards of the fold's evaluated (held-out) half at the variant's geometry."""
+    cfg = yaml.safe_load((fold / "config.yaml").read_text())
+    size = json.loads((fold / f"vacc/{variant}-fp32/build.json").read_text())["preprocess"]["input_size"][1]
+    return sorted(str(p) for p in (fold / "npz" / cfg["dataset"]).glob(f"{size}-*/shard-*.npz"))
+
+
+def folds_report(root: Path, variants: list[str], a) -> None:
+    """The accuracy-control peer beside the project's int8 builds on bench/int8_budget.py's folds."""
+    folds = [root / "fold0", root / "fold1"]
+    flags = sorted(cpu_flags() & {"avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16"})
+    print(f"CPU flags {flags}; held-out halves of imagenet-sample-500, both folds pooled; speed: fold 0's models, "
+          f"batch {a.batch}, 2 threads, {a.rounds} interleaved rounds")
+    for v in variants:
+        models, build_s, budgets = {}, {}, set()
+        for k, fold in enumerate(folds):
+            path, secs, budget = nncf_accuracy_control(fold, v, fold / f"nncf-ac-{v}.xml")
+            models.setdefault("nncf accuracy control", []).append(path)
+            build_s.setdefault("nncf accuracy control", []).append(secs)
+            budgets.add(budget)
+            path, secs = nncf_default(fold, v, fold / f"nncf-{v}.xml")
+            models.setdefault("nncf default", []).append(path)
+            build_s.setdefault("nncf default", []).append(secs)
+            for q in ("ov_fp32", "fp32", "ov_int8_percentile_vnni", "ov_int8_mse_vnni", "int8_percentile_vnni",
+                      "int8_mse_vnni"):
+                d = fold / f"vacc/{v}-{q}"
+                if (d / "build.json").exists():
+                    models.setdefault(q, []).append(str(d / ("model.xml" if (d / "model.xml").exists()
+                                                             else "model.onnx")))
+                    build_s.setdefault(q, []).append(json.loads((d / "build.json").read_text())["build_s"])
+        acc = {}
+        for name, paths in models.items():
+            tops, labels = zip(*(evaluate(p, held_out_shards(f, v)) for p, f in zip(paths, folds)))
+            acc[name] = (np.concatenate(tops), np.concatenate(labels))
+        fp32 = {"onnxruntime": acc["fp32"][0][:, 0], "openvino": acc["ov_fp32"][0][:, 0]}
+        runners = {n: runtime.open_build(p[0], 2)[0] for n, p in models.items()}
+        size = json.loads((folds[0] / f"vacc/{v}-fp32/build.json").read_text())["preprocess"]["input_size"][1]
+        x = np.random.default_rng(0).integers(0, 256, (a.batch, size, size, 3), dtype=np.uint8)
+        res = speed.measure(runners, x, a.batch, a.iterations, 2, a.rounds)
+        print(f"\n{v} (split budget {sorted(budgets)}): | build | top-1 change (pt) | agreement with its runtime's "
+              f"fp32 | build s (fold 0, 1) | img/s | vs its runtime's fp32 |")
+        for name, (top, labels) in acc.items():
+            rt = "onnxruntime" if name in ("fp32", "int8_percentile_vnni", "int8_mse_vnni") else "openvino"
+            ref = fp32[rt]
+            ref_top1 = (ref == labels).mean()
+            ips = res[name]["throughput_ips"]
+            base = res["fp32" if rt == "onnxruntime" else "ov_fp32"]["throughput_ips"]
+            print(f"| {name} | {100 * ((top[:, 0] == labels).mean() - ref_top1):+.1f} | "
+                  f"{100 * (top[:, 0] == ref).mean():.1f}% of {len(ref)} | "
+                  f"{', '.join(f'{s:.0f}' for s in build_s[name])} | {ips:.1f} | {ips / base:.2f}x |")
+
+
 def evaluate(model: str, shards: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(top-5 ids, labels) over the shards."""
     run, _ = runtime.open_build(model, 2)
@@ -87,7 +195,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     timing_args(ap)
     ap.add_argument("--workdir", default="bench-out/sample")
+    ap.add_argument("--folds", help="bench/int8_budget.py's workdir: the accuracy-control comparison on its folds")
+    ap.add_argument("--variants", nargs="+", default=["tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                                                       "tf_efficientnet_lite2"])
     a = ap.parse_args()
+    if a.folds:
+        folds_report((REPO / a.folds).resolve(), a.variants, a)
+        return
     work = (REPO / a.workdir).resolve()
     if not (work / f"metrics/{a.variant}.json").exists():
         run_workflow(work, a.variant)

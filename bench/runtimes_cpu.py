@@ -6,6 +6,7 @@ Prints throughput at one batch size and the ratio of each engine over PyTorch ea
 interleaved rounds (medians), plus the CPU's int8/bf16 capabilities that decide which of them can pay.
 
 usage: python bench/runtimes_cpu.py [--workdir .] [--variant tf_efficientnet_lite0] [--batch 16] [--threads 2]
+                                   [--builds-only]
 Needs the builds under <workdir>/vacc/<variant>-<quant>/ (run the workflow first).
 """
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main():
     timing_args(ap)
     ap.add_argument("--workdir", default=".")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--builds-only", action="store_true",
+                    help="PyTorch eager and the builds only (not OpenVINO reading the ONNX Runtime files)")
     a = ap.parse_args()
     work = Path(a.workdir).resolve()
     builds = sorted(p.parent for p in (work / "vacc").glob(f"{a.variant}-*/build.json"))
@@ -58,6 +61,8 @@ def main():
         model = b / ("model.xml" if (b / "model.xml").exists() else "model.onnx")
         runners[f"build {b.name.split('-', 1)[1]}"] = runtime.open_build(str(model), a.threads)[0]
     try:
+        if a.builds_only:
+            raise ImportError
         import openvino  # noqa: F401
         runners["OpenVINO f32"] = openvino_runner(str(work / "vacc" / f"{a.variant}-fp32" / "model.onnx"),
                                                   a.threads, "f32")
@@ -68,7 +73,8 @@ def main():
                 runners[f"OpenVINO {b.name.split('-', 1)[1]}"] = openvino_runner(str(b / "model.onnx"),
                                                                                  a.threads, "f32")
     except ImportError:
-        print("(OpenVINO not installed: pip install openvino==2026.4.1 to include it)")
+        if not a.builds_only:
+            print("(OpenVINO not installed: pip install openvino==2026.4.1 to include it)")
     size = spec["input_size"][1]
     x = np.random.default_rng(0).integers(0, 256, (a.batch, size, size, 3), dtype=np.uint8)
     progress = Progress(a.rounds * len(runners), "runtimes")
@@ -76,9 +82,12 @@ def main():
     base = res["torch eager"]["throughput_ips"]
     print(f"\n{a.variant}, batch {a.batch}, {a.threads} threads, {a.rounds} rounds x {a.iterations} calls; "
           f"CPU {benchmark.cpu_name()} flags {cpu_flags()}; load average {os.getloadavg()}")
-    print(f"{'engine':34s} {'img/s':>8s} {'vs torch eager':>15s}")
+    fp32 = {"onnxruntime": res.get("build fp32"), "openvino": res.get("build ov_fp32")}
+    print(f"{'engine':34s} {'img/s':>8s} {'vs torch eager':>15s} {'vs its runtime fp32':>20s}")
     for n, r in sorted(res.items(), key=lambda kv: -kv[1]["throughput_ips"]):
-        print(f"{n:34s} {r['throughput_ips']:8.1f} {r['throughput_ips'] / base:14.2f}x")
+        ref = fp32["openvino" if n.startswith("build ov_") else "onnxruntime"] if n.startswith("build ") else None
+        vs = f"{r['throughput_ips'] / ref['throughput_ips']:19.2f}x" if ref else ""
+        print(f"{n:34s} {r['throughput_ips']:8.1f} {r['throughput_ips'] / base:14.2f}x {vs}")
 
 
 if __name__ == "__main__":

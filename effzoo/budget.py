@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 
 # What metrics keeps of an int8 build's split search (build.json details.accuracy_budget).
-SPLIT_SEARCH_KEYS = ("split_min_agreement", "status", "why", "final_agreement", "agreement_lower_95",
-                     "split_images", "split_images_needed", "promoted_macs_fraction", "search_s")
+SPLIT_SEARCH_KEYS = ("split_min_agreement", "signal", "status", "why", "final_agreement", "final_expected_agreement",
+                     "final_kl", "agreement_lower_95", "split_images", "split_images_needed", "promoted_macs_fraction",
+                     "speed_over_fp32_on_split", "slower_than_fp32", "search_s")
 # A split smaller than this says nothing about a budget near 99%: the search does not run on it (not_checked).
 MIN_SPLIT_IMAGES = 50
 
@@ -127,8 +128,20 @@ def speed_over_fp32(r: dict) -> float | None:
 def slower_than_fp32(metrics: list[dict]) -> list[str]:
     """'variant mode (0.81x)' for every build the benchmark measured no faster than the fp32 build of its own
     runtime (of the reference fp32 build where its runtime has none)."""
-    return [f"{m['variant']} {q} ({speed_over_fp32(r):.2f}x)" for m in metrics for q, r in m["results"].items()
+    return [f"{m['variant']} {q} ({speed_over_fp32(r):.2f}x{slow_reason(r)})" for m in metrics
+            for q, r in m["results"].items()
             if not is_runtime_reference(r) and speed_over_fp32(r) is not None and speed_over_fp32(r) <= 1.0]
+
+
+def slow_reason(r: dict) -> str:
+    """Why an int8 build may be slow, from its split search: its promotions, or the build's own finding that it
+    is slower than fp32 on the split."""
+    b = r.get("accuracy_budget") or {}
+    if b.get("slower_than_fp32"):
+        return f"; the build measured {b['slower_than_fp32']}"
+    if b.get("promoted_layers"):
+        return f"; {b['promoted_layers']} layers promoted, {100 * b.get('promoted_macs_fraction', 0):.0f}% of the MACs"
+    return ""
 
 
 def split_budget_notes(metrics: list[dict]) -> list[str]:
@@ -141,9 +154,15 @@ def split_budget_notes(metrics: list[dict]) -> list[str]:
             if not b or b["status"] == "met":
                 continue
             name = f"{m['variant']} {q}"
+            expected = (f", expected {b['final_expected_agreement']:.3f}"
+                        if b.get("final_expected_agreement") is not None else "")
             if b["status"] == "cap_reached":
-                out.append(f"{name}: split budget not met within the promotion cap ({b['final_agreement']:.3f} on "
-                           f"{b['split_images']} split images)")
+                out.append(f"{name}: split budget not met within the promotion cap ({b['final_agreement']:.3f}"
+                           f"{expected} on {b['split_images']} split images" + (f"; {b['why']}" if b.get("why")
+                                                                                  else "") + ")")
+            elif b["status"] == "speed_bound":
+                out.append(f"{name}: promotions held back by the speed floor ({b['why']}; {b['final_agreement']:.3f}"
+                           f"{expected} on {b['split_images']} split images)")
             elif b["status"] == "not_certified":
                 needed = b.get("split_images_needed")
                 out.append(f"{name}: split agreement {b['final_agreement']:.3f} on {b['split_images']} images does "

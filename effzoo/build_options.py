@@ -16,12 +16,13 @@ COMMON = ("kind", "runtime", "cpu_target", "on_cpu_mismatch")
 BY_KIND = {
     "fp32": ("graph_optimization",),
     "fp16": (),
-    "int8": ("quantized_ops", "method", "per_channel", "reduce_range", "split_min_agreement", "max_promoted_macs",
-             "bias_correction", "sensitivity_images", "activation_type", "weight_type", "exclude_layers",
-             "keep_bounded_ranges"),
+    "int8": ("quantized_ops", "method", "per_channel", "reduce_range", "split_min_agreement", "split_signal",
+             "max_promoted_macs", "min_speed_over_fp32", "bias_correction", "sensitivity_images", "activation_type",
+             "weight_type", "exclude_layers", "keep_bounded_ranges"),
 }
 # The options each int8 range method reads (effzoo.ranges).
-BY_METHOD = {"max": (), "percentile": ("percentile",), "kl_divergence": ("levels", "candidates")}
+BY_METHOD = {"max": (), "percentile": ("percentile",), "kl_divergence": ("levels", "candidates"),
+             "mse": ("levels", "candidates")}
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class BuildOptions:
     per_channel: bool | None = None
     reduce_range: bool | str | None = None
     split_min_agreement: float | None = None
+    split_signal: str | None = None
     max_promoted_macs: float | None = None
+    min_speed_over_fp32: float | None = None
     bias_correction: bool | None = None
     sensitivity_images: int | None = None
     activation_type: str | None = None

@@ -2,7 +2,8 @@
 
 `code_version(step)` hashes the normalized syntax tree (comments, docstrings and formatting do not count) of a
 step script (scripts/<step>.py) and of every module of the effzoo package it imports, transitively (the package's
-own __init__, which only re-exports the user API, is not followed). The workflow passes it through `params:`,
+own __init__, which only re-exports the user API, is not followed), and the bytes of the measured data files the
+step reads (STEP_DATA). The workflow passes it through `params:`,
 so Snakemake reruns exactly the jobs whose code changed, and the step records it in its manifest.
 `package_versions(names)` reads installed versions (importlib.metadata, no import of the packages).
 Standard library only: it runs at parse time on every snakemake call. Parsing ~40 modules costs ~0.5 s, so
@@ -46,6 +47,10 @@ STEP_PACKAGES = {
     "summary": ("matplotlib",),
     "deploy": (),
 }
+
+# Data files of the package that shape a step's outputs (measured tables the code reads): their bytes count in the
+# step's fingerprint, so remeasuring one reruns the steps that read it.
+STEP_DATA = {"build_int8": ("promotion_cost.json",)}
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -153,6 +158,9 @@ def code_version(step: str) -> str:
     h = hashlib.sha256()
     for m in step_closure(step):
         h.update(f"{m}\n{_parsed(m)[0]}\n".encode())
+    for name in STEP_DATA.get(step, ()):
+        digest = hashlib.sha256((ROOT / "effzoo" / name).read_bytes()).hexdigest()
+        h.update(f"{name}\n{digest}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -1,31 +1,38 @@
-"""Accuracy budget for int8 builds: promote the most sensitive layers until the build agrees with fp32.
+"""Accuracy budget for int8 builds: promote layers, the most accuracy per measured slowdown first, until the build's
+expected agreement with fp32 on the validation split reaches the budget, never below the speed floor.
 
 An int8 build starts from its CPU policy's weights (plain 8-bit for a vnni target; 7-bit in the saturating GEMM
-layers otherwise) and is checked against `split_min_agreement`: its top-1 agreement with the fp32 model on the
-validation split of the calibration source (calibrate.py: seeded, class-balanced, disjoint from the range images).
-When it falls short, layers are promoted in the order of their measured sensitivity:
+layers otherwise) and is checked against `split_min_agreement` on the validation split of the calibration source
+(calibrate.py: seeded, class-balanced, disjoint from the range images). Promotions:
   * to exact uint8 weights (ONNX Runtime's exact u8u8 kernel): a saturating GEMM layer of an ONNX Runtime build
     for a target without VNNI;
   * to float (weights left unquantized) otherwise: on a vnni target, for depthwise layers, and on OpenVINO, which
     has no exact uint8 kernel.
 Before the search, bias correction (on by default): each layer's int32 bias absorbs the mean output change its
 quantized weights cause (measured in the same pass; data-driven bias correction as in NNCF's fast bias correction).
-Sensitivity is one pass of the float model over range images: for each layer, the output noise its promotion
-removes, ||conv(x, W_now - W_promoted)||^2 / ||conv(x, W)||^2 (the layer's own noise-to-signal ratio, as
-TFLite's quantization debugger ranks layers for float fallback). The search promotes 1, 2, 4, ... layers of the
-ranking, then bisects between the last prefix that fell short and the first that met the budget; a trial stops
-as soon as its disagreements exceed what the budget allows. Promoted layers are capped at a fraction of the
-quantized layers' multiply-accumulates. Each trial is one session of the build's runtime on the trial graph
-(ONNX Runtime fuses the QDQ pattern into its int8 kernels when the session opens, so a session cannot take new
-weights); where the building CPU cannot run the target's kernels exactly (a vnni target built without VNNI),
-trials run the QDQ graph unfused, in float: the same integer arithmetic up to float rounding.
+Gain: one pass of the float model over range images gives, per layer, the output noise its promotion removes,
+||conv(x, W_now - W_promoted)||^2 / ||conv(x, W)||^2 (as TFLite's quantization debugger ranks layers for float
+fallback). Cost: the measured slowdown per share of the MACs promoted, per runtime and kind (promotion_cost.json,
+bench/promotion_cost.py). Layers are ranked by gain per cost.
+Each trial runs the whole split and records the count agreement, the KL of the softmax and the logit MSE against
+the fp32 model, and the expected agreement (split_signals); `split_signal` says which decides. The search promotes
+1, 2, 4, ... layers of the ranking, then bisects down to the smallest passing prefix, capped at a fraction of the
+quantized layers' MACs. When none passes it keeps the fewest promotions that remove most of the KL the trials could
+remove (none when they remove too little to measure). Trials on the build's own kernels are timed against the fp32
+model on the same runtime; promotions stop where the build would fall below `min_speed_over_fp32` x fp32.
+Each trial is one session of the build's runtime on the trial graph (ONNX Runtime fuses the QDQ pattern into its
+int8 kernels when the session opens, so a session cannot take new weights); where the building CPU cannot run the
+target's kernels exactly (a vnni target built without VNNI), trials run the QDQ graph unfused, in float: the same
+integer arithmetic up to float rounding, and speed is not measured.
 """
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +47,7 @@ from effzoo.ort_session import bounded_session
 from onnx import helper, numpy_helper
 
 TRIAL_BATCH = 4
+PROMOTION_COST_FILE = Path(__file__).with_name("promotion_cost.json")   # bench/promotion_cost.py --update
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,26 @@ def weight_layers(model: onnx.ModelProto, exclude: set[str] = frozenset()) -> li
             k = w[1] if trans_b else w[0]
             out.append(Layer(n.name, n.input[1], 0 if trans_b else 1, _out_elems(shapes, n.output[0]) * k, True))
     return out
+
+
+@lru_cache(maxsize=1)
+def promotion_costs() -> dict:
+    """Measured slowdown of the int8 graph per unit share of its MACs promoted, per runtime and kind of promotion
+    (float_depthwise, float_dense, exact_uint8_dense)."""
+    try:
+        return json.loads(PROMOTION_COST_FILE.read_text(encoding="utf-8"))["slowdown_per_mac_share"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ZooError(f"{PROMOTION_COST_FILE}: promotion costs not readable ({e}); measure them with "
+                       f"bench/promotion_cost.py --update") from None
+
+
+def promotion_slowdown(layer: Layer, kind: str, runtime: str, total_macs: int) -> float:
+    """The predicted slowdown (fraction of the int8 graph's time) of promoting one layer."""
+    key = f"{kind}_{'dense' if layer.saturating else 'depthwise'}"
+    per_share = promotion_costs().get(runtime, {})
+    if key not in per_share:
+        raise ZooError(f"{PROMOTION_COST_FILE}: no {key} cost measured for {runtime}")
+    return per_share[key] * layer.macs / max(total_macs, 1)
 
 
 def promotion_kind(layer: Layer, policy: str, runtime: str) -> str:
@@ -293,20 +321,109 @@ def trial_runner(runtime: str, emulate: bool, threads: int):
     return open_ort
 
 
-def run_trial(run, images: np.ndarray, reference: np.ndarray, allowed: int) -> dict:
-    """Top-1 agreement of `run` with the reference top-1 on the split; stops once disagreements exceed
-    `allowed` (the trial cannot meet the budget any more)."""
+def split_signals(logits: np.ndarray, reference: np.ndarray) -> dict:
+    """Distances of an int8 build's split logits from the fp32 model's (`reference`, same images), per image and
+    continuous, so that a decision does not hang on whether one image of ~100 flips:
+      * kl: mean KL(softmax fp32 || softmax int8), in nats; logit_mse: mean squared logit error;
+      * expected_agreement: the agreement the build is expected to have on images it has not seen. Image i keeps
+        its top-1 class when its margin loss l_i (its fp32 top-1 margin minus its int8 margin for that class, >0
+        when int8 moves towards another class) stays below its margin m_i. Pairing every image's loss with every
+        image's fp32 margin, 1 - mean over i != j of [l_i >= m_j], estimates P(l < m) from n(n-1) pairs instead of
+        n: a margin-loss distribution and a margin distribution, each measured on the whole split."""
+    ref = reference.astype(np.float64)
+    out = logits.astype(np.float64)
+    n = len(ref)
+    top = ref.argmax(axis=1)
+    rows = np.arange(n)
+    ref_others, out_others = ref.copy(), out.copy()
+    ref_others[rows, top] = -np.inf
+    out_others[rows, top] = -np.inf
+    margin = ref[rows, top] - ref_others.max(axis=1)
+    int8_margin = out[rows, top] - out_others.max(axis=1)
+    loss = margin - int8_margin
+    # pairs (i, j): count margins m_j <= l_i with a sort, then drop the i == j pairs
+    m_sorted = np.sort(margin)
+    below = np.searchsorted(m_sorted, loss, side="right").sum() - int((loss >= margin).sum())
+    expected = 1.0 - below / (n * (n - 1)) if n > 1 else float(loss[0] < margin[0])
+
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    lp, lq = log_softmax(ref), log_softmax(out)
+    kl = float(np.mean((np.exp(lp) * (lp - lq)).sum(axis=1)))
+    return {"agreement": float(np.mean(out.argmax(axis=1) == top)), "expected_agreement": float(expected),
+            "kl": kl, "logit_mse": float(np.mean((out - ref) ** 2))}
+
+
+def timed(run, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """(logits, seconds per image) of one batch."""
+    t = time.perf_counter()
+    out = run(x)
+    return out, (time.perf_counter() - t) / len(x)
+
+
+def split_logits(run, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """(logits of the split, median seconds per image over its batches after one warm-up batch) of a model."""
+    run(images[:TRIAL_BATCH])
+    outs, per_image = zip(*(timed(run, images[i:i + TRIAL_BATCH]) for i in range(0, len(images), TRIAL_BATCH)))
+    return np.concatenate(outs), float(np.median(per_image))
+
+
+def run_trial(run, images: np.ndarray, reference: np.ndarray, allowed: int, ref_logits: np.ndarray | None = None,
+              signal: str = "agreement", budget: float = 0.0) -> dict:
+    """A trial on the split: top-1 agreement with the reference top-1, the continuous signals against the fp32
+    logits (split_signals), and seconds per image after one warm-up batch. signal "agreement" passes when the
+    disagreements stay within `allowed` (and stops once they exceed it: the trial cannot pass any more);
+    "expected_agreement" runs the whole split and passes when that estimate reaches `budget`."""
+    run(images[:TRIAL_BATCH])   # warm-up, not timed: the session's first call allocates
     t0 = time.monotonic()
     wrong = seen = 0
+    outs, per_image = [], []
     for i in range(0, len(images), TRIAL_BATCH):
-        top = run(images[i:i + TRIAL_BATCH]).argmax(axis=1)
+        logits, secs = timed(run, images[i:i + TRIAL_BATCH])
+        top = logits.argmax(axis=1)
+        outs.append(logits)
+        per_image.append(secs)
         wrong += int((top != reference[i:i + TRIAL_BATCH]).sum())
         seen += len(top)
-        if wrong > allowed:
+        if signal == "agreement" and wrong > allowed:
             return {"passed": False, "disagreements_at_least": wrong, "images_run": seen,
-                    "agreement_at_most": round(1 - wrong / len(images), 6), "s": round(time.monotonic() - t0, 2)}
-    return {"passed": True, "disagreements": wrong, "images_run": seen,
-            "agreement": round(1 - wrong / len(images), 6), "s": round(time.monotonic() - t0, 2)}
+                    "agreement_at_most": round(1 - wrong / len(images), 6), "s": round(time.monotonic() - t0, 2),
+                    "s_per_image": round(float(np.median(per_image)), 5)}
+    # speed: the median batch (robust to a hiccup of the machine), as split_logits times the fp32 model
+    result = {"disagreements": wrong, "images_run": seen, "agreement": round(1 - wrong / len(images), 6),
+              "s": round(time.monotonic() - t0, 2), "s_per_image": round(float(np.median(per_image)), 5)}
+    if ref_logits is not None:
+        sig = split_signals(np.concatenate(outs), ref_logits)
+        result.update(expected_agreement=round(sig["expected_agreement"], 6), kl=round(sig["kl"], 6),
+                      logit_mse=round(sig["logit_mse"], 6))
+    if signal == "expected_agreement":
+        if ref_logits is None:
+            raise ZooError("split_signal expected_agreement needs the fp32 logits of the split")
+        passed = result["expected_agreement"] >= budget
+    else:
+        passed = wrong <= allowed
+    return {"passed": passed, **result}
+
+
+USEFUL_SHARE = 0.8       # a prefix that removes this share of the KL the trials could remove is enough
+MEASURABLE_KL_CUT = 0.1  # below this relative cut of the split KL, promotions bought nothing measurable
+
+
+def useful_prefix(trials: dict[int, dict]) -> tuple[int, str]:
+    """When no prefix meets the budget: the fewest promotions that remove most of the split KL the trials could
+    remove (USEFUL_SHARE), or none when the best of them cuts it by less than MEASURABLE_KL_CUT; and why."""
+    kl = {p: t["kl"] for p, t in trials.items() if "kl" in t}
+    best = min(kl, key=lambda p: (kl[p], p))
+    cut = kl[0] - kl[best]
+    if kl[0] <= 0 or cut < MEASURABLE_KL_CUT * kl[0]:
+        return 0, (f"no prefix met the budget, and promotions cut the split KL by {100 * cut / max(kl[0], 1e-12):.0f}% "
+                   f"at most ({kl[0]:.5f} -> {kl[best]:.5f}): none kept, they would cost speed for no measurable "
+                   f"gain")
+    chosen = min(p for p in kl if kl[0] - kl[p] >= USEFUL_SHARE * cut)
+    return chosen, (f"no prefix met the budget; {chosen} promoted layers remove "
+                    f"{100 * (kl[0] - kl[chosen]) / kl[0]:.0f}% of the split KL ({kl[0]:.5f} -> {kl[chosen]:.5f}; the best trial, {best} layers, "
+                    f"{kl[best]:.5f})")
 
 
 def capped(ranking: list[tuple[Layer, str, float]], cap_macs: float) -> list[tuple[Layer, str, float]]:
@@ -385,52 +502,95 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
                       "search_s": round(time.monotonic() - t0, 2)}
     images, reference = split
     allowed = int(math.floor((1 - budget) * len(images) + 1e-9))
+    # the fp32 model's logits of the split on the build's runtime (the continuous signals' reference), and its
+    # speed there (what a promotion must not fall below)
+    ref_logits, fp32_s_per_image = split_logits(trial_runner(runtime, False, threads)(prepped), images)
     # what a promotion removes: the layer's weight noise, less what is left with exact uint8 weights
     scores = {la.name: noise[la.name][0] - (exact_noise[la.name][0] if la.name in exact_noise else 0.0)
               for la in quantized}
-    ranking = sorted(((la, kinds[la.name], scores[la.name]) for la in quantized), key=lambda e: -e[2])
+    # accuracy gained per predicted slowdown: on ONNX Runtime a float depthwise layer costs 15x what a float dense
+    # layer of the same MACs does (bench/promotion_cost.py)
     total_macs = sum(la.macs for la in quantized)
+    slowdown = {la.name: promotion_slowdown(la, kinds[la.name], runtime, total_macs) for la in quantized}
+    ranking = sorted(((la, kinds[la.name], scores[la.name]) for la in quantized),
+                     key=lambda e: -e[2] / max(slowdown[e[0].name], 1e-9))
     order = capped(ranking, options.max_promoted_macs * total_macs)
     opener = trial_runner(runtime, emulate, threads)
+    signal = options.split_signal
 
-    def trial(p: int) -> dict:
+    def trial(p: int, full: bool = False) -> dict:
         model = promoted_model(base, [(la, k) for la, k, _ in order[:p]], prepped, exact)
         t = time.monotonic()
         run = opener(model)
         open_s = time.monotonic() - t
-        result = {"layers": p, **run_trial(run, images, reference, allowed), "open_s": round(open_s, 2)}
+        result = {"layers": p, **run_trial(run, images, reference, len(images) if full else allowed, ref_logits,
+                                           signal, budget), "open_s": round(open_s, 2)}
+        if not emulate:   # the build's own kernels: its speed on the split, against the fp32 model's
+            result["speed_over_fp32"] = round(fp32_s_per_image / result["s_per_image"], 3)
         LOG.info("budget trial: %d promoted layers: %s", p, result)
         return result
 
     chosen, trials = schedule_search(trial, len(order))
     passed = chosen >= 0
-    if not passed:  # the most the cap allows, scored on the whole split
-        chosen = len(order)
-        model = promoted_model(base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)
-        final = run_trial(opener(model), images, reference, len(images))
-    else:
-        model = promoted_model(base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)
-        final = trials[chosen]
+    cap_note = None
+    if not passed:
+        chosen = len(order)   # the most the cap allows, or fewer where more bought nothing measurable
+        if signal == "expected_agreement":
+            chosen, cap_note = useful_prefix(trials)
+    status_note = None
+    if not emulate:   # never slower than fp32: back off to the most promotions that keep the speed floor
+        speed_of = {p: t["speed_over_fp32"] for p, t in trials.items()}
+        if chosen not in speed_of:
+            trials[chosen] = trial(chosen, full=True)
+            speed_of[chosen] = trials[chosen]["speed_over_fp32"]
+        if speed_of[chosen] < options.min_speed_over_fp32 and chosen > 0:
+            fast = [p for p, sp in speed_of.items() if p < chosen and sp >= options.min_speed_over_fp32]
+            back = max(fast) if fast else 0
+            status_note = (f"{chosen} promoted layers ran at {speed_of[chosen]:.2f}x the fp32 model on the split "
+                           f"(floor min_speed_over_fp32 {options.min_speed_over_fp32}); kept {back}")
+            chosen = back
+    final = trials.get(chosen)
+    if final is None or "disagreements" not in final or "kl" not in final:   # scored on the whole split
+        final = trials[chosen] = trial(chosen, full=True)
+    model = promoted_model(base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)
     promoted = order[:chosen]
     agreeing = len(images) - final["disagreements"]
-    if passed:   # met as a point estimate: certified only as far as the split allows
+    met = final["passed"] if signal == "expected_agreement" else agreeing >= len(images) - allowed
+    if cap_note:
+        record["why"] = cap_note
+    if status_note:
+        record.update(status="speed_bound", why=status_note,
+                      agreement_lower_95=round(wilson_lower(agreeing, len(images)), 6))
+    elif met:   # met as a point estimate: certified only as far as the split allows
         record.update(certify(agreeing, len(images), budget))
     else:
         record.update(status="cap_reached", agreement_lower_95=round(wilson_lower(agreeing, len(images)), 6))
+    speed = final.get("speed_over_fp32")
+    if speed is not None and speed < 1.0:
+        record["slower_than_fp32"] = (
+            f"{speed:.2f}x the fp32 model on the split with {chosen} promoted layers" + (
+                "; the unpromoted int8 graph is slower than fp32 on this CPU" if chosen == 0 else ""))
     record.update({
-        "split_images": len(images), "disagreements_allowed": allowed,
+        "split_images": len(images), "disagreements_allowed": allowed, "signal": signal,
         "trials_run_as": ("ONNX Runtime, QDQ graph unfused in float (this CPU cannot run the target's int8 "
-                          "kernels exactly)" if emulate else f"{runtime}, the build's own kernels"),
+                          "kernels exactly; speed not measured)" if emulate else f"{runtime}, the build's own kernels"),
         "ranking": {"images": len(rank_images), "metric": "output noise-to-signal ratio the promotion removes "
-                    "(float model, one pass per weight set)",
-                    "layers": [[la.name, k, round(s, 8), la.macs] for la, k, s in ranking]},
+                    "(float model, one pass per weight set), per predicted slowdown (measured promotion costs, "
+                    f"{PROMOTION_COST_FILE.name})",
+                    "layers": [[la.name, k, round(s, 8), la.macs, round(slowdown[la.name], 5)]
+                               for la, k, s in ranking]},
+        "predicted_slowdown": round(sum(slowdown[la.name] for la, _, _ in promoted), 4),
         "cap_macs": int(options.max_promoted_macs * total_macs), "quantized_layer_macs": total_macs,
         "steps": [trials[p] for p in sorted(trials)],
         "promoted": [[la.name, k] for la, k, _ in promoted],
         "promoted_macs_fraction": round(sum(la.macs for la, _, _ in promoted) / max(total_macs, 1), 4),
-        "final_agreement": final["agreement"], "rank_s": round(rank_s, 2),
+        "final_agreement": final["agreement"], "final_expected_agreement": final["expected_agreement"],
+        "final_kl": final["kl"], "final_logit_mse": final["logit_mse"], "speed_over_fp32_on_split": speed,
+        "fp32_s_per_image": round(fp32_s_per_image, 5), "rank_s": round(rank_s, 2),
         "search_s": round(time.monotonic() - t0, 2)})
-    if not passed:
+    if status_note:
+        LOG.warning("int8 promotions held back by the speed floor: %s", status_note)
+    elif not met:
         LOG.warning("int8 split budget %.3f not met: %d promoted layers (the cap, %s of the MACs) agree on %.4f",
                     budget, chosen, options.max_promoted_macs, final["agreement"])
     elif record["status"] == "not_certified":

@@ -13,6 +13,11 @@ Range methods (activations are uint8, asymmetric, so 0 is always representable):
     range with the smallest KL(P || Q) wins. (ONNX Runtime's Entropy calibrator builds a histogram symmetric
     about 0 and quantizes it to 128 bins, so a non-negative ReLU6 output gets only 64 levels' worth of
     candidates: it clipped lite0's head from [0, 6] to [0, 0.38] and lost 9 points.)
+  * mse: the range with the smallest expected squared quantization error of the tensor over its histogram
+    (rounding noise of the candidate's step inside the range, the distance to the edge outside it), over the same
+    candidates as kl_divergence. For a consumer y = W x the output error is W e, whose expected energy is
+    ||W||_F^2 / n times the input's mean squared error for white noise: minimising the tensor's error minimises its
+    consumers' (as NNCF's MSE range estimator and AIMET's tf_enhanced do).
 """
 from __future__ import annotations
 
@@ -166,6 +171,33 @@ def kl_range(counts: np.ndarray, edges: np.ndarray, tmin: float, tmax: float, le
     return min(max(rlo, tmin), 0.0), max(min(rhi, tmax), 0.0)
 
 
+def quantization_mse(counts: np.ndarray, edges: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                     levels: int = 256) -> np.ndarray:
+    """Expected squared error per value of quantizing the histogram's values to `levels` steps over [lo, hi]
+    (arrays of candidate ranges): step^2 / 12 for a value inside, its squared distance to the range outside
+    (bin centres, plus the bin's own width^2 / 12)."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    width2 = float(np.mean(np.diff(edges)) ** 2) / 12
+    lo, hi = np.atleast_1d(lo)[:, None], np.atleast_1d(hi)[:, None]
+    step2 = ((hi - lo) / (levels - 1)) ** 2 / 12
+    outside = np.maximum(centres[None, :] - hi, 0) ** 2 + np.maximum(lo - centres[None, :], 0) ** 2
+    inside = (centres[None, :] >= lo) & (centres[None, :] <= hi)
+    err = np.where(inside, step2, outside + width2)
+    return (err * counts[None, :]).sum(axis=1) / max(counts.sum(), 1)
+
+
+def mse_range(counts: np.ndarray, edges: np.ndarray, tmin: float, tmax: float, levels: int = 256,
+              candidates: int = 128) -> tuple:
+    """The candidate range (see module docstring) with the smallest expected squared quantization error."""
+    lo, hi = min(tmin, 0.0), max(tmax, 0.0)
+    if counts.sum() == 0 or hi - lo <= 0:
+        return lo, hi
+    fracs = np.linspace(1.0 / candidates, 1.0, candidates)
+    errors = quantization_mse(counts.astype(np.float64), edges, lo * fracs, hi * fracs, levels)
+    best = fracs[int(np.argmin(errors))]
+    return float(lo * best), float(hi * best)
+
+
 def full_range_tensors(model: onnx.ModelProto) -> set[str]:
     """Tensors whose range is never clipped by a histogram method: outputs of bounded activations (Clip, i.e.
     ReLU6: the network was trained with that bound and ORT folds the Clip into the producer's quantization)
@@ -187,7 +219,7 @@ def full_range_tensors(model: onnx.ModelProto) -> set[str]:
 
 def compute_ranges(arrs, method: str, *, percentile: float | None = None, levels: int | None = None,
                    candidates: int | None = None, keep_full: set[str] = frozenset()) -> dict:
-    """Per-tensor (lo, hi) for a method ('max', 'percentile', 'kl_divergence') from a stats npz; tensors in
+    """Per-tensor (lo, hi) for a method ('max', 'percentile', 'kl_divergence', 'mse') from a stats npz; tensors in
     `keep_full` get [min, max] whatever the method."""
     out = {}
     for i, name in enumerate(arrs["names"].tolist()):
@@ -200,6 +232,8 @@ def compute_ranges(arrs, method: str, *, percentile: float | None = None, levels
             out[name] = percentile_range(counts, edges, tmin, tmax, float(percentile))
         elif method == "kl_divergence":
             out[name] = kl_range(counts, edges, tmin, tmax, int(levels), int(candidates))
+        elif method == "mse":
+            out[name] = mse_range(counts, edges, tmin, tmax, int(levels), int(candidates))
         else:
-            raise ZooError(f"calibrate method {method!r}: expected max, percentile or kl_divergence")
+            raise ZooError(f"calibrate method {method!r}: expected max, percentile, kl_divergence or mse")
     return out

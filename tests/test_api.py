@@ -167,7 +167,10 @@ def test_build_options_are_parsed_once_with_the_cpu_target_resolved():
     assert opts.exclude_layers == () and opts.as_given()["cpu_target"] == "avx512"
     with pytest.raises(ZooError, match=r"quant mode 'q': options \['percentile'\] missing"):
         BuildOptions.parse({k: v for k, v in modes["int8_percentile"].items() if k != "percentile"}, "q")
-    with pytest.raises(ZooError, match=r"quant mode 'q': method 'mse': expected one of max, percentile"):
+    with pytest.raises(ZooError, match=r"quant mode 'q': method 'entropy': expected one of max, percentile, "
+                                       r"kl_divergence, mse"):
+        BuildOptions.parse({**modes["int8_max"], "method": "entropy"}, "q")
+    with pytest.raises(ZooError, match=r"quant mode 'q': options \['levels', 'candidates'\] missing"):
         BuildOptions.parse({**modes["int8_max"], "method": "mse"}, "q")
     with pytest.raises(ZooError, match=r"quant mode 'q': OpenVINO builds are fp32 or int8"):
         BuildOptions.parse({**modes["fp16"], "runtime": "openvino"}, "q")

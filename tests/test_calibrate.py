@@ -88,8 +88,42 @@ def test_methods_and_full_range_tensors():
     assert mx["a"] == (stats["a"].min, stats["a"].max)
     assert stats["a"].min < pc["a"][0] < 0 < pc["a"][1] < stats["a"].max
     assert pc["b"] == mx["b"]
-    with pytest.raises(ZooError, match="calibrate method 'mse': expected max, percentile or kl_divergence"):
-        ranges.compute_ranges(arrs, "mse")
+    ms = ranges.compute_ranges(arrs, "mse", levels=256, candidates=128, keep_full={"b"})
+    assert stats["a"].min < ms["a"][0] < 0 < ms["a"][1] < stats["a"].max and ms["b"] == mx["b"]
+    with pytest.raises(ZooError, match="calibrate method 'entropy': expected max, percentile, kl_divergence or mse"):
+        ranges.compute_ranges(arrs, "entropy")
+
+
+def test_quantization_mse_hand_computed():
+    # two values per bin at centres 0.5 and 1.5 (bins [0,1), [1,2)); range [0, 1] with 2 levels (step 1): the
+    # first bin is inside (1/12), the second 0.5 beyond the edge (0.25 + bin width^2/12)
+    counts, edges = np.array([2.0, 2.0]), np.array([0.0, 1.0, 2.0])
+    err = ranges.quantization_mse(counts, edges, np.array([0.0]), np.array([1.0]), levels=2)
+    assert err[0] == pytest.approx((2 * (1 / 12) + 2 * (0.25 + 1 / 12)) / 4)
+
+
+def test_mse_range_keeps_a_uniform_distribution_and_clips_a_heavy_tail():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, 500_000)
+    counts, edges = hist_of(x)
+    assert ranges.mse_range(counts, edges, 0.0, x.max()) == pytest.approx((0.0, x.max()), rel=0.01)
+    y = np.abs(rng.standard_t(3, 500_000))   # heavy tail: the max lies far out
+    counts, edges = hist_of(y, 4096)
+    lo, hi = ranges.mse_range(counts, edges, 0.0, y.max())
+    assert lo == 0.0 and hi < 0.8 * y.max()
+
+    def measured(r):   # the error of quantizing the values themselves
+        step = (r[1] - r[0]) / 255
+        q = np.clip(np.round((y - r[0]) / step), 0, 255) * step + r[0]
+        return float(np.mean((q - y) ** 2))
+    # the histogram's estimate is the measured error, for clipping ranges and wide ones
+    for r in ((0.0, 10.0), (0.0, hi), (0.0, y.max())):
+        est = ranges.quantization_mse(counts.astype(float), edges, np.array([r[0]]), np.array([r[1]]))[0]
+        assert est == pytest.approx(measured(r), rel=0.01)
+    # and its error is the smallest of the methods'
+    others = [(0.0, y.max()), ranges.percentile_range(counts, edges, 0.0, y.max(), 99.999),
+              ranges.kl_range(counts, edges, 0.0, y.max())]
+    assert all(measured((lo, hi)) <= measured(r) * 1.02 for r in others)
 
 
 def test_balanced_selection():

@@ -67,6 +67,12 @@ def test_a_shared_module_reaches_every_step_that_imports_it(code_copy):
     assert changed == {"calibrate", "build_int8", "predict", "make_shards", "make_datalist"}
 
 
+def test_remeasured_promotion_costs_rerun_the_int8_builds_only(code_copy):
+    before = {s: fresh(s) for s in fingerprint.STEP_PACKAGES}
+    edit(code_copy / "effzoo/promotion_cost.json", '"float_dense": ', '"float_dense": 1')
+    assert {s for s in before if fresh(s) != before[s]} == {"build_int8"}
+
+
 def test_the_user_api_is_in_no_step_fingerprint():
     """effzoo/__init__, api and cli serve users of deploy folders: editing them reruns no step."""
     for step in fingerprint.STEP_PACKAGES:

@@ -10,6 +10,7 @@ from conftest import resolved_config
 import onnx
 from effzoo import int8_search
 from effzoo.build_options import BuildOptions
+from effzoo.common import ZooError
 from effzoo.graph_edits import PRE_INPUT
 from effzoo.steps import build_int8
 from onnx import TensorProto, helper, numpy_helper
@@ -234,7 +235,7 @@ def test_a_trial_stops_once_the_budget_is_out_of_reach():
 
     result = int8_search.run_trial(run, np.zeros((40, 2, 2, 3), np.uint8), reference, allowed=5)
     assert result["passed"] is False and result["images_run"] == 8 and result["disagreements_at_least"] == 8
-    assert sum(seen) == 8
+    assert sum(seen) == int8_search.TRIAL_BATCH + 8   # one warm-up batch (not timed), then two batches
     ok = int8_search.run_trial(lambda x: np.eye(3)[np.zeros(len(x), int)], np.zeros((10, 2, 2, 3), np.uint8),
                                np.zeros(10, np.int64), allowed=0)
     assert ok == {**ok, "passed": True, "agreement": 1.0, "disagreements": 0, "images_run": 10}
@@ -278,7 +279,8 @@ def test_search_promotes_the_layer_that_repairs_agreement_and_certifies_only_wha
     agree = np.nonzero((int8 == fp32) & (promoted == fp32))[0]
     assert len(repaired) >= 15 and len(agree) >= 185
     opts = BuildOptions.parse({**INT8, "split_min_agreement": 0.95, "max_promoted_macs": 0.5,
-                               "bias_correction": False}, "int8_max")
+                               "bias_correction": False, "split_signal": "agreement", "min_speed_over_fp32": 0},
+                              "int8_max")
 
     def search(rows):
         return int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[rows], fp32[rows]),
@@ -317,6 +319,63 @@ def test_a_split_too_small_or_missing_is_not_checked(tmp_path):
     assert off["why"] == "the calibration source has no validation split"
 
 
+def test_the_expected_agreement_decides_on_every_image_and_the_speed_floor_holds_promotions_back(tmp_path):
+    model, qdq, layers, pool, fp32, int8, promoted = color_model_int8(tmp_path)
+    rows = np.arange(200)
+    base = {**INT8, "split_min_agreement": 0.95, "max_promoted_macs": 0.5, "bias_correction": False}
+
+    def search(**over):
+        opts = BuildOptions.parse({**base, **over}, "int8_max")
+        return int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[rows], fp32[rows]),
+                                  pool[:8], opts, False, 1)[1]
+    rec = search(split_signal="expected_agreement", min_speed_over_fp32=0)
+    first = rec["steps"][0]
+    assert first["layers"] == 0 and first["images_run"] == 200   # no early exit: every image counts
+    assert not first["passed"] and first["expected_agreement"] < 0.95 and first["kl"] > 0
+    assert rec["promoted"] == [["conv_b", "float"]] and rec["signal"] == "expected_agreement"
+    assert rec["final_expected_agreement"] >= 0.95 and rec["final_kl"] < first["kl"]
+    assert rec["speed_over_fp32_on_split"] > 0 and "speed_bound" != rec["status"]
+    # a floor no graph reaches: the promotion is held back, the build says why and that it is slower than fp32
+    slow = search(split_signal="expected_agreement", min_speed_over_fp32=1e9)
+    assert slow["status"] == "speed_bound" and slow["promoted"] == []
+    assert slow["why"].startswith("1 promoted layers ran at") and slow["why"].endswith("kept 0")
+    assert "the unpromoted int8 graph is slower than fp32 on this CPU" in slow["slower_than_fp32"]
+
+
+def test_the_expected_agreement_tracks_held_out_agreement_closer_than_the_split_count():
+    """Synthetic logits with a known flip rate near 1%: over many 100-image splits the estimate from all pairs
+    lies closer to the agreement on a large held-out set than the split's own count does."""
+    rng = np.random.default_rng(0)
+
+    def population(n):
+        ref = rng.normal(0, 2.5, (n, 20))
+        return ref, ref + rng.normal(0, 0.05, ref.shape)
+    held_ref, held_out = population(100_000)
+    truth = float(np.mean(held_out.argmax(1) == held_ref.argmax(1)))
+    assert 0.97 < truth < 0.995
+    count_err, expected_err = [], []
+    for _ in range(200):
+        ref, out = population(100)
+        sig = int8_search.split_signals(out, ref)
+        count_err.append(sig["agreement"] - truth)
+        expected_err.append(sig["expected_agreement"] - truth)
+    # both unbiased here (noise independent of the margin); the estimate with 40% less error
+    assert abs(np.mean(expected_err)) < 0.002 and abs(np.mean(count_err)) < 0.004
+    assert np.mean(np.abs(expected_err)) < 0.75 * np.mean(np.abs(count_err))
+
+
+def test_split_signals_hand_computed():
+    ref = np.array([[3.0, 0.0], [1.0, 0.0], [0.0, 2.0]])     # fp32 margins 3, 1, 2
+    out = np.array([[2.0, 0.0], [0.0, 0.5], [0.0, 2.0]])     # margin losses 1, 1.5 (a flip), 0
+    sig = int8_search.split_signals(out, ref)
+    assert sig["agreement"] == pytest.approx(2 / 3)
+    # pairs i != j with loss_i >= margin_j: (0, 1), (1, 1)... i=0: l=1 vs m1=1 -> 1 pair; i=1: l=1.5 vs m0=3, m2=2
+    # -> none; i=2: l=0 -> none: 1 of 6 pairs
+    assert sig["expected_agreement"] == pytest.approx(1 - 1 / 6)
+    assert sig["logit_mse"] == pytest.approx(np.mean((out - ref) ** 2))
+    assert sig["kl"] > 0
+
+
 def test_wilson_bounds_and_the_split_size_that_certifies():
     from effzoo.budget import images_to_certify, wilson_lower
 
@@ -325,3 +384,30 @@ def test_wilson_bounds_and_the_split_size_that_certifies():
     assert images_to_certify(1.0, 0.99) == 381        # 1.96^2 x 99 = 380.3: 0 disagreements in 381 images
     assert wilson_lower(380, 380) < 0.99 <= wilson_lower(381, 381)
     assert images_to_certify(0.99, 0.99) is None and images_to_certify(0.98, 0.99) is None
+
+
+def test_promotions_are_priced_by_their_measured_slowdown_per_runtime():
+    costs = int8_search.promotion_costs()
+    assert {"float_depthwise", "float_dense", "exact_uint8_dense"} <= set(costs["onnxruntime"])
+    assert {"float_depthwise", "float_dense"} <= set(costs["openvino"])
+    dense, depthwise = int8_search.Layer("d", "wd", 0, 100, True), int8_search.Layer("dw", "ww", 0, 100, False)
+    # the same MACs cost more as a float depthwise layer on ONNX Runtime (its float depthwise kernel in a QDQ
+    # graph), and exact uint8 costs less than float
+    ort = {la.name: int8_search.promotion_slowdown(la, "float", "onnxruntime", 1000) for la in (dense, depthwise)}
+    assert ort["dw"] > 5 * ort["d"] > 0
+    assert int8_search.promotion_slowdown(dense, "exact_uint8", "onnxruntime", 1000) < ort["d"]
+    assert int8_search.promotion_slowdown(dense, "float", "openvino", 1000) == pytest.approx(
+        costs["openvino"]["float_dense"] * 0.1)
+    with pytest.raises(ZooError, match="no exact_uint8_depthwise cost measured for onnxruntime"):
+        int8_search.promotion_slowdown(depthwise, "exact_uint8", "onnxruntime", 1000)
+
+
+def test_without_a_passing_prefix_only_promotions_that_cut_the_kl_are_kept():
+    flat = {0: {"kl": 0.0020}, 1: {"kl": 0.0021}, 2: {"kl": 0.0019}, 4: {"kl": 0.00195}, 8: {"kl": 0.0020}}
+    chosen, why = int8_search.useful_prefix(flat)
+    assert chosen == 0 and why.startswith("no prefix met the budget, and promotions cut the split KL by 5% at most")
+    falling = {0: {"kl": 0.0044}, 1: {"kl": 0.0043}, 2: {"kl": 0.0045}, 4: {"kl": 0.0036}, 8: {"kl": 0.0034},
+               16: {"kl": 0.0033}}
+    # the best trial cuts 0.0011; 80% of it, 0.00088, is first reached at 8 layers (4 layers cut 0.0008)
+    chosen, why = int8_search.useful_prefix(falling)
+    assert chosen == 8 and "the best trial, 16 layers" in why

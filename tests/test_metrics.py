@@ -77,10 +77,20 @@ def test_split_budget_notes_say_what_the_split_could_not_certify():
                                   "split_min_agreement": 0.99, "agreement_lower_95": 0.963,
                                   "split_images_needed": 381}},
         "c": {"accuracy_budget": {"status": "not_checked", "why": "the validation split has 1 images, fewer than"}},
+        "d": {"accuracy_budget": {"status": "speed_bound", "why": "8 promoted layers ran at 0.75x the fp32 model on "
+                                  "the split (floor min_speed_over_fp32 1.0); kept 4", "final_agreement": 0.98,
+                                  "final_expected_agreement": 0.9834, "split_images": 100}},
+        "e": {"accuracy_budget": {"status": "cap_reached", "why": "no prefix met the budget, and promotions cut the "
+                                  "split KL by 3% at most", "final_agreement": 0.99,
+                                  "final_expected_agreement": 0.985, "split_images": 100}},
         "fp32": {}}}
     assert split_budget_notes([m]) == [
         "v b: split agreement 1.000 on 100 images does not certify 0.99 (95% lower bound 0.963; 381 split images "
-        "would)", "v c: split budget not checked (the validation split has 1 images, fewer than)"]
+        "would)", "v c: split budget not checked (the validation split has 1 images, fewer than)",
+        "v d: promotions held back by the speed floor (8 promoted layers ran at 0.75x the fp32 model on the split "
+        "(floor min_speed_over_fp32 1.0); kept 4; 0.980, expected 0.983 on 100 split images)",
+        "v e: split budget not met within the promotion cap (0.990, expected 0.985 on 100 split images; no prefix "
+        "met the budget, and promotions cut the split KL by 3% at most)"]
 
 
 def test_throughput_axis_has_labelled_ticks_within_one_decade():
@@ -114,12 +124,18 @@ def test_fastest_build_keeps_the_accuracy_budget_and_slow_builds_are_listed():
            "ov_fp32": {"speed": speed(2.4), "top1": 0.880, "top1_agreement_with_fp32": 1.0, "kind": "fp32",
                        "speedup_vs_fp32": 0.99},                                  # OpenVINO's own reference
            "ov_int8": {"speed": speed(3.6), "top1": 0.878, "top1_agreement_with_fp32": 0.985,
-                       "speedup_vs_fp32": 1.4, "runtime_fp32": "ov_fp32", "speedup_vs_runtime_fp32": 0.95},
+                       "speedup_vs_fp32": 1.4, "runtime_fp32": "ov_fp32", "speedup_vs_runtime_fp32": 0.95,
+                       "accuracy_budget": {"promoted_layers": 17, "promoted_macs_fraction": 0.248}},
            "fp16": {"speed": speed(1.5), "top1": 0.880, "top1_agreement_with_fp32": 1.0,
-                    "speedup_vs_fp32": 0.6}}
+                    "speedup_vs_fp32": 0.6},
+           "int8_c": {"speed": speed(2.2), "top1": 0.880, "top1_agreement_with_fp32": 1.0, "speedup_vs_fp32": 0.88,
+                      "accuracy_budget": {"promoted_layers": 0, "slower_than_fp32": "0.91x the fp32 model on the "
+                                          "split with 0 promoted layers"}}}
     assert fastest_build(res, budget) == ("ov_int8", [])
     assert fastest_build({"fp32": {"top1": 0.9}}, budget) is None   # nothing benchmarked
-    assert slower_than_fp32([{"variant": "v", "results": res}]) == ["v ov_int8 (0.95x)", "v fp16 (0.60x)"]
+    assert slower_than_fp32([{"variant": "v", "results": res}]) == [
+        "v ov_int8 (0.95x; 17 layers promoted, 25% of the MACs)", "v fp16 (0.60x)",
+        "v int8_c (0.88x; the build measured 0.91x the fp32 model on the split with 0 promoted layers)"]
 
 
 def test_builds_within_each_others_noise_are_ties_broken_by_accuracy():

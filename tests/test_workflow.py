@@ -391,16 +391,30 @@ def slow_cost_file(path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_predictions_made_in_parts_are_byte_identical_and_a_lost_part_alone_reruns(demo_run, tmp_path):
-    work = tmp_path / "work"
-    shutil.copytree(demo_run[0], work, symlinks=True)
-    targets = [f"output/tf_efficientnet_lite0-{q}/{f}" for q in ("fp32", "ov_fp32")
-               for f in ("predictions.csv", "logits.npy")]
+THREE_SHARD_TARGETS = [f"output/tf_efficientnet_lite0-{q}/{f}" for q in ("fp32", "ov_fp32")
+                       for f in ("predictions.csv", "logits.npy")]
+
+
+def three_shard_config() -> dict:
     cfg = demo_config()
     cfg["preprocessing"] = {"shard_size": 2}   # the demo's 6 photos in 3 shards
-    run_snakemake(work, *targets, config=cfg)
-    whole = {t: (work / t).read_bytes() for t in targets}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def three_shards(demo_run, tmp_path_factory):
+    """The demo's fp32 predictions made again from 3 raw shards: (workdir, {target: its bytes})."""
+    work = tmp_path_factory.mktemp("three-shards") / "work"
+    shutil.copytree(demo_run[0], work, symlinks=True)
+    run_snakemake(work, *THREE_SHARD_TARGETS, config=three_shard_config())
+    return work, {t: (work / t).read_bytes() for t in THREE_SHARD_TARGETS}
+
+
+@pytest.mark.slow
+def test_predictions_made_in_parts_are_byte_identical_and_a_lost_part_alone_reruns(three_shards, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(three_shards[0], work, symlinks=True)
+    targets, cfg, whole = THREE_SHARD_TARGETS, three_shard_config(), three_shards[1]
     assert not (work / "output/tf_efficientnet_lite0-fp32/parts").exists()
     cfg["sizing"] = {"cost_file": str(slow_cost_file(tmp_path / "slow.json")), "max_job_minutes": 1}
     assert planned_jobs(work, cfg, targets) == {"predict_part": 6, "gather_predictions": 2, "total": 8}
@@ -423,17 +437,12 @@ def test_predictions_made_in_parts_are_byte_identical_and_a_lost_part_alone_reru
 # compact shards: PNG rows give the same predictions byte for byte; a lost shard is still all that reruns
 
 @pytest.mark.slow
-def test_png_shards_give_byte_identical_predictions_and_rerun_shard_by_shard(demo_run, tmp_path):
+def test_png_shards_give_byte_identical_predictions_and_rerun_shard_by_shard(three_shards, tmp_path):
     work = tmp_path / "work"
-    shutil.copytree(demo_run[0], work, symlinks=True)
-    targets = [f"output/tf_efficientnet_lite0-{q}/{f}" for q in ("fp32", "ov_fp32")
-               for f in ("predictions.csv", "logits.npy")]
-    cfg = demo_config()
-    cfg["preprocessing"] = {"shard_size": 2}   # the demo's 6 photos in 3 shards
-    run_snakemake(work, *targets, config=cfg)
+    shutil.copytree(three_shards[0], work, symlinks=True)
+    targets, cfg, raw = THREE_SHARD_TARGETS, three_shard_config(), three_shards[1]
     shards = sorted((work / "npz/demo").glob("*/shard-*.npz"))
     assert len(shards) == 3 and {shard_io.shard_storage(str(s)) for s in shards} == {"raw"}
-    raw = {t: (work / t).read_bytes() for t in targets}
     raw_bytes = sum(s.stat().st_size for s in shards)
     cfg["preprocessing"]["png_from_size"] = 224   # the demo's crop: its shards now store PNG rows
     jobs = planned_jobs(work, cfg, targets)

@@ -12,10 +12,11 @@ own int32 kernel and keep 8 bits), and the build runs exactly on any CPU. For a 
 plain 8-bit, and the build requires VNNI where it runs (build.json 'cpu'; predict and benchmark check it).
 
 Bias correction (int8_search, default on): each layer's int32 bias absorbs the mean output change its quantized
-weights cause, measured in one pass of the float model. Accuracy budget (int8_search): the build must agree with
-the fp32 model on at least `split_min_agreement` of the calibration source's validation split; the most sensitive
-layers are promoted (to exact uint8 weights on ORT's exact u8u8 kernel for a target without VNNI, else to float)
-until it does, or until `max_promoted_macs`.
+weights cause, measured in one pass of the float model. Accuracy budget (int8_search): the build must reach
+`split_min_agreement` with the fp32 model on the calibration source's validation split (by `split_signal`); layers
+are promoted, the most accuracy per measured slowdown first (to exact uint8 weights on ORT's exact u8u8 kernel for
+a target without VNNI, else to float), until it does, up to `max_promoted_macs` and never below
+`min_speed_over_fp32` x the fp32 model's speed.
 
 CLI: python -m build_int8 --onnx X.onnx --export-info X.json --spec-json S.json --quant int8_max \
         --options '{...every option...}' --outdir vacc/X-int8_max --prepped P.onnx --stats S.npz \

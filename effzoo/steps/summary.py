@@ -168,7 +168,7 @@ def figure(metrics: list[dict]):
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    markers = {"fp32": "o", "fp16": "s", "max": "^", "percentile": "v", "kl_divergence": "D"}
+    markers = {"fp32": "o", "fp16": "s", "max": "^", "percentile": "v", "kl_divergence": "D", "mse": "P"}
     for m in metrics:
         xs, ys = [], []
         for q, r in sorted(m["results"].items()):

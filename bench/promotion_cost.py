@@ -1,0 +1,220 @@
+"""What each kind of int8 promotion costs in speed, per runtime, in one interleaved run.
+
+The int8 search promotes layers out of int8 when a build falls short of its accuracy budget (effzoo/int8_search.py).
+This measures what that costs: the variant's int8 graph (no promotion) against the same graph with a set of
+layers promoted, on ONNX Runtime and on OpenVINO, beside each runtime's fp32 build:
+  * float weights, depthwise convs (every depthwise layer);
+  * float weights, dense convs (the largest until `--fraction` of the quantized MACs);
+  * exact uint8 weights, dense convs (ONNX Runtime only, on the no-VNNI policy's 7-bit graph);
+  * float activations: the dense convs' inputs and outputs left unquantized (both runtimes read such a layer as a
+    float layer between quantized ones: the same graph as float weights plus float activations).
+16-bit activations are not measured: neither runtime's CPU plugin has 16-bit convolution kernels (ONNX Runtime
+runs a uint16 QDQ layer as DequantizeLinear + float Conv, as a float promotion).
+
+Prints img/s, the speed over the runtime's fp32 build, the promoted share of the MACs and the slowdown per 1% of
+MACs promoted, with the CPU flags. --update writes the slowdowns to effzoo/promotion_cost.json, from which the
+int8 search orders its promotions by accuracy gained per predicted slowdown.
+
+usage: python bench/promotion_cost.py [--variant tf_efficientnet_lite1] [--workdir bench-out/promotion-cost]
+                                      [--fraction 0.1] [--batch 16] [--rounds 5] [--iterations 3] [--update]
+Builds the variant on the demo photos first (random ranges are enough for speed).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+from _workflow import REPO, resolved_config, timing_args
+
+sys.path.insert(0, str(REPO))
+import onnx  # noqa: E402
+from effzoo import runtime, speed  # noqa: E402
+from effzoo.build_options import BuildOptions  # noqa: E402
+from effzoo.common import Progress  # noqa: E402
+from effzoo.cpu_target import cpu_flags, cpu_kind  # noqa: E402
+from effzoo.graph_edits import edge_nodes  # noqa: E402
+from effzoo.int8_search import PROMOTION_COST_FILE, _has_weight_dq, promoted_model, weight_layers  # noqa: E402
+from effzoo.openvino_ir import save_ir  # noqa: E402
+from effzoo.steps.build_int8 import _quantize_model, exact_weight_overrides  # noqa: E402
+
+MODES = {"fp32": {"kind": "fp32"},
+         "int8_max": {"kind": "int8", "method": "max", "split_min_agreement": 0, "cpu_target": "vnni"},
+         "int8_max_avx512": {"kind": "int8", "method": "max", "split_min_agreement": 0, "cpu_target": "avx512"},
+         "ov_fp32": {"kind": "fp32", "runtime": "openvino"}}
+
+
+def run_workflow(work: Path, variant: str) -> None:
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg.update(run_variants=[variant], run_quant=list(MODES), quant_modes=MODES, benchmark={"enabled": False})
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    targets = [f"vacc/{variant}-{q}/build.json" for q in MODES]
+    subprocess.run([sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "Snakefile"), "-d", str(work),
+                    "--cores", "2", "--quiet", "rules", "--configfile", str(work / "config.yaml")], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def largest_until(layers, fraction: float, total: int) -> list:
+    """The largest layers (by MACs) until `fraction` of `total` MACs."""
+    out, used = [], 0
+    for la in sorted(layers, key=lambda la: -la.macs):
+        if used >= fraction * total:
+            break
+        out.append(la)
+        used += la.macs
+    return out
+
+
+def float_activations(model: onnx.ModelProto, layers) -> onnx.ModelProto:
+    """`model` with these layers' input and output QuantizeLinear/DequantizeLinear pairs removed (float
+    activations around them; their weights float too: the layers run in float between quantized neighbours)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    names = {la.name for la in layers}
+    drop, rename = set(), {}
+    for n in m.graph.node:
+        if n.name not in names:
+            continue
+        dq = producer.get(n.input[0])   # input: Q -> DQ -> layer: the layer reads the Q's float input
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear" and len(consumers.get(dq.output[0], [])) == 1:
+                n.input[0] = q.input[0]
+                drop.add(dq.name)
+                if all(c.name == dq.name for c in consumers.get(q.output[0], [])):
+                    drop.add(q.name)
+        outs = consumers.get(n.output[0], [])   # output: layer -> Q -> DQ -> consumers: they read the layer
+        if len(outs) == 1 and outs[0].op_type == "QuantizeLinear":
+            q = outs[0]
+            dqs = consumers.get(q.output[0], [])
+            if dqs and all(d.op_type == "DequantizeLinear" for d in dqs):
+                for d in dqs:
+                    rename[d.output[0]] = n.output[0]
+                    drop.add(d.name)
+                drop.add(q.name)
+    keep = [n for n in m.graph.node if n.name not in drop]
+    for n in keep:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    return m
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    timing_args(ap, "tf_efficientnet_lite1")
+    ap.add_argument("--workdir", default=str(REPO / "bench-out" / "promotion-cost"))
+    ap.add_argument("--fraction", type=float, default=0.1, help="share of the MACs promoted in the dense sets")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--update", action="store_true", help=f"write the slowdowns to {PROMOTION_COST_FILE.name}")
+    a = ap.parse_args()
+    work, v = Path(a.workdir).resolve(), a.variant
+    if not all((work / f"vacc/{v}-{q}/build.json").exists() for q in MODES):
+        run_workflow(work, v)
+    prepped_path = str(work / f"calib/{v}/prepped.onnx")
+    prepped = onnx.load(prepped_path)
+    base = onnx.load(str(work / f"vacc/{v}-int8_max/model.onnx"))
+    base7 = onnx.load(str(work / f"vacc/{v}-int8_max_avx512/model.onnx"))
+    layers = [la for la in weight_layers(prepped, set(edge_nodes(prepped))) if _has_weight_dq(base, la.name)]
+    total = sum(la.macs for la in layers)
+    depthwise = [la for la in layers if not la.saturating]
+    dense = largest_until([la for la in layers if la.saturating], a.fraction, total)
+
+    build7 = json.loads((work / f"vacc/{v}-int8_max_avx512/build.json").read_text())
+    # the build's options over today's defaults (a build made by an older version lacks the newer options)
+    options = BuildOptions.parse({**resolved_config()["quant_modes"]["int8_max"], **build7["options"]},
+                                 "int8_max_avx512")
+    ranges = {n: tuple(r) for n, r in json.loads((work / f"vacc/{v}-int8_max_avx512/calibration.json")
+                                                 .read_text())["ranges"].items()}
+    td = Path(tempfile.mkdtemp())
+    exact_path = td / "exact.onnx"
+    saturating = [(la.name, la.weight, la.axis) for la in weight_layers(prepped, set(edge_nodes(prepped)))
+                  if la.saturating]
+    _quantize_model(prepped_path, ranges, exact_path, options, edge_nodes(prepped),
+                    exact_weight_overrides(prepped, saturating, ranges), False)
+    exact = onnx.load(str(exact_path))
+
+    def share(ls) -> float:
+        return sum(la.macs for la in ls) / total
+
+    graphs = {   # name -> (model, its base's name, promoted layers, the slowdown's key in the cost file)
+        "int8, vnni policy": (base, None, [], None),
+        "+ float weights, depthwise": (promoted_model(base, [(la, "float") for la in depthwise], prepped, None),
+                                       "int8, vnni policy", depthwise, "float_depthwise"),
+        "+ float weights, dense": (promoted_model(base, [(la, "float") for la in dense], prepped, None),
+                                   "int8, vnni policy", dense, "float_dense"),
+        "+ float weights+activations, dense": (
+            float_activations(promoted_model(base, [(la, "float") for la in dense], prepped, None), dense),
+            "int8, vnni policy", dense, None),
+        "int8, no-VNNI policy (7-bit)": (base7, None, [], None),
+        "+ exact uint8 weights, dense": (
+            promoted_model(base7, [(la, "exact_uint8") for la in dense], prepped, exact),
+            "int8, no-VNNI policy (7-bit)", dense, "exact_uint8_dense"),
+    }
+    runners, rows = {}, []
+    for rt, fp32 in (("onnxruntime", work / f"vacc/{v}-fp32/model.onnx"),
+                     ("openvino", work / f"vacc/{v}-ov_fp32/model.xml")):
+        runners[f"{rt}: fp32"] = runtime.open_build(str(fp32), a.threads)[0]
+        for name, (model, base_name, promoted, cost_key) in graphs.items():
+            if rt == "openvino" and ("no-VNNI" in name or "exact" in name):
+                continue   # OpenVINO builds have no 7-bit policy or exact uint8 kernel
+            path = td / f"{rt}-{len(runners)}.onnx"
+            onnx.save(model, str(path))
+            if rt == "openvino":
+                save_ir(str(path), td / f"ir-{len(runners)}")
+                path = td / f"ir-{len(runners)}" / "model.xml"
+            key = f"{rt}: {name}"
+            runners[key] = runtime.open_build(str(path), a.threads)[0]
+            rows.append((key, rt, f"{rt}: {base_name}" if base_name else None, promoted, cost_key))
+    size = json.loads((work / f"vacc/{v}-fp32/build.json").read_text())["preprocess"]["input_size"][1]
+    x = np.random.default_rng(0).integers(0, 256, (a.batch, size, size, 3), dtype=np.uint8)
+    res = speed.measure(runners, x, a.batch, a.iterations, 2, a.rounds, Progress(a.rounds * len(runners), "promotions"))
+    ips = {k: r["throughput_ips"] for k, r in res.items()}
+    flags = " ".join(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f == "avx_vnni")
+    print(f"\n{v}, batch {a.batch}, {a.threads} threads, {a.rounds} interleaved rounds x {a.iterations} calls; "
+          f"CPU kind {cpu_kind()}, flags {flags}; load average {os.getloadavg()}")
+    print("| graph | img/s | vs its runtime's fp32 | promoted layers | share of MACs | slowdown per 1% of MACs |")
+    print("|---|---|---|---|---|---|")
+    slowdowns: dict[str, dict] = {}
+    for rt in ("onnxruntime", "openvino"):
+        print(f"| {rt}: fp32 | {ips[f'{rt}: fp32']:.1f} | 1.00x | | | |")
+        for key, r, base_key, promoted, cost_key in rows:
+            if r != rt:
+                continue
+            ratio = ips[key] / ips[f"{rt}: fp32"]
+            slow = ""
+            if base_key:
+                per_share = (ips[base_key] / ips[key] - 1) / share(promoted)   # time added per unit of MAC share
+                slow = f"{per_share:+.1f}%"   # per 1% of MACs, in % of the int8 graph's time
+                if cost_key:
+                    slowdowns.setdefault(rt, {})[cost_key] = round(max(per_share, 0.0), 3)
+            print(f"| {key} | {ips[key]:.1f} | {ratio:.2f}x | {len(promoted) or ''} | "
+                  f"{f'{100 * share(promoted):.1f}%' if promoted else ''} | {slow} |")
+    if a.update:
+        doc = {"measured": datetime.date.today().isoformat(), "cpu_kind": cpu_kind(), "cpu_flags": flags,
+               "command": "python bench/promotion_cost.py " + " ".join(sys.argv[1:]), "variant": v,
+               "batch": a.batch, "threads": a.threads,
+               "meaning": "time added to the int8 graph, as a fraction of its time, per unit share of its quantized "
+                          "MACs promoted: 2.7 = 2.7% slower per 1% of the MACs promoted",
+               "slowdown_per_mac_share": slowdowns}
+        PROMOTION_COST_FILE.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"\nwrote {PROMOTION_COST_FILE}")
+
+
+if __name__ == "__main__":
+    main()
