@@ -83,8 +83,8 @@ def bootstrap_cost_file(path: Path) -> None:
     kinds = {k: zero for k in cost.BUILD_KINDS}
     stages = {s: (kinds if s in cost.KIND_STAGES else zero) for s in cost.STAGES if s != "make_shards"}
     doc = {"format": cost.FORMAT, "reference_threads": 2, "shard_parallel_fraction": 1.0,
-           "geometries": {"224": zero}, "architectures": {"bootstrap": {"input_size": 224, "parallel_fraction": 1.0,
-                                                                      "stages": stages}}}
+           "geometries": {"224": {**zero, "bytes_per_image": 0}},
+           "architectures": {"bootstrap": {"input_size": 224, "parallel_fraction": 1.0, "stages": stages}}}
     path.write_text(json.dumps(doc))
 
 
