@@ -143,8 +143,7 @@ def main():
                                                  .read_text())["ranges"].items()}
     td = Path(tempfile.mkdtemp())
     exact_path = td / "exact.onnx"
-    saturating = [(la.name, la.weight, la.axis) for la in weight_layers(prepped, set(edge_nodes(prepped)))
-                  if la.saturating]
+    saturating = [(la.name, la.weight, la.axis) for la in layers if la.saturating]
     _quantize_model(prepped_path, ranges, exact_path, options, edge_nodes(prepped),
                     exact_weight_overrides(prepped, saturating, ranges), False)
     exact = onnx.load(str(exact_path))

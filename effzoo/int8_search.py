@@ -370,11 +370,11 @@ def split_logits(run, images: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def run_trial(run, images: np.ndarray, reference: np.ndarray, allowed: int, ref_logits: np.ndarray | None = None,
-              signal: str = "agreement", budget: float = 0.0) -> dict:
+              signal: str = "agreement", budget: float = 0.0, stop_early: bool = True) -> dict:
     """A trial on the split: top-1 agreement with the reference top-1, the continuous signals against the fp32
     logits (split_signals), and seconds per image after one warm-up batch. signal "agreement" passes when the
-    disagreements stay within `allowed` (and stops once they exceed it: the trial cannot pass any more);
-    "expected_agreement" runs the whole split and passes when that estimate reaches `budget`."""
+    disagreements stay within `allowed` (and, with `stop_early`, stops once they exceed it: the trial cannot pass
+    any more); "expected_agreement" runs the whole split and passes when that estimate reaches `budget`."""
     run(images[:TRIAL_BATCH])   # warm-up, not timed: the session's first call allocates
     t0 = time.monotonic()
     wrong = seen = 0
@@ -386,7 +386,7 @@ def run_trial(run, images: np.ndarray, reference: np.ndarray, allowed: int, ref_
         per_image.append(secs)
         wrong += int((top != reference[i:i + TRIAL_BATCH]).sum())
         seen += len(top)
-        if signal == "agreement" and wrong > allowed:
+        if stop_early and signal == "agreement" and wrong > allowed:
             return {"passed": False, "disagreements_at_least": wrong, "images_run": seen,
                     "agreement_at_most": round(1 - wrong / len(images), 6), "s": round(time.monotonic() - t0, 2),
                     "s_per_image": round(float(np.median(per_image)), 5)}
@@ -422,8 +422,8 @@ def useful_prefix(trials: dict[int, dict]) -> tuple[int, str]:
                    f"gain")
     chosen = min(p for p in kl if kl[0] - kl[p] >= USEFUL_SHARE * cut)
     return chosen, (f"no prefix met the budget; {chosen} promoted layers remove "
-                    f"{100 * (kl[0] - kl[chosen]) / kl[0]:.0f}% of the split KL ({kl[0]:.5f} -> {kl[chosen]:.5f}; the best trial, {best} layers, "
-                    f"{kl[best]:.5f})")
+                    f"{100 * (kl[0] - kl[chosen]) / kl[0]:.0f}% of the split KL ({kl[0]:.5f} -> {kl[chosen]:.5f}; "
+                    f"the best trial, {best} layers, {kl[best]:.5f})")
 
 
 def capped(ranking: list[tuple[Layer, str, float]], cap_macs: float) -> list[tuple[Layer, str, float]]:
@@ -508,8 +508,8 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     # what a promotion removes: the layer's weight noise, less what is left with exact uint8 weights
     scores = {la.name: noise[la.name][0] - (exact_noise[la.name][0] if la.name in exact_noise else 0.0)
               for la in quantized}
-    # accuracy gained per predicted slowdown: on ONNX Runtime a float depthwise layer costs 15x what a float dense
-    # layer of the same MACs does (bench/promotion_cost.py)
+    # accuracy gained per predicted slowdown: on ONNX Runtime a float depthwise layer costs over 10x what a float
+    # dense layer of the same MACs does (bench/promotion_cost.py)
     total_macs = sum(la.macs for la in quantized)
     slowdown = {la.name: promotion_slowdown(la, kinds[la.name], runtime, total_macs) for la in quantized}
     ranking = sorted(((la, kinds[la.name], scores[la.name]) for la in quantized),
@@ -523,8 +523,8 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         t = time.monotonic()
         run = opener(model)
         open_s = time.monotonic() - t
-        result = {"layers": p, **run_trial(run, images, reference, len(images) if full else allowed, ref_logits,
-                                           signal, budget), "open_s": round(open_s, 2)}
+        result = {"layers": p, **run_trial(run, images, reference, allowed, ref_logits, signal, budget,
+                                           stop_early=not full), "open_s": round(open_s, 2)}
         if not emulate:   # the build's own kernels: its speed on the split, against the fp32 model's
             result["speed_over_fp32"] = round(fp32_s_per_image / result["s_per_image"], 3)
         LOG.info("budget trial: %d promoted layers: %s", p, result)

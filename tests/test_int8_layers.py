@@ -236,6 +236,8 @@ def test_a_trial_stops_once_the_budget_is_out_of_reach():
     result = int8_search.run_trial(run, np.zeros((40, 2, 2, 3), np.uint8), reference, allowed=5)
     assert result["passed"] is False and result["images_run"] == 8 and result["disagreements_at_least"] == 8
     assert sum(seen) == int8_search.TRIAL_BATCH + 8   # one warm-up batch (not timed), then two batches
+    whole = int8_search.run_trial(run, np.zeros((40, 2, 2, 3), np.uint8), reference, allowed=5, stop_early=False)
+    assert whole["passed"] is False and whole["images_run"] == 40 and whole["disagreements"] == 40
     ok = int8_search.run_trial(lambda x: np.eye(3)[np.zeros(len(x), int)], np.zeros((10, 2, 2, 3), np.uint8),
                                np.zeros(10, np.int64), allowed=0)
     assert ok == {**ok, "passed": True, "agreement": 1.0, "disagreements": 0, "images_run": 10}
