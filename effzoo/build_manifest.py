@@ -22,8 +22,9 @@ from effzoo.common import LOG, file_record, read_json, verify_file, write_json
 from effzoo.graph_edits import PRE_INPUT
 
 TIMING_KEYS = ("build_s", "build_peak_rss_mb")
-# measured times inside details.accuracy_budget (int8_search): per trial, ranking pass, whole search
-SEARCH_TIMING_KEYS = ("s", "open_s", "rank_s", "search_s")
+# measured times inside details.accuracy_budget (int8_search): per trial, ranking pass, whole search, and in its
+# weight_rounding record
+SEARCH_TIMING_KEYS = ("s", "open_s", "rank_s", "search_s", "hessian_s", "rounding_s")
 MODEL_FILES = {"onnxruntime": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 
 

@@ -17,8 +17,8 @@ BY_KIND = {
     "fp32": ("graph_optimization",),
     "fp16": (),
     "int8": ("quantized_ops", "method", "per_channel", "reduce_range", "split_min_agreement", "split_signal",
-             "max_promoted_macs", "min_speed_over_fp32", "bias_correction", "sensitivity_images", "activation_type",
-             "weight_type", "exclude_layers", "keep_bounded_ranges"),
+             "max_promoted_macs", "min_speed_over_fp32", "bias_correction", "sensitivity_images", "weight_rounding",
+             "rounding_images", "activation_type", "weight_type", "exclude_layers", "keep_bounded_ranges"),
 }
 # The options each int8 range method reads (effzoo.ranges).
 BY_METHOD = {"max": (), "percentile": ("percentile",), "kl_divergence": ("levels", "candidates"),
@@ -46,6 +46,8 @@ class BuildOptions:
     min_speed_over_fp32: float | None = None
     bias_correction: bool | None = None
     sensitivity_images: int | None = None
+    weight_rounding: str | None = None
+    rounding_images: int | None = None
     activation_type: str | None = None
     weight_type: str | None = None
     exclude_layers: tuple[str, ...] = ()

@@ -8,8 +8,10 @@ layers otherwise) and is checked against `split_min_agreement` on the validation
     for a target without VNNI;
   * to float (weights left unquantized) otherwise: on a vnni target, for depthwise layers, and on OpenVINO, which
     has no exact uint8 kernel.
-Before the search, bias correction (on by default): each layer's int32 bias absorbs the mean output change its
-quantized weights cause (measured in the same pass; data-driven bias correction as in NNCF's fast bias correction).
+Before the search, the integer weights are rounded by output error (weight_rounding gptq, the default:
+effzoo/weight_rounding.py), then bias correction (on by default): each layer's int32 bias absorbs the mean output
+change its quantized weights cause (measured in the same pass; data-driven bias correction as in NNCF's fast bias
+correction).
 Gain: one pass of the float model over range images gives, per layer, the output noise its promotion removes,
 ||conv(x, W_now - W_promoted)||^2 / ||conv(x, W)||^2 (as TFLite's quantization debugger ranks layers for float
 fallback). Cost: the measured slowdown per share of the MACs promoted, per runtime and kind (promotion_cost.json,
@@ -19,7 +21,8 @@ the fp32 model, and the expected agreement (split_signals); `split_signal` says 
 1, 2, 4, ... layers of the ranking, then bisects down to the smallest passing prefix, capped at a fraction of the
 quantized layers' MACs. When none passes it keeps the fewest promotions that remove most of the KL the trials could
 remove (none when they remove too little to measure). Trials on the build's own kernels are timed against the fp32
-model on the same runtime; promotions stop where the build would fall below `min_speed_over_fp32` x fp32.
+model on the same runtime, at batch TRIAL_BATCH; promotions stop where the build would fall below
+`min_speed_over_fp32` x fp32.
 Each trial is one session of the build's runtime on the trial graph (ONNX Runtime fuses the QDQ pattern into its
 int8 kernels when the session opens, so a session cannot take new weights); where the building CPU cannot run the
 target's kernels exactly (a vnni target built without VNNI), trials run the QDQ graph unfused, in float: the same
@@ -44,9 +47,10 @@ from effzoo.common import LOG, ZooError
 from effzoo.graph_edits import EDGE_PREFIXES, PRE_INPUT
 from effzoo.openvino_ir import convert
 from effzoo.ort_session import bounded_session
+from effzoo.weight_rounding import gptq_rounded, layer_hessians, weight_dqs
 from onnx import helper, numpy_helper
 
-TRIAL_BATCH = 4
+TRIAL_BATCH = 16   # the batch builds are timed and compared at (benchmark.batch_sizes, bench/runtimes_cpu.py)
 PROMOTION_COST_FILE = Path(__file__).with_name("promotion_cost.json")   # bench/promotion_cost.py --update
 
 
@@ -121,24 +125,9 @@ def promotion_kind(layer: Layer, policy: str, runtime: str) -> str:
 # QDQ graphs: dequantized weights, promoted layers
 
 
-def _weight_dqs(model: onnx.ModelProto, node_name: str,
-                producer: dict | None = None) -> tuple[onnx.NodeProto, onnx.NodeProto | None]:
-    """The DequantizeLinear nodes feeding a layer's weight and (when quantized) its bias; `producer`: the model's
-    tensor -> producing node map, when the caller already has it."""
-    producer = producer if producer is not None else {o: n for n in model.graph.node for o in n.output}
-    node = next((n for n in model.graph.node if n.name == node_name), None)
-    if node is None:
-        raise ZooError(f"layer {node_name}: not in the quantized graph")
-    dq = producer.get(node.input[1])
-    if dq is None or dq.op_type != "DequantizeLinear":
-        raise ZooError(f"layer {node_name}: weight is not fed by a DequantizeLinear")
-    bias = producer.get(node.input[2]) if len(node.input) > 2 else None
-    return dq, bias if bias is not None and bias.op_type == "DequantizeLinear" else None
-
-
 def dequantized_weight(model: onnx.ModelProto, layer: Layer) -> np.ndarray:
     """A layer's weight as the quantized graph computes with it (DequantizeLinear applied), float64."""
-    dq, _ = _weight_dqs(model, layer.name)
+    dq, _ = weight_dqs(model, layer.name)
     inits = {i.name: i for i in model.graph.initializer}
     q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
     scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
@@ -165,7 +154,7 @@ def promoted_model(base: onnx.ModelProto, promotions: list[tuple[Layer, str]], p
     dropped = set()
     for layer, kind in promotions:
         node = nodes[layer.name]
-        wdq, bdq = _weight_dqs(m, layer.name, producer)
+        wdq, bdq = weight_dqs(m, layer.name, producer)
         if kind == "exact_uint8":
             if exact is None:
                 raise ZooError(f"layer {layer.name}: exact uint8 promotion needs the exact-weight graph")
@@ -272,7 +261,7 @@ def bias_corrected(qdq: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> tuple
     inits = {i.name: i for i in m.graph.initializer}
     moved, steps = 0, []
     for name, shift in shifts.items():
-        _, bdq = _weight_dqs(m, name)
+        _, bdq = weight_dqs(m, name)
         if bdq is None:
             continue
         q = numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
@@ -369,6 +358,21 @@ def split_logits(run, images: np.ndarray) -> tuple[np.ndarray, float]:
     return np.concatenate(outs), float(np.median(per_image))
 
 
+SPEED_ROUNDS = 3   # interleaved rounds of the final speed check
+
+
+def interleaved_speed(fp32_run, run, images: np.ndarray) -> float:
+    """A graph's speed over the fp32 model's on the split: SPEED_ROUNDS rounds, each timing both back to back (which
+    goes first alternates), the median of the rounds' ratios; robust to the machine's drift between trials."""
+    ratios = []
+    for r in range(SPEED_ROUNDS):
+        first, second = (fp32_run, run) if r % 2 == 0 else (run, fp32_run)
+        t_first, t_second = split_logits(first, images)[1], split_logits(second, images)[1]
+        t_fp32, t_int8 = (t_first, t_second) if r % 2 == 0 else (t_second, t_first)
+        ratios.append(t_fp32 / max(t_int8, 1e-12))
+    return float(np.median(ratios))
+
+
 def run_trial(run, images: np.ndarray, reference: np.ndarray, allowed: int, ref_logits: np.ndarray | None = None,
               signal: str = "agreement", budget: float = 0.0, stop_early: bool = True) -> dict:
     """A trial on the split: top-1 agreement with the reference top-1, the continuous signals against the fp32
@@ -389,10 +393,10 @@ def run_trial(run, images: np.ndarray, reference: np.ndarray, allowed: int, ref_
         if stop_early and signal == "agreement" and wrong > allowed:
             return {"passed": False, "disagreements_at_least": wrong, "images_run": seen,
                     "agreement_at_most": round(1 - wrong / len(images), 6), "s": round(time.monotonic() - t0, 2),
-                    "s_per_image": round(float(np.median(per_image)), 5)}
+                    "s_per_image": round(float(np.median(per_image)), 8)}
     # speed: the median batch (robust to a hiccup of the machine), as split_logits times the fp32 model
     result = {"disagreements": wrong, "images_run": seen, "agreement": round(1 - wrong / len(images), 6),
-              "s": round(time.monotonic() - t0, 2), "s_per_image": round(float(np.median(per_image)), 5)}
+              "s": round(time.monotonic() - t0, 2), "s_per_image": round(float(np.median(per_image)), 8)}
     if ref_logits is not None:
         sig = split_signals(np.concatenate(outs), ref_logits)
         result.update(expected_agreement=round(sig["expected_agreement"], 6), kl=round(sig["kl"], 6),
@@ -469,11 +473,31 @@ def schedule_search(trial, n: int) -> tuple[int, dict[int, dict]]:
     return hi, trials
 
 
+def rounded_by_output_error(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.ModelProto,
+                            quantized: list[Layer], to_exact: list[Layer], policy: str, images: np.ndarray,
+                            threads: int) -> tuple[onnx.ModelProto, onnx.ModelProto | None, dict]:
+    """The int8 graph (and the exact-uint8 one) with GPTQ weight rounding (effzoo.weight_rounding), and its
+    record. 7-bit layers keep ONNX Runtime's 7-bit range: reduce_range 'all', or 'saturating' in those layers."""
+    t0 = time.monotonic()
+    hess, passes = layer_hessians(prepped, quantized, images, threads)
+    hessian_s = time.monotonic() - t0
+    reduced = {la.name for la in quantized if policy == "all" or (policy == "saturating" and la.saturating)}
+    base, record = gptq_rounded(base, prepped, quantized, hess, reduced)
+    if exact is not None:
+        exact, exact_record = gptq_rounded(exact, prepped, to_exact, hess, set())
+        record["exact_uint8_output_error_vs_nearest"] = exact_record["output_error_vs_nearest"]
+    record.update(images=len(images), passes=passes, hessian_s=round(hessian_s, 2),
+                  s=round(time.monotonic() - t0, 2))
+    return base, exact, record
+
+
 def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.ModelProto, layers: list[Layer],
            policy: str, runtime: str, split: tuple[np.ndarray, np.ndarray] | None, rank_images: np.ndarray,
-           options: BuildOptions, emulate: bool, threads: int = 2) -> tuple[onnx.ModelProto, dict]:
+           options: BuildOptions, emulate: bool, threads: int = 2, rounding_images: np.ndarray | None = None
+           ) -> tuple[onnx.ModelProto, dict]:
     """The quantized graph that meets `split_min_agreement` on the split with the fewest promoted layers (or the most
-    the cap allows, when none meets it), and the record of the search for build.json."""
+    the cap allows, when none meets it), and the record of the search for build.json. With `weight_rounding: gptq`
+    the integer weights are first rounded by output error on `rounding_images` (default: `rank_images`)."""
     t0 = time.monotonic()
     if len(rank_images) == 0:
         raise ZooError("calibration.json lists no range images: nothing to measure the weight noise on")
@@ -482,9 +506,15 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     producer = {o: n for n in base.graph.node for o in n.output}
     quantized = [la for la in layers if _has_weight_dq(base, la.name, producer)]
     kinds = {la.name: promotion_kind(la, policy, runtime) for la in quantized}
+    to_exact = [la for la in quantized if kinds[la.name] == "exact_uint8"]
+    if options.weight_rounding == "gptq":
+        base, exact, record["weight_rounding"] = rounded_by_output_error(
+            base, exact, prepped, quantized, to_exact, policy,
+            rank_images if rounding_images is None else rounding_images, threads)
+    else:
+        record["weight_rounding"] = {"method": "nearest"}
     t_rank = time.monotonic()
     noise = weight_noise(prepped, float_deltas(base, prepped, quantized), rank_images, threads)
-    to_exact = [la for la in quantized if kinds[la.name] == "exact_uint8"]
     exact_noise = weight_noise(prepped, float_deltas(exact, prepped, to_exact), rank_images, threads)
     rank_s = time.monotonic() - t_rank
     if options.bias_correction:
@@ -504,7 +534,8 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     allowed = int(math.floor((1 - budget) * len(images) + 1e-9))
     # the fp32 model's logits of the split on the build's runtime (the continuous signals' reference), and its
     # speed there (what a promotion must not fall below)
-    ref_logits, fp32_s_per_image = split_logits(trial_runner(runtime, False, threads)(prepped), images)
+    fp32_run = trial_runner(runtime, False, threads)(prepped)
+    ref_logits, fp32_s_per_image = split_logits(fp32_run, images)
     # what a promotion removes: the layer's weight noise, less what is left with exact uint8 weights
     scores = {la.name: noise[la.name][0] - (exact_noise[la.name][0] if la.name in exact_noise else 0.0)
               for la in quantized}
@@ -538,16 +569,21 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         if signal == "expected_agreement":
             chosen, cap_note = useful_prefix(trials)
     status_note = None
-    if not emulate:   # never slower than fp32: back off to the most promotions that keep the speed floor
-        speed_of = {p: t["speed_over_fp32"] for p, t in trials.items()}
-        if chosen not in speed_of:
-            trials[chosen] = trial(chosen, full=True)
-            speed_of[chosen] = trials[chosen]["speed_over_fp32"]
-        if speed_of[chosen] < options.min_speed_over_fp32 and chosen > 0:
-            fast = [p for p, sp in speed_of.items() if p < chosen and sp >= options.min_speed_over_fp32]
+    confirmed = None
+    if not emulate:   # the speed floor: back off to the most promotions that keep it, confirmed interleaved
+        floor = options.min_speed_over_fp32
+        while True:
+            confirmed = interleaved_speed(fp32_run, opener(promoted_model(
+                base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)), images)
+            if chosen in trials:
+                trials[chosen]["speed_over_fp32_interleaved"] = round(confirmed, 3)
+            if confirmed >= floor or chosen == 0:
+                break
+            fast = [p for p, t in trials.items() if p < chosen and t["speed_over_fp32"] >= floor]
             back = max(fast) if fast else 0
-            status_note = (f"{chosen} promoted layers ran at {speed_of[chosen]:.2f}x the fp32 model on the split "
-                           f"(floor min_speed_over_fp32 {options.min_speed_over_fp32}); kept {back}")
+            status_note = (f"{chosen} promoted layers ran at {confirmed:.2f}x the fp32 model on the split "
+                           f"(floor min_speed_over_fp32 {floor}); kept {back}")
+            LOG.info("speed floor: %s", status_note)
             chosen = back
     final = trials.get(chosen)
     if final is None or "disagreements" not in final or "kl" not in final:   # scored on the whole split
@@ -565,11 +601,15 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         record.update(certify(agreeing, len(images), budget))
     else:
         record.update(status="cap_reached", agreement_lower_95=round(wilson_lower(agreeing, len(images)), 6))
-    speed = final.get("speed_over_fp32")
+    speed = None if confirmed is None else round(confirmed, 3)
     if speed is not None and speed < 1.0:
         record["slower_than_fp32"] = (
             f"{speed:.2f}x the fp32 model on the split with {chosen} promoted layers" + (
                 "; the unpromoted int8 graph is slower than fp32 on this CPU" if chosen == 0 else ""))
+    elif speed is not None and speed < options.min_speed_over_fp32:
+        record["below_speed_floor"] = (f"{speed:.2f}x the fp32 model on the split with {chosen} promoted layers "
+                                       f"(min_speed_over_fp32 {options.min_speed_over_fp32})")
+        LOG.warning("int8 build below its speed floor: %s", record["below_speed_floor"])
     record.update({
         "split_images": len(images), "disagreements_allowed": allowed, "signal": signal,
         "trials_run_as": ("ONNX Runtime, QDQ graph unfused in float (this CPU cannot run the target's int8 "
@@ -606,7 +646,7 @@ def _init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
 
 def _has_weight_dq(model: onnx.ModelProto, node_name: str, producer: dict | None = None) -> bool:
     try:
-        _weight_dqs(model, node_name, producer)
+        weight_dqs(model, node_name, producer)
     except ZooError:
         return False
     return True

@@ -151,7 +151,7 @@ def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, target):
                 manifest.pop(k)
             manifest["model"].pop("path")
             budget = manifest["details"].get("accuracy_budget", {})
-            for entry in [budget] + budget.get("steps", []):
+            for entry in [budget, budget.get("weight_rounding", {})] + budget.get("steps", []):
                 for k in SEARCH_TIMING_KEYS:
                     entry.pop(k, None)
             results.append(([(out / f).read_bytes() for f in sorted(manifest["files"])], manifest))

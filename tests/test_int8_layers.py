@@ -196,7 +196,7 @@ def test_bias_correction_moves_the_int32_bias_by_the_mean_shift(tmp_path):
     w_a, w_b = rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.5, (3, 4, 1, 1))
     x = images(8)
     model, qdq = quantized_pair(tmp_path, w_a, w_b, x)
-    _, bdq = int8_search._weight_dqs(qdq, "conv_a")
+    _, bdq = int8_search.weight_dqs(qdq, "conv_a")
     inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
     scale = inits[bdq.input[1]]
     shift = np.array([1.0, -2.0, 0.0, 3.0]) * scale
@@ -233,9 +233,11 @@ def test_a_trial_stops_once_the_budget_is_out_of_reach():
         out[:, 1] = 1.0   # every image disagrees
         return out
 
-    result = int8_search.run_trial(run, np.zeros((40, 2, 2, 3), np.uint8), reference, allowed=5)
-    assert result["passed"] is False and result["images_run"] == 8 and result["disagreements_at_least"] == 8
-    assert sum(seen) == int8_search.TRIAL_BATCH + 8   # one warm-up batch (not timed), then two batches
+    n = 3 * int8_search.TRIAL_BATCH
+    result = int8_search.run_trial(run, np.zeros((n, 2, 2, 3), np.uint8), reference[:1].repeat(n), allowed=5)
+    b = int8_search.TRIAL_BATCH   # 16 > 5 allowed: the first batch already fails the trial
+    assert result["passed"] is False and result["images_run"] == b and result["disagreements_at_least"] == b
+    assert sum(seen) == 2 * b   # one warm-up batch (not timed), then one batch
     whole = int8_search.run_trial(run, np.zeros((40, 2, 2, 3), np.uint8), reference, allowed=5, stop_early=False)
     assert whole["passed"] is False and whole["images_run"] == 40 and whole["disagreements"] == 40
     ok = int8_search.run_trial(lambda x: np.eye(3)[np.zeros(len(x), int)], np.zeros((10, 2, 2, 3), np.uint8),
@@ -413,3 +415,23 @@ def test_without_a_passing_prefix_only_promotions_that_cut_the_kl_are_kept():
     # the best trial cuts 0.0011; 80% of it, 0.00088, is first reached at 8 layers (4 layers cut 0.0008)
     chosen, why = int8_search.useful_prefix(falling)
     assert chosen == 8 and "the best trial, 16 layers" in why
+
+
+def test_the_final_speed_check_times_both_models_back_to_back_and_takes_the_median_ratio(monkeypatch):
+    clock = [0.0]
+    calls = []
+
+    def runner(name, per_image):
+        def run(x):
+            calls.append(name)
+            clock[0] += per_image * len(x)
+            return np.zeros((len(x), 3))
+        return run
+    monkeypatch.setattr(int8_search.time, "perf_counter", lambda: clock[0])
+    images = np.zeros((40, 2, 2, 3), np.uint8)
+    ratio = int8_search.interleaved_speed(runner("fp32", 0.004), runner("int8", 0.001), images)
+    assert ratio == pytest.approx(4.0)
+    per_pass = 1 + -(-40 // int8_search.TRIAL_BATCH)   # a warm-up batch, then the split
+    order = calls[::per_pass]
+    assert len(calls) == 2 * int8_search.SPEED_ROUNDS * per_pass
+    assert order == ["fp32", "int8", "int8", "fp32", "fp32", "int8"][:2 * int8_search.SPEED_ROUNDS]

@@ -164,6 +164,7 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     assert budget["split_min_agreement"] == 0.99 and budget["split_images"] == 1
     assert budget["status"] == "not_checked" and budget["promoted"] == []
     assert budget["why"].startswith("the validation split has 1 images, fewer than the 50 a budget needs")
+    assert budget["weight_rounding"]["method"] == "gptq" and budget["weight_rounding"]["images"] == 5
     assert m["results"]["int8_max"]["accuracy_budget"]["status"] == "not_checked"
     summary = (tmp_path / "reports/summary.md").read_text()
     assert "tf_efficientnet_lite0 int8_max: split budget not checked (the validation split has 1 images" in summary

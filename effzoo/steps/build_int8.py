@@ -208,8 +208,11 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
         emulate = not covers(cpu_kind(), cpu_requirement(policy)[0])  # the building CPU
         probe_images = calibration_images(spread(calibration["files"], options.sensitivity_images),
                                           calib_datalist)
+        rounding_images = (calibration_images(spread(calibration["files"], options.rounding_images), calib_datalist)
+                           if options.weight_rounding == "gptq" else None)
         final, budget = search(onnx.load(str(base_path)), exact, model, layers, policy, runtime,
-                               validation_split(calibration, calib_datalist), probe_images, options, emulate)
+                               validation_split(calibration, calib_datalist), probe_images, options, emulate,
+                               rounding_images=rounding_images)
     with atomic_path(out_model, ".onnx") as tmp:
         onnx.save(final, str(tmp))
     exact_layers = [name for name, kind in budget["promoted"] if kind == "exact_uint8"]

@@ -1,0 +1,123 @@
+"""int8 weight rounding, GPTQ against nearest, on images held out from calibration: the folds of
+bench/int8_budget.py (run it first), one int8 method, both CPU policies, ONNX Runtime.
+
+For each fold, variant and policy: the fold's calibrated model and statistics, the method's ranges, bias
+correction, nothing promoted; once with nearest rounding and once with GPTQ (effzoo/weight_rounding.py on
+`rounding_images` range images). Prints the held-out mean KL(fp32 || int8) of the softmax, the expected agreement
+(effzoo/int8_search.py split_signals) and the count agreement, and the rounding's cost. A vnni-policy build runs
+unfused in float on a CPU without VNNI (the same integer arithmetic), as the int8 search does.
+
+usage: python bench/weight_rounding.py [--workdir bench-out/int8-budget] [--method percentile]
+                                       [--variants tf_efficientnet_lite0 ...] [--rounding-images 32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _workflow import REPO
+
+sys.path.insert(0, str(REPO))
+import onnx  # noqa: E402
+from effzoo.build_options import BuildOptions  # noqa: E402
+from effzoo.cpu_target import covers, cpu_flags, cpu_kind  # noqa: E402
+from effzoo.graph_edits import edge_nodes  # noqa: E402
+from effzoo.int8_search import (bias_corrected, float_deltas, rounded_by_output_error, split_signals,  # noqa: E402
+                                trial_runner, weight_layers, weight_noise)
+from effzoo.ranges import compute_ranges, full_range_tensors  # noqa: E402
+from effzoo.shard_io import iter_datalist_rows, read_datalist  # noqa: E402
+from effzoo.steps.build_int8 import (_quantize_model, calibration_images, cpu_requirement,  # noqa: E402
+                                     layers_to_exclude, reduced_weight_overrides, resolve_reduce_range, spread)
+
+LITES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+
+
+def held_out(fold: Path, calibration: dict) -> np.ndarray:
+    """The images of the half the fold scores, at the calibration source's geometry."""
+    source = Path(calibration["source_datalist"])          # npz/<half>/<geometry>/datalist.tsv
+    other = next(p for p in (fold / "npz").iterdir() if p.is_dir() and p.name != source.parts[1])
+    datalist = str(other / source.parts[2] / "datalist.tsv")
+    return np.concatenate([b for b, _ in iter_datalist_rows(datalist, list(range(len(read_datalist(datalist)))), 16)])
+
+
+def compare(fold: Path, variant: str, method: str, target: str, rounding_images: int) -> dict:
+    cal_dir = fold / "calib" / variant
+    calibration = json.loads((cal_dir / "calibration.json").read_text())
+    given = json.loads((fold / f"vacc/{variant}-int8_{method}_{target}/build.json").read_text())["options"]
+    options = BuildOptions.parse(given, f"int8_{method}_{target}")
+    prepped = onnx.load(str(cal_dir / "prepped.onnx"))
+    with np.load(cal_dir / "stats.npz") as arrs:
+        ranges = compute_ranges(arrs, method, percentile=options.percentile, levels=options.levels,
+                                candidates=options.candidates,
+                                keep_full=full_range_tensors(prepped) if options.keep_bounded_ranges else set())
+    exclude = edge_nodes(prepped) + layers_to_exclude(prepped, options.exclude_layers)
+    layers = weight_layers(prepped, set(exclude))
+    saturating = [(la.name, la.weight, la.axis) for la in layers if la.saturating]
+    policy = resolve_reduce_range(options.reduce_range, options.target)
+    datalist = str(fold / calibration["source_datalist"])
+    probe = calibration_images(spread(calibration["files"], options.sensitivity_images), datalist)
+    hessian_images = calibration_images(spread(calibration["files"], rounding_images), datalist)
+    with tempfile.TemporaryDirectory() as td:
+        _quantize_model(str(cal_dir / "prepped.onnx"), ranges, Path(td) / "q.onnx", options, exclude,
+                        reduced_weight_overrides(saturating) if policy == "saturating" else {}, policy == "all")
+        nearest = onnx.load(str(Path(td) / "q.onnx"))
+    t = time.monotonic()
+    rounded, _, record = rounded_by_output_error(nearest, None, prepped, layers, [], policy, hessian_images, 2)
+    rounding_s = time.monotonic() - t
+    images = held_out(fold, calibration)
+    emulate = not covers(cpu_kind(), cpu_requirement(policy)[0])
+    opener = trial_runner("onnxruntime", emulate, 2)
+
+    def logits(model):
+        run = opener(model)
+        return np.concatenate([run(images[i:i + 16]) for i in range(0, len(images), 16)])
+    reference = trial_runner("onnxruntime", False, 2)(prepped)
+    ref = np.concatenate([reference(images[i:i + 16]) for i in range(0, len(images), 16)])
+    out = {"images": len(images), "emulated": emulate, "rounding_s": rounding_s,
+           "output_error_vs_nearest": record["output_error_vs_nearest"]}
+    for name, graph in (("nearest", nearest), ("gptq", rounded)):
+        noise = weight_noise(prepped, float_deltas(graph, prepped, layers), probe, 2)
+        corrected, _ = bias_corrected(graph, {n: v[1] for n, v in noise.items()})
+        out[name] = split_signals(logits(corrected), ref)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default=str(REPO / "bench-out" / "int8-budget"))
+    ap.add_argument("--method", default="percentile")
+    ap.add_argument("--variants", nargs="+", default=list(LITES))
+    ap.add_argument("--rounding-images", type=int, default=32)
+    a = ap.parse_args()
+    work = Path(a.workdir).resolve()
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx_vnni", "avx2"))
+    print(f"CPU: {cpu_kind()} kind, flags {' '.join(flags)}")
+    print("held-out: KL / expected agreement / count agreement, nearest -> GPTQ (bias correction on, nothing "
+          "promoted, ONNX Runtime)")
+    cuts, means = [], {"nearest": [], "gptq": []}
+    for variant in a.variants:
+        for target in ("vnni", "avx512"):
+            for fold in (0, 1):
+                r = compare(work / f"fold{fold}", variant, a.method, target, a.rounding_images)
+                n, g = r["nearest"], r["gptq"]
+                cuts.append(1 - g["kl"] / n["kl"])
+                for k in means:
+                    means[k].append((r[k]["expected_agreement"], r[k]["agreement"]))
+                print(f"  {variant} {target:6s} fold {fold}: {n['kl']:.5f} / {100 * n['expected_agreement']:.2f}% / "
+                      f"{100 * n['agreement']:.1f}% -> {g['kl']:.5f} / {100 * g['expected_agreement']:.2f}% / "
+                      f"{100 * g['agreement']:.1f}%  (KL cut {100 * cuts[-1]:.0f}%; layer output error "
+                      f"{r['output_error_vs_nearest']:.2f}x; rounding {r['rounding_s']:.1f} s; {r['images']} images"
+                      f"{'; emulated' if r['emulated'] else ''})")
+    for k, v in means.items():
+        e, c = np.mean(v, axis=0)
+        print(f"{k}: mean expected agreement {100 * e:.2f}%, mean count agreement {100 * c:.2f}%")
+    print(f"KL cut: {100 * min(cuts):.0f}-{100 * max(cuts):.0f}%")
+
+
+if __name__ == "__main__":
+    main()
