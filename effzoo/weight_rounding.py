@@ -9,7 +9,7 @@ err_i = (w_i - q_i s) / U_ii, W[:, j > i] -= err_i U_ij. Depthwise convolutions 
 inputs). Rows keep their scale and zero point, so the graph, its kernels and its speed are unchanged.
 H comes from the float model's layer inputs over `rounding_images` calibration images, at most MAX_POSITIONS
 output positions per image and layer (MAX_DEPTHWISE_POSITIONS for a depthwise one; seeded), in passes whose Hessians
-and inputs fit MEMORY_BUDGET bytes.
+and inputs fit MEMORY_BUDGET bytes, with at most PENDING_BYTES of patch columns waiting to be multiplied in.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ DAMP = 0.1              # relative damping of H (lite0, 64 images: held-out KL 0
 MAX_POSITIONS = 1024    # output positions per image and layer that enter H
 MAX_DEPTHWISE_POSITIONS = 256   # a depthwise channel's H is only k*k x k*k
 MEMORY_BUDGET = 1 << 30  # bytes of Hessians and layer inputs held in one pass over the images
-FLUSH_BYTES = 64 << 20  # patch columns buffered per layer before they are multiplied into H
+PENDING_BYTES = 256 << 20  # patch columns buffered (all layers of a pass) before they are multiplied into H
 BLOCK = 128             # columns per lazy update (GPTQ's blocked form: the trailing update is one matrix product)
 
 
@@ -124,14 +124,18 @@ def layer_hessians(prepped: onnx.ModelProto, layers: list, images: np.ndarray, t
         del m.graph.output[:]
         m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inputs)
         sess = bounded_session(m, threads)
+        held = 0
         for k in range(len(images)):
             outs = dict(zip(inputs, sess.run(inputs, {PRE_INPUT: images[k:k + 1]})))
             for la in group:
                 cols = _patch_columns(outs[nodes[la.name].input[0]][0], nodes[la.name],
                                       tuple(inits[nodes[la.name].input[1]].dims), rng)
                 pending.setdefault(la.name, []).append(cols)
-                if sum(c.nbytes for c in pending[la.name]) > FLUSH_BYTES:
-                    flush(la.name)
+                held += cols.nbytes
+                if held > PENDING_BYTES:   # bounded whatever the number of layers in the pass
+                    for name in list(pending):
+                        flush(name)
+                    held = 0
         for name in list(pending):
             flush(name)
     return hess, len(groups)
