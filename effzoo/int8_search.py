@@ -549,8 +549,17 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     opener = trial_runner(runtime, emulate, threads)
     signal = options.split_signal
 
+    graphs: dict[int, onnx.ModelProto] = {}
+
+    def graph(p: int) -> onnx.ModelProto:
+        """The graph with the first p layers of the ranking promoted (the last one asked for, kept)."""
+        if p not in graphs:
+            graphs.clear()
+            graphs[p] = promoted_model(base, [(la, k) for la, k, _ in order[:p]], prepped, exact)
+        return graphs[p]
+
     def trial(p: int, full: bool = False) -> dict:
-        model = promoted_model(base, [(la, k) for la, k, _ in order[:p]], prepped, exact)
+        model = graph(p)
         t = time.monotonic()
         run = opener(model)
         open_s = time.monotonic() - t
@@ -573,8 +582,7 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     if not emulate:   # the speed floor: back off to the most promotions that keep it, confirmed interleaved
         floor = options.min_speed_over_fp32
         while True:
-            confirmed = interleaved_speed(fp32_run, opener(promoted_model(
-                base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)), images)
+            confirmed = interleaved_speed(fp32_run, opener(graph(chosen)), images)
             if chosen in trials:
                 trials[chosen]["speed_over_fp32_interleaved"] = round(confirmed, 3)
             if confirmed >= floor or chosen == 0:
@@ -588,7 +596,7 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     final = trials.get(chosen)
     if final is None or "disagreements" not in final or "kl" not in final:   # scored on the whole split
         final = trials[chosen] = trial(chosen, full=True)
-    model = promoted_model(base, [(la, k) for la, k, _ in order[:chosen]], prepped, exact)
+    model = graph(chosen)
     promoted = order[:chosen]
     agreeing = len(images) - final["disagreements"]
     met = final["passed"] if signal == "expected_agreement" else agreeing >= len(images) - allowed

@@ -59,8 +59,7 @@ def conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], p
     if list(dilations) != [1, 1]:
         raise ZooError(f"layer {node.name}: dilated convolution; weight_rounding gptq supports dilation 1 only")
     xp = np.pad(x, ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    oh = (xp.shape[1] - kernel[0]) // strides[0] + 1
-    ow = (xp.shape[2] - kernel[1]) // strides[1] + 1
+    oh, ow = _output_grid(x.shape, kernel, strides, pads)
     rows, cols = (None, None) if positions is None else (positions // ow, positions % ow)
     taps = []
     for i in range(kernel[0]):
@@ -68,6 +67,17 @@ def conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], p
             tap = xp[:, i:i + strides[0] * (oh - 1) + 1:strides[0], j:j + strides[1] * (ow - 1) + 1:strides[1]]
             taps.append(tap.reshape(len(xp), -1) if positions is None else tap[:, rows, cols])
     return np.stack(taps, axis=1)
+
+
+def _output_grid(shape: tuple, kernel: tuple[int, int], strides: list[int], pads: list[int]) -> tuple[int, int]:
+    """(rows, columns) of a convolution's output for an input of `shape` (C, H, W)."""
+    return ((shape[1] + pads[0] + pads[2] - kernel[0]) // strides[0] + 1,
+            (shape[2] + pads[1] + pads[3] - kernel[1]) // strides[1] + 1)
+
+
+def _chosen_positions(rng: np.random.Generator, total: int, most: int) -> np.ndarray | None:
+    """`most` of `total` output positions, sorted (seeded); None: all of them."""
+    return np.sort(rng.choice(total, most, replace=False)) if total > most else None
 
 
 def supported(node: onnx.NodeProto, dims: tuple) -> bool:
@@ -149,14 +159,11 @@ def _patch_columns(x: np.ndarray, node: onnx.NodeProto, dims: tuple, rng: np.ran
     group, strides, pads, _ = _conv_attrs(node)
     if dims[2:] == (1, 1) and group == 1 and list(strides) == [1, 1] and list(pads) == [0] * 4:
         flat = x.reshape(x.shape[0], -1)   # pointwise: the input itself is the patch matrix
-        if flat.shape[1] > MAX_POSITIONS:
-            flat = flat[:, np.sort(rng.choice(flat.shape[1], MAX_POSITIONS, replace=False))]
-        return flat
+        pos = _chosen_positions(rng, flat.shape[1], MAX_POSITIONS)
+        return flat if pos is None else flat[:, pos]
     kernel = (dims[2], dims[3])
-    oh = (x.shape[1] + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
-    ow = (x.shape[2] + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
-    most = MAX_POSITIONS if group == 1 else MAX_DEPTHWISE_POSITIONS
-    pos = np.sort(rng.choice(oh * ow, most, replace=False)) if oh * ow > most else None
+    oh, ow = _output_grid(x.shape, kernel, strides, pads)
+    pos = _chosen_positions(rng, oh * ow, MAX_POSITIONS if group == 1 else MAX_DEPTHWISE_POSITIONS)
     p = conv_patches(x, node, kernel, pos)
     return p if group > 1 else p.reshape(-1, p.shape[2])
 
