@@ -153,10 +153,11 @@ def b7_cost(work: Path) -> None:
     roots = halves(work)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["datasets"] = {"half0": {"root": str(roots[0])}}
-    cfg.update(dataset="half0", run_variants=["efficientnet_b7"], run_quant=["int8_percentile"])
+    cfg.update(dataset="half0", run_variants=["efficientnet_b7"], run_quant=["fp32", "int8_percentile"])
     cfg["variants"]["efficientnet_b7"]["weights"] = "random"
     cfg["calibration"] = {"dataset": "half0", "images": 16, "validation_images": 200}
-    cfg["quant_modes"] = {"int8_percentile": {"kind": "int8", "method": "percentile", "split_min_agreement": 1.0}}
+    cfg["quant_modes"] = {"fp32": cfg["quant_modes"]["fp32"],
+                          "int8_percentile": {"kind": "int8", "method": "percentile", "split_min_agreement": 1.0}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     subprocess.run([sys.executable, "-m", "snakemake", "vacc/efficientnet_b7-int8_percentile/build.json", "-s",
                     str(REPO / "Snakefile"), "-d", str(d), "--cores", "2", "--quiet", "rules", "--rerun-incomplete",

@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,22 @@ def held_out(fold: Path, calibration: dict) -> np.ndarray:
     return np.concatenate([b for b, _ in iter_datalist_rows(datalist, list(range(len(read_datalist(datalist)))), 16)])
 
 
-def compare(fold: Path, variant: str, method: str, target: str, rounding_images: int) -> dict:
+@dataclass
+class Fold:
+    """One fold's variant at one int8 method and CPU policy, as its build starts: the calibrated float model, the
+    quantized layers, the nearest-rounded QDQ graph, and the range images the build measures on."""
+    fold: Path
+    calibration: dict
+    prepped: onnx.ModelProto
+    layers: list
+    policy: str
+    nearest: onnx.ModelProto
+    probe: np.ndarray            # sensitivity_images range images (weight noise, bias correction)
+    hessian_images: np.ndarray   # rounding_images range images (GPTQ)
+
+
+def fold_build(fold: Path, variant: str, method: str, target: str, rounding_images: int) -> Fold:
+    """The fold's calibration, quantized as the fold's build of this method and target was (its options)."""
     cal_dir = fold / "calib" / variant
     calibration = json.loads((cal_dir / "calibration.json").read_text())
     given = json.loads((fold / f"vacc/{variant}-int8_{method}_{target}/build.json").read_text())["options"]
@@ -60,31 +76,43 @@ def compare(fold: Path, variant: str, method: str, target: str, rounding_images:
     saturating = [(la.name, la.weight, la.axis) for la in layers if la.saturating]
     policy = resolve_reduce_range(options.reduce_range, options.target)
     datalist = str(fold / calibration["source_datalist"])
-    probe = calibration_images(spread(calibration["files"], options.sensitivity_images), datalist)
-    hessian_images = calibration_images(spread(calibration["files"], rounding_images), datalist)
     with tempfile.TemporaryDirectory() as td:
         _quantize_model(str(cal_dir / "prepped.onnx"), ranges, Path(td) / "q.onnx", options, exclude,
                         reduced_weight_overrides(saturating) if policy == "saturating" else {}, policy == "all")
         nearest = onnx.load(str(Path(td) / "q.onnx"))
-    t = time.monotonic()
-    rounded, _, record = rounded_by_output_error(nearest, None, prepped, layers, [], policy, hessian_images, 2)
-    rounding_s = time.monotonic() - t
-    images = held_out(fold, calibration)
-    emulate = not covers(cpu_kind(), cpu_requirement(policy)[0])
-    opener = trial_runner("onnxruntime", emulate, 2)
+    return Fold(fold, calibration, prepped, layers, policy, nearest,
+                calibration_images(spread(calibration["files"], options.sensitivity_images), datalist),
+                calibration_images(spread(calibration["files"], rounding_images), datalist))
 
-    def logits(model):
-        run = opener(model)
+
+def held_out_signals(f: Fold, graphs: dict[str, onnx.ModelProto]) -> dict[str, dict]:
+    """split_signals of each QDQ graph against fp32 on the fold's held-out images, ONNX Runtime (emulated, unfused,
+    where this CPU lacks the policy's kernels)."""
+    images = held_out(f.fold, f.calibration)
+    opener = trial_runner("onnxruntime", not covers(cpu_kind(), cpu_requirement(f.policy)[0]), 2)
+
+    def logits(run):
         return np.concatenate([run(images[i:i + 16]) for i in range(0, len(images), 16)])
-    reference = trial_runner("onnxruntime", False, 2)(prepped)
-    ref = np.concatenate([reference(images[i:i + 16]) for i in range(0, len(images), 16)])
-    out = {"images": len(images), "emulated": emulate, "rounding_s": rounding_s,
-           "output_error_vs_nearest": record["output_error_vs_nearest"]}
-    for name, graph in (("nearest", nearest), ("gptq", rounded)):
-        noise = weight_noise(prepped, float_deltas(graph, prepped, layers), probe, 2)
-        corrected, _ = bias_corrected(graph, {n: v[1] for n, v in noise.items()})
-        out[name] = split_signals(logits(corrected), ref)
-    return out
+    ref = logits(trial_runner("onnxruntime", False, 2)(f.prepped))
+    return {name: {**split_signals(logits(opener(g)), ref), "images": len(images)} for name, g in graphs.items()}
+
+
+def bias_corrected_on_float_inputs(f: Fold, graph: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with the build's bias correction (the mean output change of its weights, on the probe images)."""
+    noise = weight_noise(f.prepped, float_deltas(graph, f.prepped, f.layers), f.probe, 2)
+    return bias_corrected(graph, {n: v[1] for n, v in noise.items()})[0]
+
+
+def compare(fold: Path, variant: str, method: str, target: str, rounding_images: int) -> dict:
+    f = fold_build(fold, variant, method, target, rounding_images)
+    t = time.monotonic()
+    rounded, _, record = rounded_by_output_error(f.nearest, None, f.prepped, f.layers, [], f.policy,
+                                                 f.hessian_images, 2)
+    rounding_s = time.monotonic() - t
+    signals = held_out_signals(f, {name: bias_corrected_on_float_inputs(f, graph)
+                                   for name, graph in (("nearest", f.nearest), ("gptq", rounded))})
+    return {"images": signals["gptq"]["images"], "emulated": not covers(cpu_kind(), cpu_requirement(f.policy)[0]),
+            "rounding_s": rounding_s, "output_error_vs_nearest": record["output_error_vs_nearest"], **signals}
 
 
 def main():

@@ -138,7 +138,7 @@ def layer_hessians(prepped: onnx.ModelProto, layers: list, images: np.ndarray, t
         for k in range(len(images)):
             outs = dict(zip(inputs, sess.run(inputs, {PRE_INPUT: images[k:k + 1]})))
             for la in group:
-                cols = _patch_columns(outs[nodes[la.name].input[0]][0], nodes[la.name],
+                cols = patch_columns(outs[nodes[la.name].input[0]][0], nodes[la.name],
                                       tuple(inits[nodes[la.name].input[1]].dims), rng)
                 pending.setdefault(la.name, []).append(cols)
                 held += cols.nbytes
@@ -151,7 +151,7 @@ def layer_hessians(prepped: onnx.ModelProto, layers: list, images: np.ndarray, t
     return hess, len(groups)
 
 
-def _patch_columns(x: np.ndarray, node: onnx.NodeProto, dims: tuple, rng: np.random.Generator) -> np.ndarray:
+def patch_columns(x: np.ndarray, node: onnx.NodeProto, dims: tuple, rng: np.random.Generator) -> np.ndarray:
     """One image's layer input as columns of H's products, float32: (n, P) for a dense layer, (C, k*k, P) for a
     depthwise convolution; at most MAX_POSITIONS output positions (seeded choice)."""
     if node.op_type != "Conv":
@@ -207,12 +207,13 @@ def output_error(w: np.ndarray, wq: np.ndarray, h: np.ndarray) -> float:
     return float(np.sum(eh * e))
 
 
-def gptq_rounded(qdq: onnx.ModelProto, prepped: onnx.ModelProto, layers: list, hess: dict, reduced: set[str]
-                 ) -> tuple[onnx.ModelProto, dict]:
+def gptq_rounded(qdq: onnx.ModelProto, prepped: onnx.ModelProto, layers: list, hess: dict, reduced: set[str],
+                 targets: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
     """The QDQ graph with each layer's integer weights rounded by GPTQ at the graph's own scales and zero points
     (int8: [-127, 127], or [-64, 64] for the layers in `reduced`, ONNX Runtime's 7-bit range; uint8: [0, 255]),
     and a record: the layers' summed output error on the Hessian images, GPTQ's against nearest rounding's. A
-    layer without a Hessian (not `supported`) keeps nearest rounding and is named in the record."""
+    layer without a Hessian (not `supported`) keeps nearest rounding and is named in the record. `targets`: per
+    layer, the (rows, n) float weights to round instead of the float model's (bench/activation_compensation.py)."""
     t0 = time.monotonic()
     m = onnx.ModelProto()
     m.CopyFrom(qdq)
@@ -246,7 +247,8 @@ def gptq_rounded(qdq: onnx.ModelProto, prepped: onnx.ModelProto, layers: list, h
             scale = np.full(shape[0], scale[0])
         if zero.size == 1:
             zero = np.full(shape[0], zero[0])
-        q = gptq_rows(rows, inverse_cholesky(h), scale, zero, qmin, qmax)
+        q = gptq_rows(rows if targets is None or la.name not in targets else targets[la.name],
+                      inverse_cholesky(h), scale, zero, qmin, qmax)
         nearest = np.moveaxis(q0.astype(np.float64), la.axis, 0).reshape(shape[0], -1)
         err_nearest += output_error(rows, (nearest - zero[:, None]) * scale[:, None], h)
         err_gptq += output_error(rows, (q - zero[:, None]) * scale[:, None], h)

@@ -428,10 +428,11 @@ def test_the_final_speed_check_times_both_models_back_to_back_and_takes_the_medi
             return np.zeros((len(x), 3))
         return run
     monkeypatch.setattr(int8_search.time, "perf_counter", lambda: clock[0])
-    images = np.zeros((40, 2, 2, 3), np.uint8)
+    images = np.zeros((int8_search.SPEED_IMAGES + 40, 2, 2, 3), np.uint8)
     ratio = int8_search.interleaved_speed(runner("fp32", 0.004), runner("int8", 0.001), images)
     assert ratio == pytest.approx(4.0)
-    per_pass = 1 + -(-40 // int8_search.TRIAL_BATCH)   # a warm-up batch, then the split
+    # a warm-up batch, then the first SPEED_IMAGES of the split
+    per_pass = 1 + -(-int8_search.SPEED_IMAGES // int8_search.TRIAL_BATCH)
     order = calls[::per_pass]
     assert len(calls) == 2 * int8_search.SPEED_ROUNDS * per_pass
     assert order == ["fp32", "int8", "int8", "fp32", "fp32", "int8"][:2 * int8_search.SPEED_ROUNDS]

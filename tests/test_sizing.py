@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import REPO, run_snakemake
 
-from effzoo import cost
+from effzoo import cost, int8_search
 from effzoo.common import ZooError
 
 B7_TAG = "tf_efficientnet_b7.ra_in1k"
@@ -78,6 +78,18 @@ def test_costs_scale_with_pixels_and_int8_never_plans_faster_than_fp32():
     assert int8.per_image_s == at_native.per_image_s and int8.fixed_s == at_native.fixed_s
     build, _ = model.stage("build_int8", "small", 224, "onnxruntime-int8")   # builds keep their own cost
     assert build.per_image_s == 0.02
+
+
+def test_an_int8_build_with_a_split_plans_the_memory_of_its_search_sessions():
+    model = _model()
+    _, no_split = cost.job_seconds(model, "build_int8", "small", 224, "onnxruntime-int8", 2, images=0)
+    _, with_split = cost.job_seconds(model, "build_int8", "small", 224, "onnxruntime-int8", 2, images=200)
+    assert no_split == 300.0   # the build's own measured peak
+    assert with_split == 300.0 + 2 * 500.0   # and the fp32 and trial sessions at the search batch
+    assert cost.SEARCH_BATCH == int8_search.TRIAL_BATCH
+    # the shipped costs: tf_efficientnet_b7 at 600 with a 200-image split peaked at 10458 MB (bench/int8_budget.py --b7)
+    _, b7 = cost.job_seconds(cost.load(), "build_int8", "tf_efficientnet_b7", 600, "onnxruntime-int8", 2, images=200)
+    assert b7 >= 10458
 
 
 def test_an_unmeasured_architecture_takes_the_costliest_per_pixel():

@@ -123,15 +123,40 @@ def test_gptq_rounded_graph_keeps_its_scales_and_ranges_and_moves_the_outputs_le
         assert err[1] < 0.9 * err[0], la.name
 
 
-def test_the_search_records_the_rounding_and_nearest_leaves_the_weights(tmp_path):
-    rng = np.random.default_rng(4)
-    model = conv_model(rng.normal(0, 0.1, (4, 3, 3, 3)), np.zeros(4), rng.normal(0, 0.5, (3, 4, 1, 1)))
-    x = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+def quantized_conv_model(tmp_path, seed: int, channels: int, images: int):
+    """(float model, uint8 images, its int8_max QDQ graph, its quantized layers) of conv_model with random weights."""
+    rng = np.random.default_rng(seed)
+    model = conv_model(rng.normal(0, 0.1, (channels, 3, 3, 3)), np.zeros(channels),
+                       rng.normal(0, 0.5, (3, channels, 1, 1)))
+    x = rng.integers(0, 256, (images, 8, 8, 3), dtype=np.uint8)
     out = tmp_path / "q.onnx"
     build_int8._quantize_model(model, observed_ranges(model, x), out, BuildOptions.parse(INT8, "int8_max"),
                                ["pre_nchw", "pre_cast"], {}, False)
-    qdq = onnx.load(str(out))
-    layers = int8_search.weight_layers(model, {"pre_nchw", "pre_cast"})
+    return model, x, onnx.load(str(out)), int8_search.weight_layers(model, {"pre_nchw", "pre_cast"})
+
+
+def test_gptq_rounds_the_given_target_weights_in_place_of_the_float_ones(tmp_path):
+    model, x, qdq, layers = quantized_conv_model(tmp_path, 4, 6, 32)
+    hess, _ = weight_rounding.layer_hessians(model, layers, x, 1)
+    plain, _ = weight_rounding.gptq_rounded(qdq, model, layers, hess, set())
+    rows = {la.name: np.moveaxis(numpy_helper.to_array(next(i for i in model.graph.initializer
+                                                             if i.name == la.weight)), la.axis, 0) for la in layers}
+    same, _ = weight_rounding.gptq_rounded(qdq, model, layers, hess, set(),
+                                           {n: r.reshape(len(r), -1) for n, r in rows.items()})
+    zeroed, _ = weight_rounding.gptq_rounded(qdq, model, layers, hess, set(),
+                                             {"conv_b": np.zeros(rows["conv_b"].reshape(3, -1).shape)})
+    for la in layers:
+        q = {name: int8_search.dequantized_weight(g, la) for name, g in
+             (("plain", plain), ("same", same), ("zeroed", zeroed))}
+        assert np.array_equal(q["same"], q["plain"])   # the float weights as targets: the same integers
+        if la.name == "conv_b":
+            assert not q["zeroed"].any()                # zero targets round to zero, whatever the float weights
+        else:
+            assert np.array_equal(q["zeroed"], q["plain"])   # a layer without a target rounds its float weights
+
+
+def test_the_search_records_the_rounding_and_nearest_leaves_the_weights(tmp_path):
+    model, x, qdq, layers = quantized_conv_model(tmp_path, 4, 4, 16)
     for rounding in ("gptq", "nearest"):
         opts = BuildOptions.parse({**INT8, "weight_rounding": rounding, "bias_correction": False}, "int8_max")
         final, rec = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", None, x[:8], opts, False, 1,
