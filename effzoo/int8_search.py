@@ -359,7 +359,7 @@ def split_logits(run, images: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 SPEED_ROUNDS = 3   # interleaved rounds of the final speed check
-SPEED_IMAGES = 64  # split images each round times per model (4 batches of TRIAL_BATCH; b7 at 600: ~0.8 s a pair)
+SPEED_IMAGES = 64  # split images a round times per model (b7 at 600, 200-image split: ~3 min instead of ~9)
 
 
 def interleaved_speed(fp32_run, run, images: np.ndarray) -> float:

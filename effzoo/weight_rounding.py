@@ -139,7 +139,7 @@ def layer_hessians(prepped: onnx.ModelProto, layers: list, images: np.ndarray, t
             outs = dict(zip(inputs, sess.run(inputs, {PRE_INPUT: images[k:k + 1]})))
             for la in group:
                 cols = patch_columns(outs[nodes[la.name].input[0]][0], nodes[la.name],
-                                      tuple(inits[nodes[la.name].input[1]].dims), rng)
+                                     tuple(inits[nodes[la.name].input[1]].dims), rng)
                 pending.setdefault(la.name, []).append(cols)
                 held += cols.nbytes
                 if held > PENDING_BYTES:   # bounded whatever the number of layers in the pass
