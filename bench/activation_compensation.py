@@ -33,18 +33,17 @@ import onnx  # noqa: E402
 from effzoo import weight_rounding  # noqa: E402
 from effzoo.cpu_target import cpu_flags, cpu_kind  # noqa: E402
 from effzoo.graph_edits import PRE_INPUT  # noqa: E402
-from effzoo.int8_search import bias_corrected, rounded_by_output_error  # noqa: E402
-from effzoo.ort_session import bounded_session  # noqa: E402
+from effzoo.int8_search import bias_corrected, seven_bit_layers  # noqa: E402
+from effzoo.ort_session import bounded_session, session_options  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
 
 def _session(model: onnx.ModelProto, unfused: bool):
+    """An ONNX Runtime session; `unfused`: a QDQ graph's intermediate tensors as the integer kernels compute them,
+    in float."""
     import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    if unfused:   # a QDQ graph's intermediate tensors as the integer kernels compute them, in float
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(2, "none" if unfused else "all"),
+                                providers=["CPUExecutionProvider"])
 
 
 def output_means(model: onnx.ModelProto, layer_names: list[str], images: np.ndarray, unfused: bool) -> list:
@@ -68,16 +67,16 @@ def output_means(model: onnx.ModelProto, layer_names: list[str], images: np.ndar
     return [s / len(images) for s in sums]
 
 
-def empirically_corrected(f: Fold, graph: onnx.ModelProto, chunk: int | None) -> onnx.ModelProto:
-    """The graph with each layer's bias moved by its mean output shift against fp32 (activations quantized), all
-    layers from one pass (`chunk` None) or `chunk` layers per pass, in graph order."""
+def empirically_corrected(f: Fold, graph: onnx.ModelProto, float_means: dict, chunk: int | None
+                          ) -> onnx.ModelProto:
+    """The graph with each layer's bias moved by its mean output shift against fp32 (`float_means`, per layer;
+    activations quantized), all layers from one pass (`chunk` None) or `chunk` layers per pass, in graph order."""
     names = [la.name for la in f.layers]
     step = len(names) if chunk is None else chunk
     for c in range(0, len(names), step):
         part = names[c:c + step]
         shifted = output_means(graph, part, f.probe, unfused=True)
-        float_means = output_means(f.prepped, part, f.probe, unfused=False)
-        graph, _ = bias_corrected(graph, {n: q - fl for n, q, fl in zip(part, shifted, float_means)})
+        graph, _ = bias_corrected(graph, {n: q - float_means[n] for n, q in zip(part, shifted)})
     return graph
 
 
@@ -119,9 +118,10 @@ def cross_moments(f: Fold, quantized: onnx.ModelProto) -> tuple[dict, dict, dict
     return hq, cross, columns
 
 
-def fitted_to_quantized_inputs(f: Fold, ridge: float, min_columns: float) -> tuple[onnx.ModelProto, int]:
+def fitted_to_quantized_inputs(f: Fold, float_hess: dict, ridge: float, min_columns: float
+                               ) -> tuple[onnx.ModelProto, int]:
     """GPTQ on the quantized graph's layer inputs, of the weights fitted to reproduce the float layer's output from
-    them; and the number of layers fitted."""
+    them (the other layers: GPTQ on `float_hess`, the float model's Hessians); and the number of layers fitted."""
     inputs_from = bias_corrected_on_float_inputs(f, f.nearest)
     hq, cross, columns = cross_moments(f, inputs_from)
     finits = {i.name: i for i in f.prepped.graph.initializer}
@@ -145,10 +145,9 @@ def fitted_to_quantized_inputs(f: Fold, ridge: float, min_columns: float) -> tup
             targets[la.name] = np.linalg.solve(hd, np.einsum("cn,cnm->cm", rows, cd)[..., None])[..., 0]
         else:
             targets[la.name] = np.linalg.solve(hd, (rows @ cd).T).T
-    reduced = {la.name for la in f.layers if f.policy == "all" or (f.policy == "saturating" and la.saturating)}
-    float_hess, _ = weight_rounding.layer_hessians(f.prepped, f.layers, f.hessian_images, 2)
     hess = {n: (hq[n] if n in targets else float_hess[n]) for n in float_hess}
-    graph, _ = weight_rounding.gptq_rounded(f.nearest, f.prepped, f.layers, hess, reduced, targets)
+    graph, _ = weight_rounding.gptq_rounded(f.nearest, f.prepped, f.layers, hess,
+                                            seven_bit_layers(f.layers, f.policy), targets)
     return bias_corrected_on_float_inputs(f, graph), len(targets)
 
 
@@ -165,16 +164,20 @@ def main():
     flags = sorted(fl for fl in cpu_flags() if fl.startswith(("avx512_vnni", "amx")) or fl in ("avx_vnni", "avx512f"))
     print(f"CPU: {cpu_kind()} kind, flags {' '.join(flags)}")
     f = fold_build(Path(a.workdir).resolve() / f"fold{a.fold}", a.variant, "percentile", a.target, 32)
-    rounded, _, _ = rounded_by_output_error(f.nearest, None, f.prepped, f.layers, [], f.policy, f.hessian_images, 2)
+    float_hess, _ = weight_rounding.layer_hessians(f.prepped, f.layers, f.hessian_images, 2)
+    rounded, _ = weight_rounding.gptq_rounded(f.nearest, f.prepped, f.layers, float_hess,
+                                              seven_bit_layers(f.layers, f.policy))
     default = bias_corrected_on_float_inputs(f, rounded)
     graphs, cost = {"default (GPTQ, bias correction on float inputs)": default}, {}
+    float_means = dict(zip([la.name for la in f.layers],
+                           output_means(f.prepped, [la.name for la in f.layers], f.probe, unfused=False)))
     for label, chunk in (("empirical bias correction, all layers at once", None),
                          (f"empirical bias correction, {a.chunk} layer(s) per pass", a.chunk)):
         t = time.monotonic()
-        graphs[label] = empirically_corrected(f, default, chunk)
+        graphs[label] = empirically_corrected(f, default, float_means, chunk)
         cost[label] = time.monotonic() - t
     t = time.monotonic()
-    fitted, n = fitted_to_quantized_inputs(f, a.ridge, a.min_columns)
+    fitted, n = fitted_to_quantized_inputs(f, float_hess, a.ridge, a.min_columns)
     label = (f"weights fitted to quantized inputs (ridge {a.ridge:g}, >= {a.min_columns:g} n columns: {n} of "
              f"{len(f.layers)} layers)")
     graphs[label], cost[label] = fitted, time.monotonic() - t

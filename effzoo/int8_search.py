@@ -476,6 +476,12 @@ def schedule_search(trial, n: int) -> tuple[int, dict[int, dict]]:
     return hi, trials
 
 
+def seven_bit_layers(layers: list[Layer], policy: str) -> set[str]:
+    """The layers whose weights a reduce_range policy keeps in ONNX Runtime's 7-bit range: all of them for 'all',
+    the saturating ones for 'saturating'."""
+    return {la.name for la in layers if policy == "all" or (policy == "saturating" and la.saturating)}
+
+
 def rounded_by_output_error(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.ModelProto,
                             quantized: list[Layer], to_exact: list[Layer], policy: str, images: np.ndarray,
                             threads: int) -> tuple[onnx.ModelProto, onnx.ModelProto | None, dict]:
@@ -484,8 +490,7 @@ def rounded_by_output_error(base: onnx.ModelProto, exact: onnx.ModelProto | None
     t0 = time.monotonic()
     hess, passes = layer_hessians(prepped, quantized, images, threads)
     hessian_s = time.monotonic() - t0
-    reduced = {la.name for la in quantized if policy == "all" or (policy == "saturating" and la.saturating)}
-    base, record = gptq_rounded(base, prepped, quantized, hess, reduced)
+    base, record = gptq_rounded(base, prepped, quantized, hess, seven_bit_layers(quantized, policy))
     if exact is not None:
         exact, exact_record = gptq_rounded(exact, prepped, to_exact, hess, set())
         record["exact_uint8_output_error_vs_nearest"] = exact_record["output_error_vs_nearest"]
