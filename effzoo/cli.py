@@ -34,7 +34,9 @@ def describe(doc: dict) -> list[str]:
         f"variant      {doc['variant']} ({doc['tag']}; weights: "
         f"{'RANDOM (explicitly configured)' if weights.get('random') else weights.get('source')})",
         f"build        {doc['quant']}: {doc['precision']} on {doc['runtime']}, model file {doc['model']}",
-        f"cpu          made for {cpu['target']}, requires {cpu['requires']} ({cpu['why']})",
+        f"cpu          made for {cpu['target']}, requires {cpu['requires']} ({cpu['why']}); accuracy measured on "
+        f"{cpu.get('checked_isa', 'unrecorded')} kernels"
+        + (" (its int8 outputs differ on other kernels)" if cpu.get("isa_sensitive") else ""),
         f"input        uint8 NHWC {doc['preprocess']['input_size'][1]}x{doc['preprocess']['input_size'][2]}, "
         f"resize {doc['preprocess']['resize_size']} {doc['preprocess']['interpolation']}, centre crop",
         f"accuracy     top-1 {acc['top1']:.4f}, top-5 {acc['top5']:.4f}, agreement with fp32 "

@@ -6,7 +6,14 @@ A build's `cpu_target` (option; `auto` = the kind of the machine that builds) de
 products in int16 and saturate), so an int8 build for a vnni target *requires* VNNI, while builds for avx512 or
 avx2 targets (7-bit weights where they would saturate, exact uint8 elsewhere) and float builds run correctly on
 any kind. predict and benchmark compare the running CPU with what the build requires; `on_cpu_mismatch` (error
-or warn) decides whether the step stops. Standard library only.
+or warn) decides whether the step stops.
+
+Within a kind, the int8 kernels differ by instruction set (`kernel_isa`: amx, avx512_vnni, ...). ONNX Runtime's
+int8 outputs are bit-identical between AMX and AVX-512 VNNI (measured), but OpenVINO's are not (oneDNN's AMX and
+VNNI kernels moved top-1 on 2.4% of images for one lite1 build). So a build records the ISA its accuracy record was
+measured on (`checked_isa`) and whether its outputs follow the ISA (`isa_sensitive`: OpenVINO int8); where they
+run on another ISA, the check says so and warns: the results are the build's numerics on that ISA, not those it
+was checked with. Standard library only.
 """
 from __future__ import annotations
 
@@ -43,6 +50,21 @@ def cpu_kind(flags: set[str] | None = None) -> str:
     return "avx2" if "avx2" in flags else "other"
 
 
+def kernel_isa(flags: set[str] | None = None) -> str:
+    """The widest int8 instruction set the runtimes' kernels use on a CPU with these flags (default: this machine's):
+    amx, avx512_vnni, avx_vnni, avx512, avx2, other; 'unknown' when there are no flags to read."""
+    flags = cpu_flags() if flags is None else flags
+    if not flags:
+        return UNKNOWN
+    if {"amx_int8", "amx_tile"} <= flags:
+        return "amx"
+    for isa in ("avx512_vnni", "avx_vnni"):
+        if isa in flags:
+            return isa
+    kind = cpu_kind(flags)
+    return "avx512" if kind == "avx512" else kind
+
+
 def resolve(target: str) -> str:
     """A cpu_target option as a kind: 'auto' is the kind of this (the building) machine."""
     if target == "auto":
@@ -66,9 +88,10 @@ def check(build: dict, what: str, running: str | None = None) -> dict:
     cpu = build["cpu"]
     running = running or cpu_kind()
     ok = covers(running, cpu["requires"])
-    record = {"running": running, "target": cpu["target"], "requires": cpu["requires"], "ok": ok}
+    record = {"running": running, "running_isa": kernel_isa(), "target": cpu["target"], "requires": cpu["requires"],
+              "ok": ok}
     if ok:
-        return record
+        return {**record, **isa_note(cpu, record["running_isa"], what)}
     this = ("this CPU's kind could not be read (no flags in /proc/cpuinfo)" if running == UNKNOWN
             else f"this CPU is {running}")
     message = (f"{what}: built for a {cpu['target']} CPU and requires {cpu['requires']} ({cpu['why']}), but {this}: "
@@ -78,3 +101,16 @@ def check(build: dict, what: str, running: str | None = None) -> dict:
         raise ZooError(message + "; or set on_cpu_mismatch: warn to run it anyway")
     LOG.warning("%s", message)
     return {**record, "warning": message}
+
+
+def isa_note(cpu: dict, running_isa: str, what: str) -> dict:
+    """{'isa_note': ...} (and a warning) when a build whose outputs follow the kernel ISA runs on another ISA than
+    the one its accuracy record was measured on; else {}."""
+    checked = cpu.get("checked_isa")
+    if not cpu.get("isa_sensitive") or running_isa == checked:
+        return {}
+    note = (f"{what}: its accuracy record was measured on {checked} kernels and it runs here on {running_isa} "
+            f"kernels, whose int8 results differ from them on this runtime (not the same outputs, image for image); "
+            f"predict on this CPU to measure it here")
+    LOG.warning("%s", note)
+    return {"isa_note": note}

@@ -44,7 +44,8 @@ def deployed(tmp_path_factory) -> Path:
                "results": {"fp32": {"top1": 0.5, "top5": 1.0, "images": 6, "batch1_latency_ms": 0.5,
                                     "speed": {"mode": "latency", "batch": 4, "threads": 1, "images_per_s": 1000.0,
                                               "vs_torch_eager": 3.2, "vs_torch_eager_range": [3.1, 3.3]},
-                                    "benchmark_cpu": {"model": "Test CPU", "flags": ["avx2", "avx512f"]}}}}
+                                    "benchmark_cpu": {"model": "Test CPU", "flags": ["avx2", "avx512f"]},
+                                    "cpu_check": {"ok": True, "running_isa": "avx2"}}}}
     deploy.deploy("tiny", metrics, {"fp32": build}, {"fp32": str(tmp / "vacc/build.json")}, CLASSES,
                   {"min_agreement": 0.98, "max_top1_loss": 0.005, "speed_tolerance": 0.15}, tmp / "deploy/tiny")
     return tmp / "deploy/tiny"
@@ -104,7 +105,10 @@ def test_a_deploy_folder_holds_the_build_and_what_was_measured(deployed):
     assert doc["files"]["model.onnx"]["sha256"] == file_record(deployed / "model.onnx")["sha256"]
     assert doc["quant"] == "fp32" and doc["runtime"] == "onnxruntime" and doc["classes"] == CLASSES
     assert doc["speed"]["measured_on"] == {"model": "Test CPU", "flags": ["avx2", "avx512f"]}
+    # the accuracy was measured by predict, on predict's kernel ISA (not necessarily the build's)
+    assert doc["cpu"]["checked_isa"] == "avx2" and doc["cpu"]["isa_sensitive"] is False
     lines = describe(doc)
+    assert lines[2].startswith("cpu          made for ") and lines[2].endswith("; accuracy measured on avx2 kernels")
     assert lines[1] == "build        fp32: fp32 on onnxruntime, model file model.onnx"
     assert lines[5] == ("speed        1000.0 images/s, 3.20x PyTorch eager (latency mode, batch 4, 1 threads: as "
                         "effzoo runs it); batch-1 latency 0.50 ms")

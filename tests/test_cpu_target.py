@@ -3,10 +3,13 @@ lacks it; forced targets test both directions on any CPU kind."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import resolved_config
+from conftest import REPO, resolved_config
 from test_build import _int8_inputs
 
 from effzoo import cpu_target, shard_io
@@ -24,6 +27,29 @@ def test_cpu_kinds_from_flags():
     # without /proc/cpuinfo flags (another OS or architecture): float and non-saturating builds still run
     assert cpu_target.cpu_kind(set()) == "unknown"
     assert cpu_target.covers("unknown", "any") and not cpu_target.covers("unknown", "vnni")
+
+
+def test_kernel_isas_from_flags():
+    base = {"avx2", "avx512f", "avx512bw"}
+    assert cpu_target.kernel_isa(base | {"avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"}) == "amx"
+    assert cpu_target.kernel_isa(base | {"avx512_vnni", "avx512_bf16"}) == "avx512_vnni"
+    assert cpu_target.kernel_isa({"avx2", "avx_vnni"}) == "avx_vnni"
+    assert cpu_target.kernel_isa(base) == "avx512" and cpu_target.kernel_isa({"avx2"}) == "avx2"
+    assert cpu_target.kernel_isa(set()) == "unknown" and cpu_target.kernel_isa({"sse4_2"}) == "other"
+
+
+def test_an_isa_sensitive_build_on_another_isa_says_so(monkeypatch, caplog):
+    cpu = {"target": "vnni", "requires": "vnni", "why": "w", "on_mismatch": "error", "checked_isa": "amx",
+           "isa_sensitive": True}
+    monkeypatch.setattr(cpu_target, "kernel_isa", lambda flags=None: "avx512_vnni")
+    record = cpu_target.check({"cpu": cpu}, "vacc/m/build.json", running="vnni")
+    assert record["ok"] is True and record["running_isa"] == "avx512_vnni"
+    assert record["isa_note"].startswith("vacc/m/build.json: its accuracy record was measured on amx kernels and "
+                                         "it runs here on avx512_vnni kernels")
+    assert "measured on amx kernels" in caplog.text
+    # the same ISA, or a build whose outputs do not follow the ISA (ONNX Runtime, float): no note
+    assert "isa_note" not in cpu_target.check({"cpu": {**cpu, "checked_isa": "avx512_vnni"}}, "b", running="vnni")
+    assert "isa_note" not in cpu_target.check({"cpu": {**cpu, "isa_sensitive": False}}, "b", running="vnni")
 
 
 def build(tmp_path, target: str, **options) -> tuple[dict, list[str]]:
@@ -44,6 +70,8 @@ def test_a_vnni_build_stops_on_a_cpu_without_vnni(tmp_path, monkeypatch):
     built, args = build(tmp_path, "vnni")
     assert built["cpu"]["target"] == "vnni" and built["cpu"]["requires"] == "vnni"
     assert built["details"]["reduce_range"] == "none" and built["cpu"]["on_mismatch"] == "error"
+    # ONNX Runtime int8 outputs are the same on AMX and AVX-512 VNNI kernels: not ISA-sensitive
+    assert built["cpu"]["checked_isa"] == cpu_target.kernel_isa() and built["cpu"]["isa_sensitive"] is False
     monkeypatch.setattr(cpu_target, "cpu_kind", lambda flags=None: "avx512")
     with pytest.raises(ZooError, match=r"built for a vnni CPU and requires vnni .* but this CPU is avx512.*"
                                        r"cpu_target: avx2, which runs exactly on any CPU, or auto.*"
@@ -73,7 +101,8 @@ def test_a_build_for_a_cpu_without_vnni_runs_exactly_everywhere(tmp_path, monkey
         monkeypatch.setattr(cpu_target, "cpu_kind", lambda flags=None, r=running: r)
         predict.main(args)
         assert json.loads((tmp_path / "p.json").read_text())["cpu_check"] == {
-            "running": running, "target": "avx512", "requires": "any", "ok": True}
+            "running": running, "running_isa": cpu_target.kernel_isa(), "target": "avx512", "requires": "any",
+            "ok": True}
     labels = shard_io.read_small(str(tmp_path / "npz" / "shard-00000.npz"), "labels")[0]
     assert np.load(tmp_path / "l.npy").shape == (len(labels), 3)
 
@@ -83,3 +112,17 @@ def test_auto_is_the_building_machine(tmp_path, monkeypatch):
     built, _ = build(tmp_path, "auto")
     assert built["cpu"]["target"] == "avx512" and built["cpu"]["target_option"] == "auto"
     assert built["cpu"]["build_host"] == "avx512" and built["details"]["reduce_range"] == "saturating"
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="bench/isa_numerics.py compiles its shim with cc")
+def test_the_isa_bench_refuses_amx_where_the_cpu_has_it(tmp_path):
+    built, args = build(tmp_path, "vnni")
+    model, shard = args[args.index("--model") + 1], args[args.index("--shards") + 1]
+    out = subprocess.run([sys.executable, str(REPO / "bench/isa_numerics.py"), model, "--shards", shard,
+                          "--images", "8", "--threads", "1"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    row = next(ln for ln in out.stdout.splitlines() if ln.startswith(model)).split()
+    labels = shard_io.read_small(shard, "labels")[0]
+    # ONNX Runtime: the same outputs with and without AMX; AMX is asked for (and refused) only on an AMX CPU
+    assert row[1:5] == ["0.00000", "0", "of", str(min(8, len(labels)))]
+    assert row[7] == ("yes" if cpu_target.kernel_isa() == "amx" else "no")

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, SAMPLE, base_config, copy_repo, needs_sample, planned_jobs, run_snakemake, seed_exports
 
 from effzoo import ort_session, shard_io
-from effzoo.cpu_target import cpu_kind
+from effzoo.cpu_target import cpu_kind, kernel_isa
 from effzoo.demo import photo_path
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -176,7 +176,9 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     ov = json.loads((tmp_path / "perf/tf_efficientnet_lite0-ov_int8_max.json").read_text())
     assert ov["runtime"]["latency"]["runtime"] == "openvino" and ov["runtime"]["throughput"]["requests"] >= 1
     assert set(ov["results"]["16"]) == {"build", "build_throughput", "torch_eager"}
-    assert ov["cpu_check"]["ok"] is True
+    assert ov["cpu_check"]["ok"] is True and "isa_note" not in ov["cpu_check"]   # built and run on this ISA
+    ov_built = json.loads((tmp_path / "vacc/tf_efficientnet_lite0-ov_int8_max/build.json").read_text())
+    assert ov_built["cpu"]["isa_sensitive"] is True and ov_built["cpu"]["checked_isa"] == kernel_isa()
     assert m["results"]["fp32"]["best_throughput_ips"] > 0 and m["results"]["fp32"]["batch1_latency_ms"] > 0
     long = list(csv.DictReader((tmp_path / "reports/summary.csv").open()))
     assert [r["build"] for r in long][:2] == ["fp32", "fp16"] and len(long) == 9

@@ -76,6 +76,8 @@ def deploy(variant: str, metrics: dict, builds: dict, build_jsons: dict, classes
     build, r = builds[best], metrics["results"][best]
     src = Path(build_jsons[best]).parent
     verify_files(build["files"], src, build_jsons[best])
+    # the accuracy model.json records was measured by predict, on the kernel ISA predict ran on
+    accuracy_isa = r.get("cpu_check", {}).get("running_isa", build["cpu"].get("checked_isa"))
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
@@ -85,7 +87,8 @@ def deploy(variant: str, metrics: dict, builds: dict, build_jsons: dict, classes
         doc = {
             "variant": variant, "quant": best, "runtime": build["options"]["runtime"], "precision": build["kind"],
             "model": Path(build["model"]["path"]).name, "files": {n: file_record(tmp / n) for n in build["files"]},
-            "cpu": build["cpu"], "input": build["input"], "preprocess": build["preprocess"],
+            "cpu": {**build["cpu"], "checked_isa": accuracy_isa},
+            "input": build["input"], "preprocess": build["preprocess"],
             "classes": classes, "weights": build["weights"], "tag": build["tag"],
             "accuracy": {"dataset": metrics["dataset"]["name"], "images": r["images"], "top1": r["top1"],
                          "top5": r["top5"], "top1_agreement_with_fp32": r.get("top1_agreement_with_fp32", 1.0),
