@@ -60,24 +60,29 @@ class Fold:
     hessian_images: np.ndarray   # rounding_images range images (GPTQ)
 
 
-def fold_build(fold: Path, variant: str, method: str, target: str, rounding_images: int) -> Fold:
-    """The fold's calibration, quantized as the fold's build of this method and target was (its options)."""
+def fold_build(fold: Path, variant: str, method: str, target: str, rounding_images: int,
+               prepped: onnx.ModelProto | None = None, stats: dict | None = None) -> Fold:
+    """The fold's calibration, quantized as the fold's build of this method and target was (its options); or
+    another float model of the same function with its own statistics (`prepped`, `stats`)."""
     cal_dir = fold / "calib" / variant
     calibration = json.loads((cal_dir / "calibration.json").read_text())
     given = json.loads((fold / f"vacc/{variant}-int8_{method}_{target}/build.json").read_text())["options"]
     options = BuildOptions.parse(given, f"int8_{method}_{target}")
-    prepped = onnx.load(str(cal_dir / "prepped.onnx"))
-    with np.load(cal_dir / "stats.npz") as arrs:
-        ranges = compute_ranges(arrs, method, percentile=options.percentile, levels=options.levels,
-                                candidates=options.candidates,
-                                keep_full=full_range_tensors(prepped) if options.keep_bounded_ranges else set())
+    if prepped is None:
+        prepped = onnx.load(str(cal_dir / "prepped.onnx"))
+        with np.load(cal_dir / "stats.npz") as arrs:
+            stats = dict(arrs)
+    ranges = compute_ranges(stats, method, percentile=options.percentile, levels=options.levels,
+                            candidates=options.candidates,
+                            keep_full=full_range_tensors(prepped) if options.keep_bounded_ranges else set())
     exclude = edge_nodes(prepped) + layers_to_exclude(prepped, options.exclude_layers)
     layers = weight_layers(prepped, set(exclude))
     saturating = [(la.name, la.weight, la.axis) for la in layers if la.saturating]
     policy = resolve_reduce_range(options.reduce_range, options.target)
     datalist = str(fold / calibration["source_datalist"])
     with tempfile.TemporaryDirectory() as td:
-        _quantize_model(str(cal_dir / "prepped.onnx"), ranges, Path(td) / "q.onnx", options, exclude,
+        onnx.save(prepped, str(Path(td) / "prepped.onnx"))
+        _quantize_model(str(Path(td) / "prepped.onnx"), ranges, Path(td) / "q.onnx", options, exclude,
                         reduced_weight_overrides(saturating) if policy == "saturating" else {}, policy == "all")
         nearest = onnx.load(str(Path(td) / "q.onnx"))
     return Fold(fold, calibration, prepped, layers, policy, nearest,
