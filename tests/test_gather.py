@@ -35,6 +35,18 @@ def test_parts_are_concatenated_in_order(tmp_path):
     assert res["cpu_check"] == {"ok": False, "warning": "w"}   # the worst part's check is the build's
 
 
+def test_parts_on_different_kernel_isas_say_so(tmp_path):
+    note = "vacc/m/build.json: its accuracy record was measured on amx kernels and it runs here on avx512_vnni kernels"
+    a = make_part(tmp_path / "a", ["x.jpg,1,1,0.9\r\n"], np.zeros((1, 3), np.float32),
+                  cpu_check={"ok": True, "running_isa": "amx"})
+    b = make_part(tmp_path / "b", ["y.jpg,1,1,0.9\r\n"], np.zeros((1, 3), np.float32),
+                  cpu_check={"ok": True, "running_isa": "avx512_vnni", "isa_note": note})
+    res = gather_predictions.gather([a, b], str(tmp_path / "p.csv"), str(tmp_path / "l.npy"))
+    # the part off its build's ISA speaks for the build, and the figures name both ISAs they were measured on
+    assert res["cpu_check"] == {"ok": True, "running_isa": "amx+avx512_vnni", "isa_note": note}
+    assert [p["cpu_check"]["running_isa"] for p in res["parts"]] == ["amx", "avx512_vnni"]
+
+
 def test_parts_from_different_settings_are_refused(tmp_path):
     a = make_part(tmp_path / "a", ["x.jpg,1,1,0.9\r\n"], np.zeros((1, 3), np.float32))
     b = make_part(tmp_path / "b", ["y.jpg,1,1,0.9\r\n"], np.zeros((1, 3), np.float32), batch=16)

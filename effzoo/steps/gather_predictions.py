@@ -47,10 +47,15 @@ def gather(manifests: list[str], out_csv: str, out_logits: str) -> dict:
     images = sum(p["images"] for p in parts)
     LOG.info("gathered %d parts: %d images", len(parts), images)
     first = parts[0]
-    failed = [p["cpu_check"] for p in parts if not p["cpu_check"].get("ok", True)]   # the worst part's check
+    # the worst part's check: one that failed, else one on another kernel ISA than its build was checked on; and
+    # every kernel ISA the parts ran on (a cluster's nodes may differ)
+    checks = [p["cpu_check"] for p in parts]
+    worst = next((c for c in checks if not c.get("ok", True)), next((c for c in checks if "isa_note" in c), checks[0]))
+    isas = sorted({c["running_isa"] for c in checks if "running_isa" in c})
+    cpu_check = {**worst, "running_isa": "+".join(isas)} if len(isas) > 1 else worst
     return {"images": images, "skipped": [s for p in parts for s in p["skipped"]],
             "inference_s": round(sum(p["inference_s"] for p in parts), 3), "runtime": first["runtime"],
-            "cpu_check": (failed or [first["cpu_check"]])[0], "model": first["model"], "batch": first["batch"],
+            "cpu_check": cpu_check, "model": first["model"], "batch": first["batch"],
             "threads": first["threads"], "peak_rss_mb": max(p.get("peak_rss_mb", 0.0) for p in parts),
             "parts": [{"manifest": m, "images": p["images"], "inference_s": p["inference_s"],
                        "cpu_check": p["cpu_check"]} for m, p in zip(manifests, parts)]}
