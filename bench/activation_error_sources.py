@@ -1,7 +1,7 @@
 """Where an int8 build's remaining error comes from, on images held out from calibration: the default build (GPTQ
 rounding, bias correction, nothing promoted, ONNX Runtime) with one group of activation tensors left in float at a
 time, with every activation or every weight in float; and the same build after residual-stream channel
-equalization (measured, not adopted).
+equalization (measured, not adopted). Every weight in float is the int8 search's float promotion of every layer.
 
 Groups, by what produces the tensor: the residual stream (projection conv outputs and the Adds of the skip
 connections), depthwise conv outputs and expansion conv outputs (both after ReLU6). A group in float removes its
@@ -32,7 +32,7 @@ from weight_rounding import bias_corrected_on_float_inputs, fold_build, held_out
 sys.path.insert(0, str(REPO))
 import onnx  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
-from effzoo.int8_search import rounded_by_output_error  # noqa: E402
+from effzoo.int8_search import promoted_model, rounded_by_output_error  # noqa: E402
 from effzoo.ort_session import bounded_session, session_options  # noqa: E402
 from effzoo.ranges import TensorStats, stats_to_arrays  # noqa: E402
 from effzoo.steps.build_int8 import calibration_images  # noqa: E402
@@ -54,9 +54,9 @@ def _maps(model: onnx.ModelProto) -> tuple[dict, dict]:
     return producers, consumers
 
 
-def tensor_group(prepped: onnx.ModelProto, tensor: str) -> str | None:
-    """GROUPS entry of a float model's activation tensor (None: another kind)."""
-    producers, consumers = _maps(prepped)
+def tensor_group(tensor: str, producers: dict, consumers: dict) -> str | None:
+    """GROUPS entry of a float model's activation tensor, given its producer and consumer maps (None: another
+    kind)."""
     p = producers.get(tensor)
     if p is None:
         return None
@@ -74,13 +74,13 @@ def with_float(qdq: onnx.ModelProto, prepped: onnx.ModelProto, groups: set[str])
     """The QDQ graph with the activations of these groups in float (their Q/DQ removed, folded ReLU6 restored)."""
     m = onnx.ModelProto()
     m.CopyFrom(qdq)
-    pre_producers, _ = _maps(prepped)
+    pre_producers, pre_consumers = _maps(prepped)
     producers, _ = _maps(m)
     inits = {i.name: i for i in prepped.graph.initializer}
     drop, rewire, extra = set(), {}, []
     for q in [n for n in m.graph.node if n.op_type == "QuantizeLinear"]:
         src = q.input[0]
-        if tensor_group(prepped, src) not in groups:
+        if tensor_group(src, pre_producers, pre_consumers) not in groups:
             continue
         clip = pre_producers[src] if pre_producers[src].op_type == "Clip" else None
         if clip is not None and producers[src].op_type == "Conv":   # the quantizer folded this ReLU6 into the Q
@@ -94,26 +94,6 @@ def with_float(qdq: onnx.ModelProto, prepped: onnx.ModelProto, groups: set[str])
                 drop.add(d.name)
         drop.add(q.name)
     nodes = [n for n in m.graph.node if n.name not in drop] + extra
-    for n in nodes:
-        for i, x in enumerate(n.input):
-            n.input[i] = rewire.get(x, x)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    return m
-
-
-def with_float_weights(qdq: onnx.ModelProto, prepped: onnx.ModelProto) -> onnx.ModelProto:
-    """The QDQ graph with every quantized weight replaced by its float value."""
-    m = onnx.ModelProto()
-    m.CopyFrom(qdq)
-    inits = {i.name: i for i in prepped.graph.initializer}
-    rewire = {}
-    for d in m.graph.node:
-        weight = d.input[0].removesuffix("_quantized")
-        if d.op_type == "DequantizeLinear" and d.input[0].endswith("weight_quantized") and weight in inits:
-            m.graph.initializer.append(inits[weight])
-            rewire[d.output[0]] = weight
-    nodes = [n for n in m.graph.node if not (n.op_type == "DequantizeLinear" and n.output[0] in rewire)]
     for n in nodes:
         for i, x in enumerate(n.input):
             n.input[i] = rewire.get(x, x)
@@ -146,7 +126,7 @@ def stream_groups(prepped: onnx.ModelProto) -> list[tuple[list[str], list, list]
         makers = [producers[t] for t in tensors if producers[t].op_type != "Add"]
         readers = [c for t in tensors for c in consumers.get(t, [])
                    if not (c.op_type == "Add" and c.output[0] in tensors)]
-        if makers and all(tensor_group(prepped, t) == "stream" for t in tensors) and all(
+        if makers and all(tensor_group(t, producers, consumers) == "stream" for t in tensors) and all(
                 r.op_type == "Conv" and _group(r) == 1 and r.input[0] in tensors for r in readers):
             out.append((sorted(tensors), makers, readers))
     return out
@@ -224,7 +204,8 @@ def main():
         variant, method, target = spec.split(":")
         f = fold_build(fold, variant, method, target, 32)
         default = default_graph(f)
-        graphs = {"default": default, "float weights (int8 activations)": with_float_weights(f.nearest, f.prepped)}
+        every_weight = promoted_model(f.nearest, [(layer, "float") for layer in f.layers], f.prepped, None)
+        graphs = {"default": default, "float weights (int8 activations)": every_weight}
         graphs.update({f"{g} in float": with_float(default, f.prepped, {g}) for g in GROUPS})
         graphs["every activation in float"] = with_float(default, f.prepped, set(GROUPS))
         calibration = json.loads((fold / "calib" / variant / "calibration.json").read_text())

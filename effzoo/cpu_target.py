@@ -54,15 +54,9 @@ def kernel_isa(flags: set[str] | None = None) -> str:
     """The widest int8 instruction set the runtimes' kernels use on a CPU with these flags (default: this machine's):
     amx, avx512_vnni, avx_vnni, avx512, avx2, other; 'unknown' when there are no flags to read."""
     flags = cpu_flags() if flags is None else flags
-    if not flags:
-        return UNKNOWN
     if {"amx_int8", "amx_tile"} <= flags:
         return "amx"
-    for isa in ("avx512_vnni", "avx_vnni"):
-        if isa in flags:
-            return isa
-    kind = cpu_kind(flags)
-    return "avx512" if kind == "avx512" else kind
+    return next((isa for isa in ("avx512_vnni", "avx_vnni") if isa in flags), None) or cpu_kind(flags)
 
 
 def resolve(target: str) -> str:
