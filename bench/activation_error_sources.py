@@ -7,6 +7,11 @@ Groups, by what produces the tensor: the residual stream (projection conv output
 connections), depthwise conv outputs and expansion conv outputs (both after ReLU6). A group in float removes its
 QuantizeLinear/DequantizeLinear pairs and puts back the ReLU6 that ONNX Runtime's quantizer folds into them.
 
+The skip path in float: the Adds of the skip connections read the stream in float, and only the convs that read it
+see it quantized, so quantization error does not pile up along the stream. Two ways: the Adds' outputs only (ONNX
+Runtime can keep every conv fused), or every stream tensor (the projection convs then write float: OpenVINO's int8
+convs can, ONNX Runtime's fused ones cannot).
+
 Residual-stream equalization scales each stream channel c by s_c = (R / r_c)^alpha (r_c: its largest magnitude on
 the range images, R: the stream's) in the rows of the convs that produce the stream and by 1 / s_c in the columns of
 the convs that read it; the float model computes the same function, and its statistics are measured again.
@@ -102,6 +107,27 @@ def with_float(qdq: onnx.ModelProto, prepped: onnx.ModelProto, groups: set[str])
     return m
 
 
+def with_float_skip_path(qdq: onnx.ModelProto, prepped: onnx.ModelProto, made_by: tuple[str, ...]
+                         ) -> onnx.ModelProto:
+    """The QDQ graph with the skip connections' Adds reading the float stream tensors made by these op types
+    ("Add", "Conv"); every other reader keeps the quantized tensor."""
+    m = onnx.ModelProto()
+    m.CopyFrom(qdq)
+    pre_producers, pre_consumers = _maps(prepped)
+    _, consumers = _maps(m)
+    for q in [n for n in m.graph.node if n.op_type == "QuantizeLinear"]:
+        src = q.input[0]
+        if tensor_group(src, pre_producers, pre_consumers) != "stream" or \
+                pre_producers[src].op_type not in made_by:
+            continue
+        for d in consumers.get(q.output[0], []):
+            for add in consumers.get(d.output[0], []) if d.op_type == "DequantizeLinear" else []:
+                for i, x in enumerate(add.input):
+                    if add.op_type == "Add" and x == d.output[0]:
+                        add.input[i] = src
+    return m
+
+
 def stream_groups(prepped: onnx.ModelProto) -> list[tuple[list[str], list, list]]:
     """(tensors, producing convs, reading convs) of each residual stream whose every producer is a group-1 conv
     without activation (or an Add of the stream) and whose every reader is a group-1 conv (or an Add of it)."""
@@ -191,12 +217,25 @@ def default_graph(f) -> onnx.ModelProto:
     return bias_corrected_on_float_inputs(f, rounded)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def fold_arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments every bench on the folds' default builds takes: --workdir, --fold, --builds."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="bench-out/int8-budget")
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--builds", nargs="+", default=["tf_efficientnet_lite1:percentile:vnni"],
                     help="variant:method:policy (policy vnni or avx512)")
+    return ap
+
+
+def print_held_out(f, graphs: dict[str, onnx.ModelProto], width: int) -> None:
+    """One line per graph: its held-out KL, expected agreement and count agreement."""
+    for name, s in held_out_signals(f, graphs).items():
+        print(f"  {name:{width}} KL {s['kl']:.5f}  expected {100 * s['expected_agreement']:.2f}%  "
+              f"count {100 * s['agreement']:.1f}% of {s['images']}", flush=True)
+
+
+def main():
+    ap = fold_arguments(__doc__)
     ap.add_argument("--alphas", nargs="*", type=float, default=[0.5, 1.0])
     a = ap.parse_args()
     fold = Path(a.workdir) / f"fold{a.fold}"
@@ -208,6 +247,8 @@ def main():
         graphs = {"default": default, "float weights (int8 activations)": every_weight}
         graphs.update({f"{g} in float": with_float(default, f.prepped, {g}) for g in GROUPS})
         graphs["every activation in float"] = with_float(default, f.prepped, set(GROUPS))
+        graphs["skip path in float, Add outputs"] = with_float_skip_path(default, f.prepped, ("Add",))
+        graphs["skip path in float, every stream tensor"] = with_float_skip_path(default, f.prepped, ("Add", "Conv"))
         calibration = json.loads((fold / "calib" / variant / "calibration.json").read_text())
         range_images = calibration_images(calibration["files"], str(fold / calibration["source_datalist"]))
         streams = stream_groups(f.prepped)
@@ -219,9 +260,7 @@ def main():
             graphs[f"stream equalized, alpha {alpha} (max scale {largest:.1f}, +{time.monotonic() - t:.0f} s)"] = \
                 default_graph(eq)
         print(f"{variant} int8_{method} {target} policy, fold {a.fold}: {len(streams)} residual streams")
-        for name, s in held_out_signals(f, graphs).items():
-            print(f"  {name:58} KL {s['kl']:.5f}  expected {100 * s['expected_agreement']:.2f}%  "
-                  f"count {100 * s['agreement']:.1f}% of {s['images']}", flush=True)
+        print_held_out(f, graphs, 58)
 
 
 if __name__ == "__main__":
