@@ -44,9 +44,9 @@ def _per_axis(v: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
 
 class QDQModule(torch.nn.Module):
     """A QDQ ONNX graph as a PyTorch module (the lite graphs' ops, and Sigmoid for B0..B8's gates; any other op is
-    an error naming its node): activations fake-quantized
-    with round half to even and clamping as QuantizeLinear does, conv and Gemm biases as float parameters, and
-    optionally every int8 weight as a float parameter rounded onto its grid in the forward pass."""
+    an error naming its node). Activations are fake-quantized with round half to even and clamping, as
+    QuantizeLinear does; conv and Gemm biases are float parameters; optionally every int8 weight is a float
+    parameter rounded onto its grid in the forward pass."""
 
     def __init__(self, model: onnx.ModelProto, tune_weights: bool = False):
         super().__init__()
