@@ -120,10 +120,10 @@ def with_float_skip_path(qdq: onnx.ModelProto, prepped: onnx.ModelProto, made_by
         if tensor_group(src, pre_producers, pre_consumers) != "stream" or \
                 pre_producers[src].op_type not in made_by:
             continue
-        for d in consumers.get(q.output[0], []):
-            for add in consumers.get(d.output[0], []) if d.op_type == "DequantizeLinear" else []:
+        for dq in consumers.get(q.output[0], []):
+            for add in [c for c in consumers.get(dq.output[0], []) if c.op_type == "Add"]:
                 for i, x in enumerate(add.input):
-                    if add.op_type == "Add" and x == d.output[0]:
+                    if x == dq.output[0]:
                         add.input[i] = src
     return m
 

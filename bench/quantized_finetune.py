@@ -34,7 +34,8 @@ def _straight_through_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def _per_axis(v: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+def _per_axis(v, ndim: int, axis: int):
+    """A per-channel scale or zero point (tensor or array) shaped to broadcast along `axis` of an ndim array."""
     if v.ndim == 0 or ndim <= 1:
         return v
     shape = [1] * ndim
@@ -55,7 +56,7 @@ class QDQModule(torch.nn.Module):
         self.biases = torch.nn.ParameterDict()
         self.weights = torch.nn.ParameterDict()
         self.bias_of: dict[str, tuple[str, str]] = {}            # node -> (parameter, bias tensor)
-        self.weight_of: dict[str, tuple[str, onnx.NodeProto]] = {}  # DQ output -> (parameter, DQ node)
+        self.weight_of: dict[str, tuple[str, onnx.NodeProto, int]] = {}  # DQ output -> (parameter, DQ node, bound)
         dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
         for n in model.graph.node:
             if n.op_type in ("Conv", "Gemm") and len(n.input) > 2:
@@ -67,7 +68,9 @@ class QDQModule(torch.nn.Module):
                     and self.const[n.input[0]].dtype == torch.int8:
                 key = f"w{len(self.weights)}"
                 self.weights[key] = torch.nn.Parameter(self._dequantized(n))
-                self.weight_of[n.output[0]] = (key, n)
+                # the grid a tuned weight stays on: [-64, 64] for a 7-bit layer, else [-127, 127]
+                bound = 127 if int(self.const[n.input[0]].abs().max()) > 64 else 64
+                self.weight_of[n.output[0]] = (key, n, bound)
 
     @staticmethod
     def _axis(node) -> int:
@@ -78,12 +81,6 @@ class QDQModule(torch.nn.Module):
         axis = self._axis(node)
         return ((x.double() - _per_axis(z, x.ndim, axis).double()) * _per_axis(s, x.ndim, axis).double()).float()
 
-    def _grid(self, node) -> tuple[int, int]:
-        """The int8 range a tuned weight stays in: its own (a 7-bit layer keeps [-64, 64]), or [-127, 127]."""
-        q = self.const[node.input[0]]
-        return min(int(q.min()), -127 if int(q.min()) < -64 else -64), max(int(q.max()), 127 if int(q.max()) > 64
-                                                                          else 64)
-
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         v: dict[str, torch.Tensor] = {self.model.graph.input[0].name: image}
         for n in self.model.graph.node:
@@ -92,11 +89,10 @@ class QDQModule(torch.nn.Module):
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             op = n.op_type
             if op == "DequantizeLinear" and n.output[0] in self.weight_of:
-                key, node = self.weight_of[n.output[0]]
+                key, node, bound = self.weight_of[n.output[0]]
                 w = self.weights[key]
                 s = _per_axis(self.const[node.input[1]].float(), w.ndim, self._axis(node))
-                lo, hi = self._grid(node)
-                out = torch.clamp(_straight_through_round(w / s), lo, hi) * s
+                out = torch.clamp(_straight_through_round(w / s), -bound, bound) * s
             elif op == "DequantizeLinear":
                 out = self._dequantized(n) if n.input[0] in self.const else v[n.input[0]]
             elif op == "QuantizeLinear":   # the value stays float, on the quantized grid
@@ -158,12 +154,10 @@ class QDQModule(torch.nn.Module):
             else:
                 new = numpy_helper.from_array(value.astype(np.float32), b)
             inits[new.name].CopyFrom(new)
-        for key, node in self.weight_of.values():
+        for key, node, bound in self.weight_of.values():
             w = self.weights[key].detach().double().numpy()
-            s = _per_axis(torch.from_numpy(numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)), w.ndim,
-                          self._axis(node)).numpy()
-            lo, hi = self._grid(node)
-            q = np.clip(np.round(w / s), lo, hi).astype(np.int8)
+            s = _per_axis(numpy_helper.to_array(inits[node.input[1]]).astype(np.float64), w.ndim, self._axis(node))
+            q = np.clip(np.round(w / s), -bound, bound).astype(np.int8)
             inits[node.input[0]].CopyFrom(numpy_helper.from_array(q, node.input[0]))
         return m
 
