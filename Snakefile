@@ -52,4 +52,4 @@ rule all:
 
 
 onsuccess:
-    print_summary(config["run_variants"])
+    print_summary(variants_in_run())

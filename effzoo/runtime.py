@@ -97,10 +97,21 @@ def open_throughput(model_path: str, threads: int, instances: int, layout_tuning
     name = sessions[0].get_inputs()[0].name
 
     def run_parallel(x):
-        ts = [threading.Thread(target=s.run, args=(["probs"], {name: x})) for s in sessions]
+        """Every session runs the batch in its own thread; a session's error is raised here, never timed."""
+        errors = []
+
+        def call(session):
+            try:
+                session.run(["probs"], {name: x})
+            except Exception as e:   # noqa: BLE001 - re-raised below in the calling thread
+                errors.append(e)
+        ts = [threading.Thread(target=call, args=(s,)) for s in sessions]
         for t in ts:
             t.start()
         for t in ts:
             t.join()
+        if errors:
+            raise ZooError(f"{model_path}: {len(errors)} of {len(sessions)} ONNX Runtime sessions failed in "
+                           f"throughput mode: {errors[0]}") from errors[0]
     return run_parallel, {"runtime": "onnxruntime", "version": ort.__version__, "mode": "throughput",
                           "sessions": instances, "requests": instances, "threads": threads, **made[0][1]}

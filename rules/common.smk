@@ -328,6 +328,12 @@ def perf_files(wildcards):
     return [f"perf/{wildcards.variant}-{q}.json" for q in config["run_quant"]]
 
 
+def variants_in_run():
+    """The variants whose metrics this run's targets reach (the default target: run_variants), in config order."""
+    outputs = {str(f) for job in workflow.dag.jobs for f in job.output}
+    return [v for v in VARIANTS if f"metrics/{v}.json" in outputs]
+
+
 def print_summary(variants):
     """Print the result table of the metrics files after a successful run (summary.text_table)."""
     from effzoo.common import ZooError, read_json

@@ -84,7 +84,7 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: 
 # workdirs of the fixtures that build on them (a copied export is what the fixture's own job would have made:
 # its params and code fingerprint are recorded, so a fixture whose settings differ still re-exports)
 
-SHARED_EXPORTS = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "efficientnet_b0")
+SHARED_EXPORTS = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "efficientnet_b0")
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +110,36 @@ def seed_exports(shared: Path, work: Path, variants) -> None:
             shutil.copy2(shared / rel, work / rel)
             record = base64.urlsafe_b64encode(rel.encode()).decode()
             shutil.copy2(shared / ".snakemake" / "metadata" / record, work / ".snakemake" / "metadata" / record)
+
+
+# ------------------------------------------------------------------------------------------------
+# what ONNX Runtime's CPU layout pass (NCHWc) blocks, from the block size and a model's channel counts
+
+NCHWC_INPUT_ALIGNMENT = 4   # a 1x1 conv reading >= block channels is blocked only when they are a multiple of 4
+
+
+def se_gates(model) -> list[tuple[int, int]]:
+    """(gated channels, squeeze channels) of every squeeze-excite gate in an ONNX model: a Sigmoid of a 1x1 conv
+    [C, S, 1, 1] whose output multiplies another tensor (not its own input, which would be a SiLU)."""
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    gates = []
+    for n in model.graph.node:
+        if n.op_type != "Sigmoid" or n.input[0] not in producer or producer[n.input[0]].op_type != "Conv":
+            continue
+        if not any(m.op_type == "Mul" and n.output[0] in m.input and n.input[0] not in m.input
+                   for m in model.graph.node):
+            continue
+        w = dims[producer[n.input[0]].input[1]]
+        if len(w) == 4 and w[2:] == [1, 1]:
+            gates.append((w[0], w[1]))
+    return gates
+
+
+def expected_se_rewrites(gates: list[tuple[int, int]], block: int) -> int:
+    """How many SE gates the layout pass rewrites at this NCHWc block size: both factors of the Mul must come out
+    of blocked convs, so the gated channels are a multiple of the block, and the expand conv reading the squeeze
+    channels is blocked (fewer than a block are read as plain NCHW; more must be a multiple of 4)."""
+    if block == 0:
+        return 0
+    return sum(1 for c, s in gates if c % block == 0 and (s < block or s % NCHWC_INPUT_ALIGNMENT == 0))

@@ -102,6 +102,8 @@ def test_bad_arguments_are_named(deployed):
 def test_a_deploy_folder_holds_the_build_and_what_was_measured(deployed):
     doc = json.loads((deployed / "model.json").read_text())
     assert sorted(p.name for p in deployed.iterdir()) == ["model.json", "model.onnx"]
+    # an ordinary folder's permissions (the umask's), not the private mode of the temporary folder it was built in
+    assert deployed.stat().st_mode & 0o777 == deployed.parent.stat().st_mode & 0o777 == 0o777 & ~deploy.current_umask()
     assert doc["files"]["model.onnx"]["sha256"] == file_record(deployed / "model.onnx")["sha256"]
     assert doc["quant"] == "fp32" and doc["runtime"] == "onnxruntime" and doc["classes"] == CLASSES
     assert doc["speed"]["measured_on"] == {"model": "Test CPU", "flags": ["avx2", "avx512f"]}

@@ -4,6 +4,7 @@ import onnxruntime as ort
 import pytest
 
 import onnx
+from conftest import expected_se_rewrites, se_gates
 from effzoo import ort_session
 from effzoo.common import ZooError
 from onnx import TensorProto, helper, numpy_helper
@@ -20,7 +21,7 @@ def _conv(rng, name, cin, cout, k=1, group=1, stride=1):
         kernel_shape=[k, k])
 
 
-def se_silu_model(channels: int = 32, size: int = 10, with_se: bool = True) -> onnx.ModelProto:
+def se_silu_model(channels: int = 32, size: int = 10, with_se: bool = True, squeeze: int = 6) -> onnx.ModelProto:
     """stem conv -> SiLU -> depthwise conv -> SiLU -> SE gate (ReduceMean, SiLU, Sigmoid, Mul) -> 1x1 conv."""
     rng = np.random.default_rng(0)
     nodes, inits = [], [numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
@@ -40,8 +41,8 @@ def se_silu_model(channels: int = 32, size: int = 10, with_se: bool = True) -> o
     x = silu(conv("dw", x, channels, channels, k=3, group=channels))
     if with_se:
         nodes.append(helper.make_node("ReduceMean", [x, "axes"], ["pooled"], keepdims=1))
-        s = silu(conv("se_reduce", "pooled", channels, 6))
-        s = conv("se_expand", s, 6, channels)
+        s = silu(conv("se_reduce", "pooled", channels, squeeze))
+        s = conv("se_expand", s, squeeze, channels)
         nodes.append(helper.make_node("Sigmoid", [s], ["gate"]))
         nodes.append(helper.make_node("Mul", [x, "gate"], ["excited"]))
         x = "excited"
@@ -55,17 +56,43 @@ def se_silu_model(channels: int = 32, size: int = 10, with_se: bool = True) -> o
     return m
 
 
+# (gated channels, squeeze channels): SE gates whose rewrite differs between the two block sizes
+SE_CASES = [(32, 10, 6), (48, 7, 6), (24, 10, 6), (32, 10, 10), (20, 10, 6)]
+# the same gates at a forced block: AVX2's 8 and AVX-512's 16
+FORCED_BLOCK_REWRITES = {8: [1, 1, 1, 0, 0], 16: [1, 1, 0, 1, 0]}
+
+
+@pytest.mark.parametrize("block", sorted(FORCED_BLOCK_REWRITES))
+def test_expected_se_rewrites_at_a_forced_block_size(block):
+    """24 gated channels are a whole number of blocks of 8, not of 16; a 10-channel squeeze is read as plain NCHW
+    below a block of 16, but ORT does not block a conv reading 10 >= 8 channels (not a multiple of 4)."""
+    got = [expected_se_rewrites(se_gates(se_silu_model(c, size, squeeze=s)), block) for c, size, s in SE_CASES]
+    assert got == FORCED_BLOCK_REWRITES[block]
+
+
+def test_efficientnet_b0_se_rewrites_at_each_block_size():
+    """b0's 16 SE gates: every one at block 16 (measured on AVX-512), all but the two of 240 channels squeezed to 10
+    at block 8 (measured on AVX2)."""
+    gates = [(32, 8), (96, 4), (144, 6), (144, 6), (240, 10), (240, 10), (480, 20), (480, 20), (480, 20),
+             (672, 28), (672, 28), (672, 28), (1152, 48), (1152, 48), (1152, 48), (1152, 48)]
+    assert expected_se_rewrites(gates, 16) == 16 and expected_se_rewrites(gates, 8) == 14
+    assert expected_se_rewrites(gates, 0) == 0
+
+
 @needs_blocked_layout
-@pytest.mark.parametrize("channels,size,se_blocked", [(32, 10, 1), (48, 7, 1), (24, 10, 0)])
-def test_tuned_session_matches_standard(tmp_path, channels, size, se_blocked):
-    """24 channels: the depthwise conv is not blocked (not a multiple of the block), so the SE gate stays."""
+@pytest.mark.parametrize("channels,size,squeeze", SE_CASES)
+def test_tuned_session_matches_standard(tmp_path, channels, size, squeeze):
+    """The SE gate is rewritten where this CPU's block size blocks both its factors (expected_se_rewrites)."""
     path = tmp_path / "m.onnx"
-    onnx.save(se_silu_model(channels, size), path)
+    model = se_silu_model(channels, size, squeeze=squeeze)
+    onnx.save(model, path)
     tuned, info = ort_session.make_session(str(path), 1, tuning=True)
     standard, off = ort_session.make_session(str(path), 1)
     assert off == {"layout_tuning": "off"}
     assert info["layout_tuning"] == "on", info
-    assert info["silu_blocked"] == 3 and info["se_mul_blocked"] == se_blocked and info["spatial_mean_to_gap"] == 1
+    assert info["block"] == ort_session.nchwc_block_size()
+    assert info["silu_blocked"] == 3 and info["spatial_mean_to_gap"] == 1
+    assert info["se_mul_blocked"] == expected_se_rewrites(se_gates(model), info["block"])
     x = np.random.default_rng(1).standard_normal((3, 3, size, size)).astype(np.float32)
     ref, got = standard.run(None, {"input": x})[0], tuned.run(None, {"input": x})[0]
     assert np.abs(ref).max() > 0.1     # the test model has live activations
@@ -143,3 +170,24 @@ def test_layout_pass_runs_only_on_the_onnx_runtime_version_it_was_checked_on(tmp
         ort_session.make_session(str(path), 1, tuning=True)
     _, info = ort_session.make_session(str(path), 1)   # the default (off) is unaffected
     assert info == {"layout_tuning": "off"}
+
+
+@needs_blocked_layout
+def test_quantized_graphs_are_left_alone(tmp_path):
+    """A QDQ int8 graph runs its convs in int8 (no blocked float layout) and keeps its SiLU inside Q/DQ pairs: the
+    layout pass finds nothing to do and the standard session runs, as for every int8 build."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"input": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+    onnx.save(se_silu_model(32), tmp_path / "f.onnx")
+    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Batches(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    assert ort_session.tuned_model(str(tmp_path / "f.onnx"))[0] is not None   # its float source is rewritten
+    _, info = ort_session.make_session(str(tmp_path / "q.onnx"), 1, tuning=True)
+    assert info == {"layout_tuning": "off: no SiLU or SE gate on blocked tensors"}

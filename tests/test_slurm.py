@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, base_config, run_snakemake
+from conftest import REPO, base_config, run_snakemake, seed_exports
 
 
 def slurm_idle() -> bool:
@@ -50,7 +50,7 @@ def job_state(job_id: str) -> str:
     return m.group(1) if m else "UNKNOWN"
 
 
-def test_slurm_kill_is_reported_then_rerun_completes_with_local_metrics(tmp_path):
+def test_slurm_kill_is_reported_then_rerun_completes_with_local_metrics(tmp_path, shared_exports):
     work = tmp_path / "slurm"
     work.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -82,8 +82,9 @@ def test_slurm_kill_is_reported_then_rerun_completes_with_local_metrics(tmp_path
     states = {i: job_state(i) for i in [*first, *rerun] if i != killed}
     assert all(s == "COMPLETED" for s in states.values()), states
     assert job_state(killed) == "CANCELLED"
-    # 3) the metrics equal those of a local run
+    # 3) the metrics equal those of a local run (on the session's own local export of the same model)
     local = tmp_path / "local"
+    seed_exports(shared_exports, local, ["tf_efficientnet_lite0"])
     run_snakemake(local, config=small_config())
     a = json.loads((work / "metrics/tf_efficientnet_lite0.json").read_text())
     b = json.loads((local / "metrics/tf_efficientnet_lite0.json").read_text())

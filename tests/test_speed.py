@@ -23,3 +23,29 @@ def test_measure_pauses_between_engine_turns():
     gaps = [t1 - t0 for (_, t0), (_, t1) in zip(calls, calls[1:])]
     assert [n for n, _ in calls] == ["a", "b", "b", "a"] and min(gaps) >= 0.05
     assert set(out) == {"a", "b"} and out["a"]["calls"] == 2
+
+
+def test_a_failing_session_in_throughput_mode_is_an_error_not_a_fast_call(tmp_path):
+    """ONNX Runtime's throughput mode runs sessions in threads: an error in one reaches the caller (the benchmark
+    never times a failed call)."""
+    import onnx
+    import pytest
+    from onnx import TensorProto, helper
+
+    from effzoo import runtime
+    from effzoo.common import ZooError
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"]),
+                           helper.make_node("Softmax", ["logits"], ["probs"], axis=1)], "tiny",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4]),
+                           helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, path)
+    run, info = runtime.open_throughput(str(path), threads=2, instances=2)
+    assert info["sessions"] == 2
+    run(np.zeros((3, 4), np.float32))   # a good batch runs
+    with pytest.raises(ZooError, match=r"tiny.onnx: 2 of 2 ONNX Runtime sessions failed in throughput mode: "):
+        run(np.zeros((3, 4), np.uint8))   # the wrong element type: every session raises

@@ -68,6 +68,13 @@ def choose(metrics: dict, builds: dict, budget: dict, running: str) -> tuple[str
     return best, passed, ties
 
 
+def current_umask() -> int:
+    """This process's umask (reading it means setting it: it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def deploy(variant: str, metrics: dict, builds: dict, build_jsons: dict, classes: list[str], budget: dict,
            out: Path) -> dict:
     """Write deploy/<variant>/ atomically (a temporary folder renamed into place); returns model.json."""
@@ -101,6 +108,7 @@ def deploy(variant: str, metrics: dict, builds: dict, build_jsons: dict, classes
         for n, rec in doc["files"].items():
             rec["path"] = n
         write_json(tmp / "model.json", doc)
+        tmp.chmod(0o777 & ~current_umask())   # mkdtemp makes it private: give it an ordinary folder's mode
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
