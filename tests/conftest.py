@@ -84,7 +84,7 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: 
 # workdirs of the fixtures that build on them (a copied export is what the fixture's own job would have made:
 # its params and code fingerprint are recorded, so a fixture whose settings differ still re-exports)
 
-SHARED_EXPORTS = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "efficientnet_b0")
+SHARED_EXPORTS = ("tf_efficientnet_lite0", "efficientnet_b0")
 
 
 @pytest.fixture(scope="session")
