@@ -123,12 +123,12 @@ def se_gates(model) -> list[tuple[int, int]]:
     [C, S, 1, 1] whose output multiplies another tensor (not its own input, which would be a SiLU)."""
     dims = {i.name: list(i.dims) for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
+    muls = [m for m in model.graph.node if m.op_type == "Mul"]
     gates = []
     for n in model.graph.node:
         if n.op_type != "Sigmoid" or n.input[0] not in producer or producer[n.input[0]].op_type != "Conv":
             continue
-        if not any(m.op_type == "Mul" and n.output[0] in m.input and n.input[0] not in m.input
-                   for m in model.graph.node):
+        if not any(n.output[0] in m.input and n.input[0] not in m.input for m in muls):
             continue
         w = dims[producer[n.input[0]].input[1]]
         if len(w) == 4 and w[2:] == [1, 1]:

@@ -56,7 +56,7 @@ def se_silu_model(channels: int = 32, size: int = 10, with_se: bool = True, sque
     return m
 
 
-# (gated channels, squeeze channels): SE gates whose rewrite differs between the two block sizes
+# (gated channels, spatial size, squeeze channels): SE gates whose rewrite differs between the two block sizes
 SE_CASES = [(32, 10, 6), (48, 7, 6), (24, 10, 6), (32, 10, 10), (20, 10, 6)]
 # the same gates at a forced block: AVX2's 8 and AVX-512's 16
 FORCED_BLOCK_REWRITES = {8: [1, 1, 1, 0, 0], 16: [1, 1, 0, 1, 0]}

@@ -1,10 +1,13 @@
-"""Timing helpers: CPU steal accounting and the pause between interleaved engines."""
+"""Timing helpers: CPU steal accounting, the pause between interleaved engines, errors in throughput mode."""
 import time
 
 import numpy as np
+import pytest
 
-from effzoo import speed
-from effzoo.common import Progress
+import onnx
+from effzoo import runtime, speed
+from effzoo.common import Progress, ZooError
+from onnx import TensorProto, helper
 
 
 def test_steal_percent():
@@ -28,13 +31,6 @@ def test_measure_pauses_between_engine_turns():
 def test_a_failing_session_in_throughput_mode_is_an_error_not_a_fast_call(tmp_path):
     """ONNX Runtime's throughput mode runs sessions in threads: an error in one reaches the caller (the benchmark
     never times a failed call)."""
-    import onnx
-    import pytest
-    from onnx import TensorProto, helper
-
-    from effzoo import runtime
-    from effzoo.common import ZooError
-
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"]),
                            helper.make_node("Softmax", ["logits"], ["probs"], axis=1)], "tiny",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
