@@ -1,91 +1,110 @@
-"""Does deploy's choice hold when the demo's benchmarks are run again? Raw images/s against speed over PyTorch.
+"""Does deploy's choice hold? The demo's race rerun 10 times, each pick checked against a separate verification race.
 
-Runs the demo (the default job) once in a work folder, then reruns every benchmark job `--repeats` times
-(`snakemake --forcerun benchmark`, which also redoes metrics, summary and deploy). For each repeat it prints:
-  * each build's images/s in the deploy mode (latency mode, batch 16, 2 threads) and its speed over PyTorch eager
-    timed round by round beside it in the same job (what metrics, the summary and deploy now use);
-  * the build deploy chose, and the build a ranking on raw images/s (the best over every batch and mode, the rule
-    deploy used before) would have chosen.
-Then, per build, the spread over the repeats (max / min - 1) of both figures, and of each build's speed over the
-fp32 build of its runtime computed both ways: the smaller spread is the figure that cancels the machine's drift
-between benchmark jobs.
+Runs the demo (the default job) once in a work folder (skipped when it already holds race/<variant>.json). Then,
+in this process, reruns the race step `--reruns` times with the config's defaults (effzoo.steps.race.race: the
+candidates interleaved, rounds added while a build is unresolved, effzoo.decision.decide) and prints each rerun's
+pick, its rounds and the pick's paired ratio to the leader. Then a separate verification race times the same
+candidates `--verify-rounds` rounds (the same harness, batch and threads) and prints each build's median images/s;
+each rerun's pick is then within the tolerance when its verification speed is at least (1 - speed_tolerance) x the
+fastest candidate's. Last, the spread of the per-round log ratios to the leader (their standard deviation per
+build, pooled over the reruns): the noise a race's interval is made of, which the default tolerance is chosen
+against.
 
-usage: python bench/deploy_choice.py [--work DIR] [--repeats 3]
+usage: python bench/deploy_choice.py [--work DIR] [--reruns 10] [--verify-rounds 20]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-VARIANT = "tf_efficientnet_lite0"
-BUDGET = {"min_agreement": 0.98, "max_top1_loss": 0.005}
+import numpy as np
+from _workflow import REPO, resolved_config
+
 sys.path.insert(0, str(REPO))
+from effzoo import speed  # noqa: E402
+from effzoo.cpu_target import REPORTED_FLAGS, cpu_flags, cpu_name  # noqa: E402
+from effzoo.runtime import open_build  # noqa: E402
+from effzoo.steps.race import race  # noqa: E402
+
+VARIANT = "tf_efficientnet_lite0"
 
 
-def cpu_flags() -> str:
-    flags = set(Path("/proc/cpuinfo").read_text().split())
-    return " ".join(sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16"}))
-
-
-def snakemake(work: Path, *args: str) -> None:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2", *args]
+def demo(work: Path) -> None:
+    """The default job in `work`, unless it already ran there."""
+    if (work / f"race/{VARIANT}.json").exists():
+        return
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"the demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
-def old_choice(results: dict) -> str:
-    """The rule deploy used before: the highest raw best throughput (any batch, any mode) within the budget."""
-    from effzoo.budget import within_budget
-
-    ok = {q: r["best_throughput_ips"] for q, r in results.items() if within_budget(q, results, BUDGET)}
-    return max(ok, key=ok.get)
-
-
-def spread(values: list[float]) -> str:
-    return f"{100 * (max(values) / min(values) - 1):5.1f}%"
+def verification(work: Path, builds: dict, candidates: list[str], settings: dict, rounds: int) -> dict:
+    """{build: median images/s} of the candidates timed together in `rounds` interleaved rounds."""
+    runners = {}
+    for q in candidates:
+        model = work / f"vacc/{VARIANT}-{q}" / Path(builds[q]["model"]["path"]).name
+        runners[q] = open_build(str(model), settings["threads"])[0]
+    size = builds[candidates[0]]["preprocess"]["input_size"][1]
+    x = np.random.default_rng(1).integers(0, 256, (settings["batch"], size, size, 3), dtype=np.uint8)
+    timed = speed.measure(runners, x, settings["batch"], settings["iterations"], settings["warmup"], rounds)
+    return {q: t["throughput_ips"] for q, t in timed.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", help="work folder (default: a new temporary folder)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--reruns", type=int, default=10)
+    ap.add_argument("--verify-rounds", type=int, default=20)
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="effzoo-deploy-choice-"))
-    print(f"CPU flags: {cpu_flags()}; work folder {work}")
+    print(f"{cpu_name()}; flags {' '.join(sorted(cpu_flags() & REPORTED_FLAGS))}; work folder {work}")
     t0 = time.monotonic()
-    snakemake(work)
+    demo(work)
     print(f"demo run: {time.monotonic() - t0:.0f} s")
-    runs = []
-    for rep in range(a.repeats):
-        if rep:
-            snakemake(work, "--forcerun", "benchmark")
-        m = json.loads((work / f"metrics/{VARIANT}.json").read_text())
-        deployed = json.loads((work / f"deploy/{VARIANT}/model.json").read_text())
-        chosen = deployed["quant"]
-        runs.append((m["results"], chosen, old_choice(m["results"])))
-        print(f"\nrepeat {rep + 1}: deploy chose {chosen} (tied with {deployed['speed']['tied_with']}); raw best "
-              f"throughput would choose {runs[-1][2]}")
-        print(f"  {'build':24s} {'images/s':>9s} {'x PyTorch':>9s} {'best any mode':>13s}")
-        for q, r in m["results"].items():
-            print(f"  {q:24s} {r['speed']['images_per_s']:9.1f} {r['speed']['vs_torch_eager']:9.2f} "
-                  f"{r['best_throughput_ips']:13.1f}")
-    print(f"\nspread over {a.repeats} repeats (max/min - 1): images/s | x PyTorch | over its runtime's fp32: "
-          f"raw | normalized")
-    for q in runs[0][0]:
-        ref = "ov_fp32" if runs[0][0][q]["runtime"] == "openvino" else "fp32"
-        raw = [r[q]["speed"]["images_per_s"] / r[ref]["speed"]["images_per_s"] for r, _, _ in runs]
-        norm = [r[q]["speed"]["vs_torch_eager"] / r[ref]["speed"]["vs_torch_eager"] for r, _, _ in runs]
-        print(f"  {q:24s} {spread([r[q]['speed']['images_per_s'] for r, _, _ in runs])} "
-              f"{spread([r[q]['speed']['vs_torch_eager'] for r, _, _ in runs])} {spread(raw)} {spread(norm)}")
-    print(f"\ndeploy's choice per repeat: {[c for _, c, _ in runs]}; held: {len({c for _, c, _ in runs}) == 1}")
-    print(f"raw-throughput choice per repeat: {[o for _, _, o in runs]}; held: {len({o for _, _, o in runs}) == 1}")
+    cfg = resolved_config()
+    dep, bench = cfg["deploy"], cfg["benchmark"]
+    settings = {"objective": dep["objective"], "batch": max(bench["batch_sizes"]), "threads": bench["threads"],
+                "tolerance": dep["speed_tolerance"], "require": dep["require"], "max_builds": dep["race"]["max_builds"],
+                **{k: dep["race"][k] for k in ("rounds", "looks", "iterations", "warmup")}}
+    order = cfg["run_quant"]
+    metrics = json.loads((work / f"metrics/{VARIANT}.json").read_text())
+    jsons = {q: str(work / f"vacc/{VARIANT}-{q}/build.json") for q in order}
+    builds = {q: json.loads(Path(p).read_text()) for q, p in jsons.items()}
+    picks, logs = [], {}
+    print(f"\n{'rerun':>5s}  {'pick':24s} {'leader':24s} {'rounds':>6s}  pick / leader [95%]   race s")
+    for i in range(a.reruns):
+        t0 = time.monotonic()
+        doc = race(metrics, builds, jsons, settings)
+        d = doc["decision"]
+        r = d["builds"][d["chosen"]]["ratio_to_leader"]
+        picks.append(d["chosen"])
+        lead = doc["builds"][d["leader"]]["throughput_rounds"]
+        for q, b in doc["builds"].items():
+            if q != d["leader"]:
+                logs.setdefault(q, []).append([math.log(x / y) for x, y in zip(b["throughput_rounds"], lead)])
+        print(f"{i + 1:5d}  {d['chosen']:24s} {d['leader']:24s} {doc['rounds']:6d}  {r[0]:.3f} [{r[1]:.3f}, "
+              f"{r[2]:.3f}]  {time.monotonic() - t0:6.0f}")
+    candidates = list(doc["builds"])
+    check = verification(work, builds, candidates, settings, a.verify_rounds)
+    fastest = max(check, key=check.get)
+    print(f"\nverification race ({a.verify_rounds} rounds, {settings['iterations']} calls of batch "
+          f"{settings['batch']} a round, {settings['threads']} threads): median images/s")
+    for q in sorted(check, key=check.get, reverse=True):
+        print(f"  {q:24s} {check[q]:8.1f}  {check[q] / check[fastest]:.3f}x the fastest")
+    within = [check[p] >= (1 - settings["tolerance"]) * check[fastest] for p in picks]
+    print(f"\npicks within {settings['tolerance']:.0%} of the verification race's fastest ({fastest}): "
+          f"{sum(within)} of {len(picks)}; picks: {', '.join(f'{p} ({check[p] / check[fastest]:.3f})' for p in picks)}")
+    print("\nper-round noise of the ratio to the leader (sd of log ratios within a race, median over reruns):")
+    for q, runs in logs.items():
+        sds = [float(np.std(r, ddof=1)) for r in runs if len(r) > 1]
+        print(f"  {q:24s} {100 * float(np.median(sds)):5.1f}%  ({len(sds)} races)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Then, over every build and fold, how well the split's count and the continuous e
 
 usage: python bench/int8_budget.py [--variants tf_efficientnet_lite0 ...] [--workdir bench-out/int8-budget]
                                    [--methods max percentile kl_divergence mse] [--targets vnni avx512]
-                                   [--benchmark] [--b7]
+                                   [--benchmark] [--b7] [--deploy]
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from _workflow import REPO
 
 sys.path.insert(0, str(REPO))
 from effzoo.cpu_target import cpu_flags, cpu_kind  # noqa: E402
+from effzoo.evidence import interval_text  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
 METHODS = ("max", "percentile", "kl_divergence", "mse")
@@ -84,7 +85,8 @@ def run_fold(work: Path, roots: list[Path], fold: int, variants: list[str], mode
     cfg["quant_modes"] = {"fp32": {"kind": "fp32"}, "ov_fp32": {"kind": "fp32", "runtime": "openvino"}, **modes}
     cfg["benchmark"] = {"enabled": benchmark}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    subprocess.run([sys.executable, "-m", "snakemake", *[f"metrics/{v}.json" for v in variants], "-s",
+    targets = [f"{'race' if benchmark else 'metrics'}/{v}.json" for v in variants]
+    subprocess.run([sys.executable, "-m", "snakemake", *targets, "-s",
                     str(REPO / "Snakefile"), "-d", str(d), "--cores", "2", "--quiet", "rules", "--rerun-incomplete",
                     "--configfile", str(d / "config.yaml")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return d
@@ -101,7 +103,9 @@ def pooled(folds: list[Path], variant: str, modes: list[str]) -> dict[str, dict]
         ref = sum(doc["results"]["fp32"]["top1"] * doc["results"]["fp32"]["images"] for doc in docs)
         builds = [json.loads((d / f"vacc/{variant}-{q}/build.json").read_text()) for d in folds]
         budgets = [b["details"]["accuracy_budget"] for b in builds]
-        speed = [doc["results"][q].get("speedup_vs_runtime_fp32") for doc in docs]
+        races = [json.loads((d / f"race/{variant}.json").read_text()) if (d / f"race/{variant}.json").exists()
+                 else {"builds": {}} for d in folds]
+        speed = [race["builds"].get(q, {}).get("over_runtime_fp32", {}).get("ratio", [None])[0] for race in races]
         out[q] = {"images": n, "loss_pt": 100 * (ref - top1) / n, "agreement": agree / n,
                   "held_out": [doc["results"][q]["top1_agreement_with_fp32"] for doc in docs],
                   "expected": [b.get("final_expected_agreement") for b in budgets],
@@ -146,6 +150,35 @@ def signal_report(rows: dict[str, dict]) -> None:
               f"pt, correlation {corr:.2f}")
 
 
+def deploy_fold(work: Path, roots: list[Path], fold: int, variant: str) -> None:
+    """The default job's nine builds, calibrated on half `fold` and scored on the other half, raced and deployed:
+    prints every build's accuracy evidence and the decision."""
+    d = work / f"deploy{fold}"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"] = {f"half{k}": {"root": str(r)} for k, r in enumerate(roots)}
+    cfg.update(dataset=f"half{1 - fold}", run_variants=[variant])
+    cfg["calibration"] = {"dataset": f"half{fold}", "images": 150, "validation_images": 100}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run([sys.executable, "-m", "snakemake", f"deploy/{variant}", "-s", str(REPO / "Snakefile"), "-d",
+                    str(d), "--cores", "2", "--quiet", "rules", "--rerun-incomplete", "--configfile",
+                    str(d / "config.yaml")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    m = json.loads((d / f"metrics/{variant}.json").read_text())
+    race = json.loads((d / f"race/{variant}.json").read_text())
+    dec = race["decision"]
+    print(f"\n{variant}, calibrated on half {fold}, scored on half {1 - fold} "
+          f"({m['dataset']['images_scored']} images); race of {race['rounds']} rounds:")
+    for q, r in m["results"].items():
+        ev, b = r["evidence"], race["builds"].get(q)
+        where = (f"{b['images_per_s']:7.1f} images/s, {dec['builds'][q]['speed_state']}" if b
+                 else f"not raced: {race['left_out'][q]}")
+        print(f"  {q:24s} {ev['state']:9s} agreement {interval_text(ev['agreement'])} top-1 loss "
+              f"{interval_text(ev['top1_loss'], digits=2)} pt | {where}")
+    chosen = dec["chosen"]
+    print(f"  deployed: {chosen} ({m['results'][chosen]['evidence']['state']}; {dec['pool']})"
+          + (f"; {dec['note']}" if dec.get("note") else ""))
+
+
 def b7_cost(work: Path) -> None:
     """The int8 build of tf_efficientnet_b7 (600x600, random weights) with a search walked to its end."""
     d = work / "b7"
@@ -183,6 +216,8 @@ def main():
     ap.add_argument("--benchmark", action="store_true",
                     help="also run the benchmark step (speed vs fp32) on the first fold")
     ap.add_argument("--b7", action="store_true", help="measure the search cost on efficientnet_b7 instead")
+    ap.add_argument("--deploy", action="store_true", help="instead: the default job's builds of the first variant on "
+                    "the first fold, raced and deployed, with every build's accuracy evidence and the decision")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     a = ap.parse_args()
@@ -191,6 +226,9 @@ def main():
     print(f"CPU: {cpu_kind()} kind, flags {' '.join(flags)}")
     if a.b7:
         b7_cost(work)
+        return
+    if a.deploy:
+        deploy_fold(work, halves(work), 0, a.variants[0])
         return
     modes = {q: o for q, o in int8_modes(a.methods).items() if o["cpu_target"] in a.targets}
     if cpu_kind() != "vnni":

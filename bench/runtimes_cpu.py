@@ -21,6 +21,7 @@ import numpy as np
 from _workflow import REPO, timing_args
 
 sys.path.insert(0, str(REPO))
+from effzoo.cpu_target import cpu_name  # noqa: E402
 
 
 def cpu_flags() -> list[str]:
@@ -81,7 +82,7 @@ def main():
     res = speed.measure(runners, x, a.batch, a.iterations, 2, a.rounds, progress)
     base = res["torch eager"]["throughput_ips"]
     print(f"\n{a.variant}, batch {a.batch}, {a.threads} threads, {a.rounds} rounds x {a.iterations} calls; "
-          f"CPU {benchmark.cpu_name()} flags {cpu_flags()}; load average {os.getloadavg()}")
+          f"CPU {cpu_name()} flags {cpu_flags()}; load average {os.getloadavg()}")
     fp32 = {"onnxruntime": res.get("build fp32"), "openvino": res.get("build ov_fp32")}
     print(f"{'engine':34s} {'img/s':>8s} {'vs torch eager':>15s} {'vs its runtime fp32':>20s}")
     for n, r in sorted(res.items(), key=lambda kv: -kv[1]["throughput_ips"]):

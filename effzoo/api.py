@@ -7,8 +7,10 @@
 
 `load` reads model.json, checks every model file against its recorded sha256 and this CPU against what the
 build requires, and opens the build on its runtime (ONNX Runtime, or OpenVINO for `model.xml` builds: the
-`openvino` extra) in the mode its speed was measured in: latency mode, with the threads and batch size of its
-benchmark (model.json `speed`). Images may be file paths, PIL images or uint8 arrays (H x W x 3 RGB, or H x W grey);
+`openvino` extra) in the mode its speed was measured in: latency mode, with the threads and batch size of its race
+(model.json `speed`). It warns in one line when the installed runtime's version differs from the one its figures
+were measured with, and when its accuracy is not certified against the deploy budget (model.json `accuracy`).
+Images may be file paths, PIL images or uint8 arrays (H x W x 3 RGB, or H x W grey);
 each is preprocessed exactly as the model was evaluated (timm's eval transform: resize, centre crop) and run `batch`
 at a time, so memory does not grow with the number of images.
 """
@@ -22,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from effzoo import preprocess
-from effzoo.common import ZooError
+from effzoo.common import LOG, ZooError
 from effzoo.runtime import checked_build, open_build
 
 
@@ -42,6 +44,19 @@ def _as_uint8(image, spec: dict) -> np.ndarray:
     return preprocess.transform_uint8(img, spec)
 
 
+def warnings(info: dict, session: dict) -> list[str]:
+    """What a user of a deploy folder must know: a runtime version other than the measured one, and an accuracy
+    that is not certified."""
+    out = []
+    measured = info["runtime_package"]
+    if session["version"] != measured["version"]:
+        out.append(f"runs on {session['runtime']} {session['version']}; its speed and accuracy were measured on "
+                   f"{measured['package']} {measured['version']}")
+    if info["accuracy"].get("note"):
+        out.append(info["accuracy"]["note"])
+    return out
+
+
 class Classifier:
     """A deploy folder opened on its runtime; `classify` gives the top-k (class name, probability) per image."""
 
@@ -57,6 +72,8 @@ class Classifier:
         self.threads = int(threads or self.info["speed"]["threads"])
         self.batch = int(self.info["speed"]["batch"])
         self._run, self.session = open_build(str(self.path / self.info["model"]), threads=self.threads)
+        for line in warnings(self.info, self.session):
+            LOG.warning("%s: %s", self.path, line)
 
     def probabilities(self, images: Iterable, batch: int | None = None) -> Iterator[np.ndarray]:
         """Softmax probabilities (one row of len(classes) per image), `batch` images at a time (default: the batch

@@ -15,6 +15,7 @@ from pathlib import Path
 from effzoo import __version__
 from effzoo.api import load
 from effzoo.common import ZooError, read_json, run_main
+from effzoo.evidence import interval_text
 
 
 def cmd_classify(a: argparse.Namespace) -> None:
@@ -28,29 +29,34 @@ def cmd_classify(a: argparse.Namespace) -> None:
 def describe(doc: dict) -> list[str]:
     """The lines `effzoo info` prints for a deploy folder's model.json."""
     acc, speed, cpu = doc["accuracy"], doc["speed"], doc["cpu"]
-    measured = speed.get("measured_on") or {}
-    weights = doc["weights"]
+    ev, measured, weights = acc["evidence"], speed["measured_on"], doc["weights"]
+    over = speed.get("over_fp32")
     lines = [
         f"variant      {doc['variant']} ({doc['tag']}; weights: "
         f"{'RANDOM (explicitly configured)' if weights.get('random') else weights.get('source')})",
-        f"build        {doc['quant']}: {doc['precision']} on {doc['runtime']}, model file {doc['model']}",
+        f"build        {doc['quant']}: {doc['precision']} on {doc['runtime']} "
+        f"({doc['runtime_package']['package']} {doc['runtime_package']['version']}), model file {doc['model']}",
         f"cpu          made for {cpu['target']}, requires {cpu['requires']} ({cpu['why']}); accuracy measured on "
         f"{cpu.get('checked_isa', 'unrecorded')} kernels"
         + (" (its int8 outputs differ on other kernels)" if cpu.get("isa_sensitive") else ""),
         f"input        uint8 NHWC {doc['preprocess']['input_size'][1]}x{doc['preprocess']['input_size'][2]}, "
-        f"resize {doc['preprocess']['resize_size']} {doc['preprocess']['interpolation']}, centre crop",
-        f"accuracy     top-1 {acc['top1']:.4f}, top-5 {acc['top5']:.4f}, agreement with fp32 "
-        f"{acc['top1_agreement_with_fp32']:.4f} (fp32 top-1 {acc['fp32_top1']:.4f}) on {acc['images']} images of "
-        f"{acc['dataset']}",
-        f"speed        {speed['images_per_s']:.1f} images/s, {speed['vs_torch_eager']:.2f}x PyTorch eager "
-        f"({speed['mode']} mode, batch {speed['batch']}, {speed['threads']} threads: as effzoo runs it); batch-1 "
-        f"latency {'-' if speed.get('batch1_latency_ms') is None else format(speed['batch1_latency_ms'], '.2f')} ms",
-        f"measured on  {measured.get('model', 'unknown CPU')} "
-        f"(flags: {' '.join(f for f in measured.get('flags', []))})",
+        f"resize {doc['preprocess']['resize_size']} {doc['preprocess']['interpolation']}, centre crop "
+        f"({doc['preprocessing']['images_per_s_one_thread']:.0f} images/s on one thread, not in the speed below)",
+        f"accuracy     {ev['state']} against the budget: top-1 {interval_text(ev['top1'])} %, top-5 "
+        f"{interval_text(ev['top5'])} %, agreement with fp32 {interval_text(ev['agreement'])} %, top-1 loss "
+        f"{interval_text(ev['top1_loss'], digits=2)} pt (95%, {ev['images']} images of {acc['dataset']})",
+        f"speed        {speed['images_per_s']:.1f} images/s, p90 latency {speed['latency_p90_ms']:.2f} ms "
+        f"({speed['objective']} objective: {speed['mode']} mode, batch {speed['batch']}, {speed['threads']} "
+        f"threads, as effzoo runs it)" + (f"; {over[0]:.2f}x fp32 [{over[1]:.2f}, {over[2]:.2f}]" if over else ""),
+        f"measured on  {measured['model']} (flags: {' '.join(measured['flags'])}), a race of {speed['rounds']} "
+        f"rounds",
         f"classes      {len(doc['classes'])}",
     ]
-    if doc.get("passed_over"):
-        lines.append("passed over  " + "\n             ".join(doc["passed_over"]))
+    if acc.get("note"):
+        lines.append(f"note         {acc['note']}")
+    passed = doc["decision"]["passed_over"] | doc.get("left_out", {})
+    if passed:
+        lines.append("passed over  " + "\n             ".join(f"{q}: {w}" for q, w in passed.items()))
     return lines
 
 

@@ -119,9 +119,12 @@ MANIFEST_FIELDS = {
              "cpu_flags", "warnings"),
     "metrics": ("variant", "results", "dataset", "random_weights", "weights", "input_size", "params_m", "gflops",
                 "flops_convention"),
-    "deploy": ("variant", "quant", "runtime", "precision", "model", "files", "cpu", "preprocess", "classes",
-               "accuracy", "speed.mode", "speed.batch", "speed.threads", "speed.images_per_s", "speed.vs_torch_eager",
-               "weights", "tag"),
+    "race": ("variant", "objective", "batch", "threads", "rounds", "ranked_on", "builds", "decision", "cpu",
+             "preprocessing", "left_out", "accuracy"),
+    "deploy": ("variant", "quant", "runtime", "runtime_package.package", "runtime_package.version", "precision",
+               "model", "files", "cpu", "preprocess", "preprocessing", "classes", "accuracy.evidence",
+               "speed.objective", "speed.mode", "speed.batch", "speed.threads", "speed.images_per_s", "weights",
+               "tag"),
 }
 
 

@@ -262,3 +262,14 @@ def job_seconds(model: CostModel, stage: str, arch: str, input_size: int, kind: 
 
 
 KIND_STAGES = ("build_float", "build_int8", "predict", "benchmark")
+
+
+def race_seconds(model: CostModel, arch: str, input_size: int, kinds: list[str], threads: int, images: int,
+                 batch: int, max_builds: int | None = None) -> tuple[float, float]:
+    """(planned wall seconds before the safety factor, peak MB) of a race: every candidate's session open at once
+    (each at predict's measured memory at the race's batch), each running `images` images at predict's cost; with
+    `max_builds`, the costliest that many."""
+    costs = sorted((model.stage("predict", arch, input_size, kind, batch) for kind in kinds),
+                   key=lambda c: -c[0].peak_mb)[:max_builds or None]
+    return (sum(model.seconds(c, parallel, images, threads) for c, parallel in costs),
+            sum(c.peak_mb for c, _ in costs))

@@ -25,6 +25,19 @@ KINDS = ("avx2", "avx512", "vnni")
 ANY = "any"   # what a build with no CPU-specific numerics requires: float builds, int8 builds that cannot saturate
 UNKNOWN = "unknown"   # a CPU whose flags cannot be read (no /proc/cpuinfo: not Linux, or another architecture)
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+REPORTED_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), or 'unknown CPU'."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def cpu_flags() -> set[str]:

@@ -44,6 +44,7 @@ STEP_PACKAGES = {
     "gather_predictions": ("numpy",),
     "benchmark": ("onnxruntime", "openvino", "torch", "timm"),
     "metrics": (),
+    "race": ("onnxruntime", "openvino"),
     "summary": ("matplotlib",),
     "deploy": (),
 }

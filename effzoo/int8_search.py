@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 import onnx
-from effzoo.budget import MIN_SPLIT_IMAGES, certify, wilson_lower
+from effzoo import speed
+from effzoo.budget import MIN_SPLIT_IMAGES, certify, lower_bound
 from effzoo.build_options import BuildOptions
 from effzoo.common import LOG, ZooError
 from effzoo.graph_edits import EDGE_PREFIXES, PRE_INPUT
@@ -363,17 +364,13 @@ SPEED_IMAGES = 64  # split images a round times per model (b7 at 600, 200-image 
 
 
 def interleaved_speed(fp32_run, run, images: np.ndarray) -> float:
-    """A graph's speed over the fp32 model's on the first SPEED_IMAGES split images: SPEED_ROUNDS rounds, each timing
-    both back to back (which goes first alternates), the median of the rounds' ratios; robust to the machine's drift
-    between trials."""
-    images = images[:SPEED_IMAGES]
-    ratios = []
-    for r in range(SPEED_ROUNDS):
-        first, second = (fp32_run, run) if r % 2 == 0 else (run, fp32_run)
-        t_first, t_second = split_logits(first, images)[1], split_logits(second, images)[1]
-        t_fp32, t_int8 = (t_first, t_second) if r % 2 == 0 else (t_second, t_first)
-        ratios.append(t_fp32 / max(t_int8, 1e-12))
-    return float(np.median(ratios))
+    """A graph's speed over the fp32 model's: SPEED_ROUNDS interleaved rounds of effzoo.speed.measure (the
+    benchmark's and the race's harness), each running both on SPEED_IMAGES // TRIAL_BATCH batches of the split;
+    the median of the rounds' paired ratios, robust to the machine's drift between trials."""
+    batch = images[:TRIAL_BATCH]
+    timed = speed.measure({"fp32": fp32_run, "trial": run}, batch, len(batch), max(1, SPEED_IMAGES // TRIAL_BATCH),
+                          1, SPEED_ROUNDS)
+    return speed.paired_ratio(timed["trial"], timed["fp32"])["median"]
 
 
 def run_trial(run, images: np.ndarray, reference: np.ndarray, allowed: int, ref_logits: np.ndarray | None = None,
@@ -612,11 +609,11 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
         record["why"] = cap_note
     if status_note:
         record.update(status="speed_bound", why=status_note,
-                      agreement_lower_95=round(wilson_lower(agreeing, len(images)), 6))
+                      agreement_lower_95=round(lower_bound(agreeing, len(images)), 6))
     elif met:   # met as a point estimate: certified only as far as the split allows
         record.update(certify(agreeing, len(images), budget))
     else:
-        record.update(status="cap_reached", agreement_lower_95=round(wilson_lower(agreeing, len(images)), 6))
+        record.update(status="cap_reached", agreement_lower_95=round(lower_bound(agreeing, len(images)), 6))
     speed = None if confirmed is None else round(confirmed, 3)
     if speed is not None and speed < 1.0:
         record["slower_than_fp32"] = (
@@ -649,7 +646,7 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     elif not met:
         LOG.warning("int8 split budget %.3f not met: %d promoted layers (the cap, %s of the MACs) agree on %.4f",
                     budget, chosen, options.max_promoted_macs, final["agreement"])
-    elif record["status"] == "not_certified":
+    elif record["status"] == "unproven":
         LOG.warning("int8 split budget %.3f met on %d split images (agreement %.4f) but not certified: the 95%% "
                     "lower bound is %.4f; %s split images would certify it", budget, len(images), final["agreement"],
                     record["agreement_lower_95"], record["split_images_needed"])

@@ -29,10 +29,12 @@ def steal_percent(before, after) -> float | None:
 
 
 def measure(runners: dict, batch: np.ndarray, images_per_call: int | dict, iterations: int, warmup: int,
-            rounds: int, progress=None, settle_s: float = 0.1) -> dict:
+            rounds: int, progress=None, settle_s: float = 0.1, first_round: int = 0) -> dict:
     """{name: callable(batch)} timed in interleaved rounds, engines in rotating order so that machine noise
-    hits every engine alike; returns per engine throughput (median over rounds, min/max) and latency stats.
-    `images_per_call`: images one call processes, for every engine or per engine name.
+    hits every engine alike; returns per engine throughput (median over rounds, min/max, and each round's) and
+    latency stats (over all calls, and each round's 90th percentile). `images_per_call`: images one call processes,
+    for every engine or per engine name. `first_round` continues the rotation of an earlier call (a race that adds
+    rounds). A failing call raises: nothing is timed past an error.
 
     Each engine's turn starts `settle_s` after the previous one's: idle worker threads keep spinning for a
     while after a call (measured here: the engine right after PyTorch ran 5-11% slower without the pause).
@@ -43,7 +45,8 @@ def measure(runners: dict, batch: np.ndarray, images_per_call: int | dict, itera
             runners[n](batch)
     lat = {n: [] for n in names}
     thr = {n: [] for n in names}
-    for r in range(rounds):
+    p90 = {n: [] for n in names}
+    for r in range(first_round, first_round + rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
             time.sleep(settle_s)
             t_round = time.perf_counter()
@@ -53,6 +56,7 @@ def measure(runners: dict, batch: np.ndarray, images_per_call: int | dict, itera
                 lat[n].append((time.perf_counter() - t0) * 1000)
             per_call = images_per_call[n] if isinstance(images_per_call, dict) else images_per_call
             thr[n].append(per_call * iterations / (time.perf_counter() - t_round))
+            p90[n].append(float(np.percentile(lat[n][-iterations:], 90)))
             if progress is not None:
                 progress.update()
     out = {}
@@ -60,6 +64,7 @@ def measure(runners: dict, batch: np.ndarray, images_per_call: int | dict, itera
         a = np.asarray(lat[n])
         out[n] = {"throughput_ips": float(np.median(thr[n])), "throughput_min": float(np.min(thr[n])),
                   "throughput_max": float(np.max(thr[n])), "throughput_rounds": [round(t, 3) for t in thr[n]],
+                  "latency_p90_rounds": [round(t, 4) for t in p90[n]],
                   "latency_mean_ms": float(a.mean()),
                   "latency_p50_ms": float(np.percentile(a, 50)), "latency_p90_ms": float(np.percentile(a, 90)),
                   "latency_p99_ms": float(np.percentile(a, 99)), "calls": int(a.size)}

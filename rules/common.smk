@@ -37,6 +37,7 @@ NUM_CLASSES = config["num_classes"]
 CALIB = config["calibration"]
 CALIB_DATASET = CALIB["dataset"] or DATASET
 BENCH = config["benchmark"]
+DEPLOY = config["deploy"]
 GEOM_RE = r"\d+-r\d+-[a-z]+(-fast)?"
 DEMO_ROOT = "data/demo"  # made by rule demo_photos
 
@@ -260,6 +261,24 @@ def job_mem_mb(stage):
     return mem_mb
 
 
+def race_plan(wildcards, threads):
+    """(planned seconds before the safety factor, peak MB) of a variant's race over every configured build."""
+    arch, size = arch_and_size(wildcards.variant)
+    race = DEPLOY["race"]
+    batch = 1 if DEPLOY["objective"] == "single_stream" else max(BENCH["batch_sizes"])
+    images = batch * (race["warmup"] + race["rounds"] * race["looks"] * race["iterations"])
+    return cost.race_seconds(COSTS, arch, size, [build_kind(q) for q in config["run_quant"]], threads, images, batch,
+                             race["max_builds"])
+
+
+def race_runtime(wildcards, threads, attempt):
+    return SIZES.runtime_minutes(race_plan(wildcards, threads)[0], attempt)
+
+
+def race_mem_mb(wildcards, threads, attempt):
+    return SIZES.mem_mb(race_plan(wildcards, threads)[1], attempt)
+
+
 def _set_threads(rule_name, default):
     """The threads a profile's set-threads gives a rule (predict parts are planned with them)."""
     value = workflow.resource_settings.overwrite_threads.get(rule_name, default)
@@ -339,14 +358,17 @@ def print_summary(variants):
     from effzoo.common import ZooError, read_json
     from effzoo.steps.summary import text_table
 
-    metrics = []
+    metrics, races = [], {}
     for v in variants:
         try:
             metrics.append(read_json(f"metrics/{v}.json"))
         except ZooError:  # not made by this run (a partial target, --touch of placeholders)
             continue
+        if Path(f"race/{v}.json").exists():
+            races[v] = read_json(f"race/{v}.json")
     if metrics:
-        print(f"\n{text_table(metrics, config['run_quant'])}")
+        print(f"\n{text_table(metrics, config['run_quant'], races)}")
         print(f"\nmetrics: metrics/<variant>.json  predictions: output/<variant>-<quant>/predictions.csv  "
-              f"models: vacc/<variant>-<quant>/ (model.onnx or OpenVINO model.xml)  deployed: deploy/<variant>/  "
+              f"models: vacc/<variant>-<quant>/ (model.onnx or OpenVINO model.xml)  "
+              f"race and decision: race/<variant>.json  deployed: deploy/<variant>/  "
               f"(dataset: {DATASET})")

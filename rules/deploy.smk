@@ -1,8 +1,9 @@
-"""Deploy: the fastest build of a variant within the accuracy budget -> deploy/<variant>/ (effzoo classify, effzoo.load)."""
+"""Deploy: the build race/<variant>.json chose -> deploy/<variant>/ (effzoo classify, effzoo.load)."""
 
 
 rule deploy:
     input:
+        race="race/{variant}.json",
         metrics="metrics/{variant}.json",
         classes=f"npz/{DATASET}/classes.txt",
         builds=expand("vacc/{{variant}}-{quant}/build.json", quant=config["run_quant"]),
@@ -11,16 +12,11 @@ rule deploy:
         directory("deploy/{variant}"),
     params:
         builds=lambda w, input: " ".join(f"--build {q} {b}" for q, b in zip(config["run_quant"], input.builds)),
-        min_agreement=config["deploy"]["min_agreement"],
-        max_top1_loss=config["deploy"]["max_top1_loss"],
-        speed_tolerance=config["deploy"]["speed_tolerance"],
         step=step("deploy"),
     log:
         "logs/deploy/{variant}.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m deploy --variant {wildcards.variant} --metrics {input.metrics:q} --classes {input.classes:q}"
-        " --min-agreement {params.min_agreement} --max-top1-loss {params.max_top1_loss}"
-        " --speed-tolerance {params.speed_tolerance} {params.builds}"
-        " --out {output:q} 2> {log:q}"
+        "python -m deploy --variant {wildcards.variant} --race {input.race:q} --metrics {input.metrics:q}"
+        " --classes {input.classes:q} {params.builds} --out {output:q} 2> {log:q}"

@@ -16,6 +16,8 @@ rule metrics:
     params:
         modes=metrics_mode_args,
         dataset=DATASET,
+        min_agreement=DEPLOY["min_agreement"],
+        max_top1_loss=DEPLOY["max_top1_loss"],
         step=step("metrics"),
     log:
         "logs/metrics/{variant}.log",
@@ -24,4 +26,5 @@ rule metrics:
     shell:
         "python -m metrics --variant {wildcards.variant} --export-info {input.info:q}"
         " --spec-json {input.spec:q} --datalist {input.datalist:q} --skipped {input.skipped:q}"
-        " --dataset {params.dataset} {params.modes} --out {output:q} 2> {log:q}"
+        " --dataset {params.dataset} {params.modes} --min-agreement {params.min_agreement}"
+        " --max-top1-loss {params.max_top1_loss} --out {output:q} 2> {log:q}"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from conftest import resolved_config
 from PIL import Image
@@ -18,7 +19,9 @@ from effzoo import api, preprocess
 from effzoo.build_options import BuildOptions
 from effzoo.cli import describe
 from effzoo.common import ZooError, file_record
-from effzoo.steps import build_float, deploy
+from effzoo.cpu_target import REPORTED_FLAGS, cpu_flags, cpu_kind, cpu_name
+from effzoo.evidence import accuracy_evidence
+from effzoo.steps import build_float, deploy, race
 
 CLASSES = ["red thing", "green thing", "blue thing"]
 EFFZOO = str(Path(sys.executable).parent / "effzoo")
@@ -40,15 +43,39 @@ def deployed(tmp_path_factory) -> Path:
     build_float.main(["--onnx", str(src), "--export-info", str(tmp / "m.json"), "--spec-json", str(tmp / "s.json"),
                       "--quant", "fp32", "--options", json.dumps(fp32), "--outdir", str(tmp / "vacc")])
     build = json.loads((tmp / "vacc/build.json").read_text())
-    metrics = {"variant": "tiny", "dataset": {"name": "demo"},
-               "results": {"fp32": {"top1": 0.5, "top5": 1.0, "images": 6, "batch1_latency_ms": 0.5,
-                                    "speed": {"mode": "latency", "batch": 4, "threads": 1, "images_per_s": 1000.0,
-                                              "vs_torch_eager": 3.2, "vs_torch_eager_range": [3.1, 3.3]},
-                                    "benchmark_cpu": {"model": "Test CPU", "flags": ["avx2", "avx512f"]},
-                                    "cpu_check": {"ok": True, "running_isa": "avx2"}}}}
-    deploy.deploy("tiny", metrics, {"fp32": build}, {"fp32": str(tmp / "vacc/build.json")}, CLASSES,
-                  {"min_agreement": 0.98, "max_top1_loss": 0.005, "speed_tolerance": 0.15}, tmp / "deploy/tiny")
+    jsons = {"fp32": str(tmp / "vacc/build.json")}
+    # the race step, as a plain function: one candidate, timed as effzoo.load runs it
+    doc = race.race(tiny_metrics(spec), {"fp32": build}, jsons, race_settings("batch"))
+    deploy.deploy("tiny", doc, tiny_metrics(spec), {"fp32": build}, jsons, CLASSES, tmp / "deploy/tiny")
     return tmp / "deploy/tiny"
+
+
+def tiny_metrics(spec: dict) -> dict:
+    """The metrics of the tiny fp32 build: 3 of 6 images right, the reference of itself."""
+    evidence = accuracy_evidence(3, 6, 6, 0, 0, 6, {"min_agreement": 0.98, "max_top1_loss": 0.005}, reference=True)
+    return {"variant": "tiny", "preprocess": spec,
+            "dataset": {"name": "demo", "datalist": "npz/demo/224-r256-bicubic/datalist.tsv"},
+            "results": {"fp32": {"top1": 0.5, "top5": 1.0, "images": 6, "evidence": evidence,
+                                 "speed": {"mode": "latency", "batch": 16, "threads": 2, "images_per_s": 1000.0,
+                                           "vs_torch_eager": 3.2, "vs_torch_eager_range": [3.1, 3.3]},
+                                 "cpu_check": {"ok": True, "running_isa": "avx2"}}}}
+
+
+def race_settings(objective: str) -> dict:
+    return {"objective": objective, "batch": 4, "threads": 1, "iterations": 2, "warmup": 1, "rounds": 2, "looks": 2,
+            "tolerance": 0.05, "require": "not_refuted"}
+
+
+def test_a_single_stream_race_runs_batch_1_and_ranks_on_each_rounds_p90_latency(deployed):
+    tmp = deployed.parent.parent
+    build = json.loads((tmp / "vacc/build.json").read_text())
+    doc = race.race(tiny_metrics(build["preprocess"]), {"fp32": build}, {"fp32": str(tmp / "vacc/build.json")},
+                    race_settings("single_stream"))
+    assert doc["batch"] == 1 and doc["ranked_on"] == "1 / p90 latency of each round's calls"
+    assert doc["objective"] == "single_stream" and len(doc["builds"]["fp32"]["latency_p90_rounds"]) == 2
+    timed = {"a": {"throughput_rounds": [10.0, 20.0], "latency_p90_rounds": [2.0, 4.0]}}
+    assert race.figures(timed, "single_stream") == {"a": [500.0, 250.0]}
+    assert race.figures(timed, "batch") == {"a": [10.0, 20.0]}
 
 
 def solid(rgb, size=(300, 200)) -> Image.Image:
@@ -106,15 +133,37 @@ def test_a_deploy_folder_holds_the_build_and_what_was_measured(deployed):
     assert deployed.stat().st_mode & 0o777 == deployed.parent.stat().st_mode & 0o777 == 0o777 & ~deploy.current_umask()
     assert doc["files"]["model.onnx"]["sha256"] == file_record(deployed / "model.onnx")["sha256"]
     assert doc["quant"] == "fp32" and doc["runtime"] == "onnxruntime" and doc["classes"] == CLASSES
-    assert doc["speed"]["measured_on"] == {"model": "Test CPU", "flags": ["avx2", "avx512f"]}
+    # the speed is the race's, on this CPU, in the mode effzoo.load runs it: latency mode, batch 4, 1 thread
+    speed = doc["speed"]
+    assert speed["measured_on"]["kind"] == cpu_kind() and speed["measured_on"]["flags"] == sorted(
+        cpu_flags() & REPORTED_FLAGS)
+    assert (speed["objective"], speed["batch"], speed["threads"], speed["rounds"]) == ("batch", 4, 1, 2)
+    assert speed["images_per_s"] > 0 and speed["over_leader"] == [1.0, 1.0, 1.0] and speed["excludes_preprocessing"]
+    assert doc["runtime_package"] == {"package": "onnxruntime", "version": onnxruntime.__version__}
+    assert doc["preprocessing"]["fast"] is False and doc["preprocessing"]["images_per_s_one_thread"] > 0
+    assert doc["accuracy"]["evidence"]["state"] == "certified" and doc["accuracy"]["note"] is None
     # the accuracy was measured by predict, on predict's kernel ISA (not necessarily the build's)
     assert doc["cpu"]["checked_isa"] == "avx2" and doc["cpu"]["isa_sensitive"] is False
     lines = describe(doc)
     assert lines[2].startswith("cpu          made for ") and lines[2].endswith("; accuracy measured on avx2 kernels")
-    assert lines[1] == "build        fp32: fp32 on onnxruntime, model file model.onnx"
-    assert lines[5] == ("speed        1000.0 images/s, 3.20x PyTorch eager (latency mode, batch 4, 1 threads: as "
-                        "effzoo runs it); batch-1 latency 0.50 ms")
-    assert lines[6] == "measured on  Test CPU (flags: avx2 avx512f)"
+    assert lines[1] == f"build        fp32: fp32 on onnxruntime (onnxruntime {onnxruntime.__version__}), model file " \
+                       f"model.onnx"
+    assert lines[4] == ("accuracy     certified against the budget: top-1 50.0 [11.8, 88.2] %, top-5 100.0 [54.1, "
+                        "100.0] %, agreement with fp32 100.0 [100.0, 100.0] %, top-1 loss 0.00 [0.00, 0.00] pt (95%, "
+                        "6 images of demo)")
+    assert lines[5].startswith(f"speed        {speed['images_per_s']:.1f} images/s, p90 latency ") and lines[5].endswith(
+        "(batch objective: latency mode, batch 4, 1 threads, as effzoo runs it); 1.00x fp32 [1.00, 1.00]")
+    assert lines[6].startswith(f"measured on  {cpu_name()} (flags: ") and lines[6].endswith("a race of 2 rounds")
+
+
+def test_the_api_warns_in_one_line_of_another_runtime_version_and_uncertified_accuracy():
+    info = {"runtime_package": {"package": "onnxruntime", "version": "1.0"},
+            "accuracy": {"note": "accuracy not certified: 6 images scored, about 875 needed"}}
+    assert api.warnings(info, {"runtime": "onnxruntime", "version": "1.0"}) == [
+        "accuracy not certified: 6 images scored, about 875 needed"]
+    info["accuracy"]["note"] = None
+    assert api.warnings(info, {"runtime": "onnxruntime", "version": "2.0"}) == [
+        "runs on onnxruntime 2.0; its speed and accuracy were measured on onnxruntime 1.0"]
 
 
 def cli(*args, cwd=None) -> subprocess.CompletedProcess:

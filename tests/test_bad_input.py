@@ -13,7 +13,7 @@ from test_build import tiny_classifier
 import onnx
 from effzoo import preprocess, shard_io
 from effzoo.common import file_record, run_main
-from effzoo.steps import benchmark, build_float, deploy, metrics, predict, summary
+from effzoo.steps import benchmark, build_float, deploy, metrics, predict, race, summary
 
 FP32 = resolved_config()["quant_modes"]["fp32"]
 
@@ -33,24 +33,27 @@ def args(step: str, root) -> list[str]:
         "metrics": ["--variant", "tiny", "--export-info", f"{root}/m.json", "--spec-json", f"{root}/s.json",
                     "--datalist", f"{root}/npz/datalist.tsv", "--skipped", f"{root}/npz/skipped.tsv", "--dataset",
                     "demo", "--mode", "fp32", f"{root}/out/predictions.csv", f"{root}/out/predict.json",
-                    f"{root}/vacc/build.json", "--perf", "fp32", f"{root}/perf.json", "--out", f"{root}/metrics.json"],
-        "deploy": ["--variant", "tiny", "--metrics", f"{root}/metrics.json", "--classes", f"{root}/classes.txt",
-                   "--min-agreement", "0.98", "--max-top1-loss", "0.005", "--speed-tolerance", "0.15", "--build",
-                   "fp32", f"{root}/vacc/build.json",
+                    f"{root}/vacc/build.json", "--perf", "fp32", f"{root}/perf.json", "--min-agreement", "0.98",
+                    "--max-top1-loss", "0.005", "--out", f"{root}/metrics.json"],
+        "race": ["--variant", "tiny", "--metrics", f"{root}/metrics.json", "--build", "fp32", f"{root}/vacc/build.json",
+                 "--objective", "batch", "--batch", "2", "--threads", "1", "--iterations", "1", "--warmup", "0",
+                 "--rounds", "2", "--looks", "1", "--tolerance", "0.05", "--require", "not_refuted", "--out",
+                 f"{root}/race.json"],
+        "deploy": ["--variant", "tiny", "--race", f"{root}/race.json", "--metrics", f"{root}/metrics.json",
+                   "--classes", f"{root}/classes.txt", "--build", "fp32", f"{root}/vacc/build.json",
                    "--out", f"{root}/deploy/tiny"],
-        "summary": ["--metrics", f"{root}/metrics.json", "--md", f"{root}/r/s.md", "--html", f"{root}/r/s.html",
-                    "--csv", f"{root}/r/s.csv", "--plot", f"{root}/r/p.png", "--min-agreement", "0.98",
-                    "--max-top1-loss", "0.005", "--speed-tolerance", "0.15"],
+        "summary": ["--metrics", f"{root}/metrics.json", "--races", f"{root}/race.json", "--md", f"{root}/r/s.md",
+                    "--html", f"{root}/r/s.html", "--csv", f"{root}/r/s.csv", "--plot", f"{root}/r/p.png"],
     }[step]
 
 
 MAINS = {"build_float": build_float.main, "predict": predict.main, "benchmark": benchmark.main,
-         "metrics": metrics.main, "deploy": deploy.main, "summary": summary.main}
+         "metrics": metrics.main, "race": race.main, "deploy": deploy.main, "summary": summary.main}
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """A tiny model through every step: export files, fp32 build, shard, predictions, perf, metrics, deploy."""
+    """A tiny model through every step: export files, fp32 build, shard, predictions, perf, metrics, race, deploy."""
     root = tmp_path_factory.mktemp("chain")
     spec = preprocess.spec_for("tf_efficientnet_lite0.in1k")
     onnx.save(tiny_classifier(224), root / "m.onnx")
@@ -66,7 +69,7 @@ def chain(tmp_path_factory):
     (root / "npz/skipped.tsv").write_text("")
     (root / "classes.txt").write_text("red\ngreen\nblue\n")
     build_float.main(args("build_float", root)[:-1] + [f"{root}/vacc"])
-    for step in ("predict", "benchmark", "metrics", "deploy", "summary"):
+    for step in ("predict", "benchmark", "metrics", "race", "deploy", "summary"):
         assert run_main(MAINS[step], args(step, root)) == 0, step
     return root
 
@@ -75,8 +78,9 @@ def chain(tmp_path_factory):
 READS = [("build_float", "m.json"), ("build_float", "s.json"), ("predict", "vacc/build.json"),
          ("predict", "npz/shard-00000.npz"), ("benchmark", "vacc/build.json"), ("metrics", "out/predict.json"),
          ("metrics", "out/predictions.csv"), ("metrics", "vacc/build.json"), ("metrics", "perf.json"),
-         ("metrics", "m.json"), ("metrics", "npz/skipped.tsv"), ("deploy", "metrics.json"),
-         ("deploy", "vacc/build.json"), ("deploy", "classes.txt"), ("summary", "metrics.json")]
+         ("metrics", "m.json"), ("metrics", "npz/skipped.tsv"), ("race", "metrics.json"), ("race", "vacc/build.json"),
+         ("deploy", "race.json"), ("deploy", "metrics.json"), ("deploy", "vacc/build.json"), ("deploy", "classes.txt"),
+         ("summary", "metrics.json"), ("summary", "race.json")]
 
 
 @pytest.mark.parametrize("damage", ["missing", "damaged"])

@@ -293,13 +293,14 @@ def test_search_promotes_the_layer_that_repairs_agreement_and_certifies_only_wha
     small = search(np.concatenate([repaired[:5], agree[:55]]))
     assert [s["layers"] for s in small["steps"]] == [0, 1] and not small["steps"][0]["passed"]
     assert small["promoted"] == [["conv_b", "float"]] and small["final_agreement"] == 1.0
-    # 60/60 agreeing cannot certify 95%: its Wilson lower bound is 60 / (60 + 1.96^2) = 0.94; 73 images would
-    assert small["status"] == "not_certified" and small["agreement_lower_95"] == pytest.approx(0.9398, abs=1e-4)
-    assert small["split_images_needed"] == 73
-    # 200 images, 15 repaired: the same promotion, now certified (lower bound 200 / 203.84 = 0.981)
+    # 60/60 agreeing cannot certify 95%: its exact lower bound is 0.025^(1/60) = 0.940; 72 images would
+    assert small["status"] == "unproven" and small["agreement_lower_95"] == pytest.approx(0.025 ** (1 / 60), abs=1e-6)
+    assert small["split_images_needed"] == 72
+    # 200 images, 15 repaired: the same promotion, now certified (lower bound 0.025^(1/200) = 0.982)
     large = search(np.concatenate([repaired[:15], agree[:185]]))
-    assert large["status"] == "met" and large["promoted"] == [["conv_b", "float"]]
-    assert large["agreement_lower_95"] == pytest.approx(0.9812, abs=1e-4) and "split_images_needed" not in large
+    assert large["status"] == "certified" and large["promoted"] == [["conv_b", "float"]]
+    assert large["agreement_lower_95"] == pytest.approx(0.025 ** (1 / 200), abs=1e-6)
+    assert "split_images_needed" not in large
     # no graph agrees with shifted labels: the search stops at the cap (half the MACs admits conv_b only)
     rows = np.concatenate([repaired[:15], agree[:185]])
     capped = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[rows], (fp32[rows] + 1) % 3),
@@ -380,13 +381,14 @@ def test_split_signals_hand_computed():
     assert sig["kl"] > 0
 
 
-def test_wilson_bounds_and_the_split_size_that_certifies():
-    from effzoo.budget import images_to_certify, wilson_lower
+def test_exact_split_bounds_and_the_split_size_that_certifies():
+    from effzoo.budget import images_to_certify, lower_bound
 
-    assert wilson_lower(100, 100) == pytest.approx(100 / (100 + 1.959964 ** 2), abs=1e-6)
-    assert wilson_lower(0, 0) == 0.0 and wilson_lower(50, 100) == pytest.approx(0.4038, abs=1e-4)
-    assert images_to_certify(1.0, 0.99) == 381        # 1.96^2 x 99 = 380.3: 0 disagreements in 381 images
-    assert wilson_lower(380, 380) < 0.99 <= wilson_lower(381, 381)
+    assert lower_bound(100, 100) == pytest.approx(0.025 ** (1 / 100), abs=1e-9)
+    # scipy.stats.beta.ppf(0.025, 50, 51)
+    assert lower_bound(0, 10) == 0.0 and lower_bound(50, 100) == pytest.approx(0.398321, abs=1e-6)
+    assert images_to_certify(1.0, 0.99) == 368        # ln(0.025) / ln(0.99) = 367.04: 0 disagreements in 368 images
+    assert lower_bound(367, 367) < 0.99 <= lower_bound(368, 368)
     assert images_to_certify(0.99, 0.99) is None and images_to_certify(0.98, 0.99) is None
 
 
@@ -431,8 +433,7 @@ def test_the_final_speed_check_times_both_models_back_to_back_and_takes_the_medi
     images = np.zeros((int8_search.SPEED_IMAGES + 40, 2, 2, 3), np.uint8)
     ratio = int8_search.interleaved_speed(runner("fp32", 0.004), runner("int8", 0.001), images)
     assert ratio == pytest.approx(4.0)
-    # a warm-up batch, then the first SPEED_IMAGES of the split
-    per_pass = 1 + -(-int8_search.SPEED_IMAGES // int8_search.TRIAL_BATCH)
-    order = calls[::per_pass]
-    assert len(calls) == 2 * int8_search.SPEED_ROUNDS * per_pass
-    assert order == ["fp32", "int8", "int8", "fp32", "fp32", "int8"][:2 * int8_search.SPEED_ROUNDS]
+    # effzoo.speed's harness: one warm-up call each, then rounds of SPEED_IMAGES images a model, in rotating order
+    per_turn = int8_search.SPEED_IMAGES // int8_search.TRIAL_BATCH
+    assert calls[:2] == ["fp32", "int8"] and len(calls) == 2 + 2 * int8_search.SPEED_ROUNDS * per_turn
+    assert calls[2::per_turn] == ["fp32", "int8", "int8", "fp32", "fp32", "int8"][:2 * int8_search.SPEED_ROUNDS]

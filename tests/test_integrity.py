@@ -127,7 +127,8 @@ def test_damaged_predictions_are_not_scored(tmp_path):
     skipped.write_text("")
     with pytest.raises(ZooError, match=rf"{pred}: its sha256 .* recorded in {manifest}"):
         metrics.build_metrics("v", {}, {}, {"fp32": (str(pred), str(manifest), str(tmp_path / "build.json"))},
-                              str(tmp_path / "datalist.tsv"), str(skipped), "demo")
+                              str(tmp_path / "datalist.tsv"), str(skipped), "demo",
+                              {"min_agreement": 0.98, "max_top1_loss": 0.005})
 
 
 def photo_like(n: int, size: int = 48) -> np.ndarray:

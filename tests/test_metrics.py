@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from effzoo.common import ZooError
-from effzoo.steps.metrics import score, speed_vs
+from effzoo.evidence import accuracy_evidence
+from effzoo.steps.metrics import score
 
 
 def test_score_top1_top5():
@@ -27,15 +28,6 @@ def perf(torch1, torch16, ips16=100.0) -> dict:
                                          "speedup_vs_torch_eager_range": [torch16 * 0.95, torch16 * 1.05]}}}}
 
 
-def test_speed_against_fp32_is_the_ratio_of_speeds_over_pytorch():
-    # the int8 job ran on a machine 30% slower than the fp32 job (images/s 70 against 100): its ratio over the
-    # PyTorch turns timed beside it (3.6x against 3.0x) says it is 1.2x fp32, whatever the drift
-    s = speed_vs(perf(2.5, 3.6, ips16=70.0), perf(2.0, 3.0, ips16=100.0), ("q.json", "fp32.json"))
-    assert s == {"speedup_vs_fp32": 1.2, "speedup_vs_fp32_batch": 16,
-                 "speedup_vs_fp32_per_batch": {"1": 1.25, "16": 1.2}, "faster_than_fp32": True}
-    assert speed_vs(perf(1.5, 2.7), perf(2.0, 3.0), ("q.json", "f.json"))["faster_than_fp32"] is False
-
-
 def test_the_deploy_speed_and_a_perf_without_its_baseline():
     from effzoo.steps.metrics import deploy_speed
 
@@ -48,23 +40,48 @@ def test_the_deploy_speed_and_a_perf_without_its_baseline():
         deploy_speed(bare, "p.json")
 
 
-def test_text_table_recommends_fp32_over_a_slower_build():
+BUDGET = {"min_agreement": 0.98, "max_top1_loss": 0.005}
+
+
+def race_of(variant: str, images_per_s: dict, over_fp32: dict, chosen: str, left_out: dict | None = None) -> dict:
+    """A race file: raced builds with their images/s and paired ratio to fp32, and its decision."""
+    builds = {q: {"images_per_s": ips, "latency_p90_ms": 1000 * 16 / ips, "over_fp32": over_fp32[q],
+                  "over_runtime_fp32": {"build": "ov_fp32" if q.startswith("ov_") else "fp32", "ratio": over_fp32[q]}}
+              for q, ips in images_per_s.items()}
+    leader = max(images_per_s, key=images_per_s.get)
+    return {"variant": variant, "objective": "batch", "batch": 16, "threads": 2, "rounds": 5, "ranked_on": "images/s",
+            "builds": builds, "left_out": left_out or {}, "accuracy": {},
+            "preprocessing": {"images_per_s_one_thread": 150.0},
+            "cpu": {"model": "Test CPU", "kind": "avx2", "flags": ["avx2"]},
+            "decision": {"chosen": chosen, "leader": leader, "pool": "certified builds", "tolerance": 0.05,
+                         "builds": {q: {"speed_state": "leader" if q == leader else "slower",
+                                        "ratio_to_leader": [ips / images_per_s[leader]] * 3}
+                                    for q, ips in images_per_s.items()}}}
+
+
+def test_text_table_shows_intervals_from_the_race_and_slower_builds():
     from effzoo.steps.summary import text_table
 
+    def res(top1, agreeing, reference=False, **more):
+        return {"top1": top1, "top5": 1.0, "images": 6, "model_size_mb": 5.0, "runtime": "onnxruntime",
+                "evidence": accuracy_evidence(round(6 * top1), 6, agreeing, 6 - agreeing, 0, 6, BUDGET, reference),
+                **more}
     m = {"variant": "v", "params_m": 4.65, "gflops": 0.77, "input_size": [3, 224, 224], "random_weights": False,
          "weights": {"source": "pypi:x"},
-         "results": {"fp32": {"top1": 0.9, "top5": 1.0, "images": 6, "model_size_mb": 18.7},
-                     "fp16": {"top1": 0.9, "top5": 1.0, "images": 6, "model_size_mb": 9.5,
-                              "top1_agreement_with_fp32": 1.0, "speedup_vs_fp32": 0.89, "runtime": "onnxruntime"},
-                     "int8": {"top1": 0.8, "top5": 1.0, "images": 6, "model_size_mb": 5.2, "runtime": "onnxruntime",
-                              "top1_agreement_with_fp32": 0.8, "split_agreement_with_fp32": 0.97,
-                              "speedup_vs_fp32": 1.0, "accuracy_budget": {"status": "cap_reached",
-                                                                          "final_agreement": 0.97, "split_images": 100}}}}
-    lines = text_table([m], ["fp32", "fp16", "int8"]).splitlines()
-    assert lines[2].split()[:8] == ["v", "fp16", "onnxruntime", "0.9000", "1.0000", "1.000", "-", "0.89x"]
-    assert lines[3].split()[:8] == ["v", "int8", "onnxruntime", "0.8000", "1.0000", "0.800", "0.970", "1.00x"]
-    assert lines[-2] == ("not faster than fp32 on its runtime and this CPU (fp32 is recommended over it): "
-                         "v fp16 (0.89x), v int8 (1.00x)")
+         "results": {"fp32": res(5 / 6, 6, reference=True), "fp16": res(5 / 6, 6),
+                     "int8": res(4 / 6, 5, split_agreement_with_fp32=0.97,
+                                 accuracy_budget={"status": "cap_reached", "final_agreement": 0.97,
+                                                  "split_images": 100})}}
+    race = race_of("v", {"fp32": 100.0, "fp16": 70.0, "int8": 150.0},
+                   {"fp32": [1.0, 1.0, 1.0], "fp16": [0.7, 0.66, 0.74], "int8": [1.5, 1.4, 1.6]}, "int8")
+    lines = text_table([m], ["fp32", "fp16", "int8"], {"v": race}).splitlines()
+    assert lines[1].split()[:12] == ["v", "fp32", "onnxruntime", "0.8333", "1.0000", "100.0", "[100.0,", "100.0]",
+                                     "-", "1.00", "[1.00,", "1.00]"]
+    assert lines[3].split()[:14] == ["v", "int8", "onnxruntime", "0.6667", "1.0000", "83.3", "[35.9,", "99.6]",
+                                     "0.970", "1.50", "[1.40,", "1.60]", "unproven", "6"]
+    assert lines[4].startswith("v: deployed int8 from the certified builds; race of 5 rounds, batch objective")
+    assert lines[5] == ("v: slower than the fp32 build of their runtime on this CPU (95% intervals): fp16 (0.70 "
+                        "[0.66, 0.74]x fp32)")
     assert lines[-1] == "v int8: split budget not met within the promotion cap (0.970 on 100 split images)"
 
 
@@ -72,8 +89,8 @@ def test_split_budget_notes_say_what_the_split_could_not_certify():
     from effzoo.budget import split_budget_notes
 
     m = {"variant": "v", "results": {
-        "a": {"accuracy_budget": {"status": "met"}},
-        "b": {"accuracy_budget": {"status": "not_certified", "final_agreement": 1.0, "split_images": 100,
+        "a": {"accuracy_budget": {"status": "certified"}},
+        "b": {"accuracy_budget": {"status": "unproven", "final_agreement": 1.0, "split_images": 100,
                                   "split_min_agreement": 0.99, "agreement_lower_95": 0.963,
                                   "split_images_needed": 381}},
         "c": {"accuracy_budget": {"status": "not_checked", "why": "the validation split has 1 images, fewer than"}},
@@ -93,71 +110,25 @@ def test_split_budget_notes_say_what_the_split_could_not_certify():
         "met the budget, and promotions cut the split KL by 3% at most)"]
 
 
-def test_throughput_axis_has_labelled_ticks_within_one_decade():
-    from effzoo.steps.summary import figure
+def test_throughput_axis_has_labelled_ticks_within_one_decade_and_error_bars():
+    from effzoo.steps.summary import figure, plot_points
 
+    ev = accuracy_evidence(400, 480, 500, 0, 0, 500, BUDGET, reference=True)
     m = {"variant": "v", "random_weights": False,
-         "results": {q: {"best_throughput_ips": ips, "top1": 0.8} for q, ips in
-                     (("fp32", 96.0), ("int8_max", 125.0), ("fp16", 66.0))}}
-    fig = figure([m])
+         "results": {q: {"top1": 0.8, "kind": "fp32", "evidence": ev} for q in ("fp32", "int8_max", "fp16")}}
+    race = race_of("v", {"fp32": 96.0, "int8_max": 125.0, "fp16": 66.0},
+                   {q: [1.0, 1.0, 1.0] for q in ("fp32", "int8_max", "fp16")}, "int8_max")
+    points = {p["build"]: p for p in plot_points(m, race)}
+    assert points["fp32"]["x"] == pytest.approx(96.0) and points["int8_max"]["deployed"] is True
+    assert points["fp32"]["y_err"] == pytest.approx((100 * (0.8 - ev["top1"]["interval"][0]),
+                                                     100 * (ev["top1"]["interval"][1] - 0.8)))
+    fig = figure([m], {"v": race})
     fig.canvas.draw()
     ax = fig.axes[0]
     lo, hi = ax.get_xlim()
     labels = [(t.get_position()[0], t.get_text()) for t in ax.get_xticklabels() if t.get_text()]
     inside = [float(text) for x, text in labels if lo <= x <= hi]
     assert len(inside) >= 3 and all(lo <= v <= hi for v in inside)
-
-
-def speed(x: float, spread: float = 0.02) -> dict:
-    return {"vs_torch_eager": x, "vs_torch_eager_range": [x - spread, x + spread], "images_per_s": 40.0 * x}
-
-
-def test_fastest_build_keeps_the_accuracy_budget_and_slow_builds_are_listed():
-    from effzoo.budget import fastest_build, slower_than_fp32
-
-    budget = {"min_agreement": 0.98, "max_top1_loss": 0.005}
-    res = {"fp32": {"speed": speed(2.5), "top1": 0.880},
-           "int8_a": {"speed": speed(7.5), "top1": 0.880, "top1_agreement_with_fp32": 0.97,
-                      "speedup_vs_fp32": 2.9},                                   # agreement below 98%
-           "int8_b": {"speed": speed(6.0), "top1": 0.874, "top1_agreement_with_fp32": 0.99,
-                      "speedup_vs_fp32": 2.5},                                   # loses 0.6 pt
-           "ov_fp32": {"speed": speed(2.4), "top1": 0.880, "top1_agreement_with_fp32": 1.0, "kind": "fp32",
-                       "speedup_vs_fp32": 0.99},                                  # OpenVINO's own reference
-           "ov_int8": {"speed": speed(3.6), "top1": 0.878, "top1_agreement_with_fp32": 0.985,
-                       "speedup_vs_fp32": 1.4, "runtime_fp32": "ov_fp32", "speedup_vs_runtime_fp32": 0.95,
-                       "accuracy_budget": {"promoted_layers": 17, "promoted_macs_fraction": 0.248}},
-           "fp16": {"speed": speed(1.5), "top1": 0.880, "top1_agreement_with_fp32": 1.0,
-                    "speedup_vs_fp32": 0.6},
-           "int8_c": {"speed": speed(2.2), "top1": 0.880, "top1_agreement_with_fp32": 1.0, "speedup_vs_fp32": 0.88,
-                      "accuracy_budget": {"promoted_layers": 0, "slower_than_fp32": "0.91x the fp32 model on the "
-                                          "split with 0 promoted layers"}}}
-    assert fastest_build(res, budget) == ("ov_int8", [])
-    assert fastest_build({"fp32": {"top1": 0.9}}, budget) is None   # nothing benchmarked
-    assert slower_than_fp32([{"variant": "v", "results": res}]) == [
-        "v ov_int8 (0.95x; 17 layers promoted, 25% of the MACs)", "v fp16 (0.60x)",
-        "v int8_c (0.88x; the build measured 0.91x the fp32 model on the split with 0 promoted layers)"]
-
-
-def test_builds_within_each_others_noise_are_ties_broken_by_accuracy():
-    from effzoo.budget import pick_fastest
-
-    res = {"fp32": {"speed": speed(2.5), "top1": 0.880},
-           "int8_a": {"speed": speed(5.05, 0.2), "top1": 0.878, "top1_agreement_with_fp32": 0.985},
-           "int8_b": {"speed": speed(4.90, 0.2), "top1": 0.880, "top1_agreement_with_fp32": 0.995},
-           "int8_c": {"speed": speed(4.40, 0.2), "top1": 0.880, "top1_agreement_with_fp32": 1.0}}
-    # a and b overlap (4.85-5.25 and 4.70-5.10): a tie that the more accurate b wins; c (4.20-4.60) is slower
-    assert pick_fastest(res, list(res)) == ("int8_b", ["int8_a"])
-    res["int8_a"]["speed"] = speed(5.6, 0.2)   # now clear of b's range: the faster a wins outright
-    assert pick_fastest(res, list(res)) == ("int8_a", [])
-    # within a 15% tolerance (the noise between benchmark jobs) b (4.90 x 1.15 >= 5.6) ties again and wins on
-    # accuracy; c (4.40) ties only within 30%, and then the most accurate, c, wins
-    assert pick_fastest(res, list(res), 0.15) == ("int8_b", ["int8_a"])
-    assert pick_fastest(res, list(res), 0.30) == ("int8_c", ["int8_a", "int8_b"])
-    # equal accuracy: the earlier mode in run_quant order, whatever the noise made faster
-    for q in ("int8_a", "int8_b", "int8_c"):
-        res[q]["top1_agreement_with_fp32"], res[q]["top1"] = 1.0, 0.88
-    assert pick_fastest(res, ["int8_c", "int8_b", "int8_a"], 0.30)[0] == "int8_c"
-    assert pick_fastest(res, ["int8_b", "int8_c", "int8_a"], 0.30)[0] == "int8_b"
 
 
 def test_a_missing_skipped_list_is_an_error_not_nothing_skipped(tmp_path):
@@ -170,19 +141,15 @@ def test_a_missing_skipped_list_is_an_error_not_nothing_skipped(tmp_path):
 
 
 def report_metrics(variant: str, random: bool = False) -> dict:
-    """A metrics document with an fp32, an ONNX Runtime int8 and an OpenVINO fp32 + int8 build."""
-    def build(kind, runtime, top1, agree, ips, torch_x, **ratios):
-        return {"kind": kind, "runtime": runtime, "top1": top1, "top5": 0.95, "images": 500,
-                "cpu": {"target": "vnni"}, "top1_agreement_with_fp32": agree, "best_throughput_ips": ips * 1.1,
-                "speed": {"mode": "latency", "batch": 16, "threads": 2, "images_per_s": ips,
-                          "vs_torch_eager": torch_x, "vs_torch_eager_range": [torch_x * 0.98, torch_x * 1.02]},
-                "model_size_mb": 5.0, **ratios}
-    results = {"fp32": build("fp32", "onnxruntime", 0.880, None, 100.0, 1.5),
-               "int8_max": build("int8", "onnxruntime", 0.878, 0.99, 180.0, 2.7, speedup_vs_fp32=1.8),
-               "ov_fp32": build("fp32", "openvino", 0.880, 1.0, 120.0, 1.8, speedup_vs_fp32=1.2),
-               "ov_int8_max": build("int8", "openvino", 0.870, 0.97, 400.0, 6.0, speedup_vs_fp32=4.0,
-                                    runtime_fp32="ov_fp32", speedup_vs_runtime_fp32=3.33)}
-    del results["fp32"]["top1_agreement_with_fp32"]
+    """A metrics document with an fp32, an ONNX Runtime int8 and an OpenVINO fp32 + int8 build on 500 images."""
+    def build(kind, runtime, top1, agreeing, lost, gained):
+        return {"kind": kind, "runtime": runtime, "top1": top1, "top5": 0.95, "images": 500, "model_size_mb": 5.0,
+                "cpu": {"target": "vnni"}, "evidence": accuracy_evidence(round(500 * top1), 475, agreeing or 500, lost,
+                                                                         gained, 500, BUDGET, agreeing is None)}
+    results = {"fp32": build("fp32", "onnxruntime", 0.880, None, 0, 0),
+               "int8_max": build("int8", "onnxruntime", 0.878, 496, 2, 1),
+               "ov_fp32": build("fp32", "openvino", 0.880, 500, 0, 0),
+               "ov_int8_max": build("int8", "openvino", 0.870, 450, 10, 5)}
     return {"variant": variant, "random_weights": random, "weights": {"source": "pypi:x"}, "input_size": [3, 224, 224],
             "params_m": 4.65, "gflops": 0.77, "flops_convention": "2 x MACs", "results": results,
             "dataset": {"name": "sample", "images_scored": 500}}
@@ -194,33 +161,40 @@ def test_report_has_the_vendor_model_table_then_one_row_per_build(tmp_path):
 
     from effzoo.steps import summary
 
-    paths = []
+    paths, races = [], []
     for v, random in (("lite0", False), ("b0", True)):
         paths.append(tmp_path / f"{v}.json")
         paths[-1].write_text(json.dumps(report_metrics(v, random)))
+        races.append(tmp_path / f"{v}.race.json")
+        races[-1].write_text(json.dumps(race_of(v, {"fp32": 100.0, "int8_max": 180.0, "ov_fp32": 120.0},
+                                                {"fp32": [1.0, 1.0, 1.0], "int8_max": [1.8, 1.75, 1.85],
+                                                 "ov_fp32": [1.2, 1.15, 1.25]}, "int8_max",
+                                                {"ov_int8_max": "refuted by the accuracy evidence"})))
     out = {k: tmp_path / f"summary.{k}" for k in ("md", "html", "csv")}
-    summary.main(["--metrics", *map(str, paths), "--md", str(out["md"]), "--html", str(out["html"]), "--csv",
-                  str(out["csv"]), "--plot", str(tmp_path / "plot.png"), "--min-agreement", "0.98",
-                  "--max-top1-loss", "0.005", "--speed-tolerance", "0.15"])
+    summary.main(["--metrics", *map(str, paths), "--races", *map(str, races), "--md", str(out["md"]), "--html",
+                  str(out["html"]), "--csv", str(out["csv"]), "--plot", str(tmp_path / "plot.png")])
     md = out["md"].read_text().splitlines()
     first = next(i for i, ln in enumerate(md) if ln.startswith("| "))
     header = [c.strip() for c in md[first].strip("|").split("|")]
-    assert len(header) == 12 and header[:7] == ["variant", "weights", "input", "params (M)", "GFLOPs", "fp32 top-1",
-                                                "fp32 top-5"]
+    assert len(header) == 12 and header[:7] == ["variant", "weights", "input", "params (M)", "GFLOPs",
+                                                "fp32 top-1 [95%]", "fp32 top-5"]
     lite0 = [c.strip() for c in md[first + 2].strip("|").split("|")]
-    # ov_int8_max is fastest but outside the budget (97% agreement, 1 pt loss): int8_max is the fastest within it
-    assert lite0 == ["lite0", "pypi:x", "224", "4.65", "0.77", "88.0", "95.0", "int8_max (onnxruntime)", "87.8",
-                     "99.0", "180.0", "2.7"]
+    assert lite0 == ["lite0", "pypi:x", "224", "4.65", "0.77", "88.0 [84.8, 90.7]", "95.0", "int8_max (onnxruntime)",
+                     "87.8 [84.6, 90.5]", "99.2 [98.0, 99.8]", "180.0", "1.80 [1.75, 1.85]"]
     assert md[first + 3].startswith("| b0 | RANDOM | 224 |")
     builds = md.index("## Builds")
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in md[builds + 6:builds + 14]]
     assert [r[:2] for r in rows[:4]] == [["lite0", "fp32"], ["lite0", "int8_max"], ["lite0", "ov_fp32"],
                                          ["lite0", "ov_int8_max"]]
-    assert rows[3][2:] == ["openvino", "int8", "vnni", "87.0", "95.0", "97.0", "400.0", "3.33", "no"]
-    assert rows[0][-3:] == ["100.0", "1.0", "yes"] and rows[2][-2] == "1.0"   # each runtime's fp32 is its own 1.0x
+    assert rows[1][8:] == ["unproven", "180.0", "1.80 [1.75, 1.85]", "deployed (fastest)"]
+    assert rows[3][2:] == ["openvino", "int8", "vnni", "87.0 [83.7, 89.8]", "95.0", "90.0 [87.0, 92.5]", "refuted",
+                           "", "", "not raced: refuted by the accuracy evidence"]
+    assert rows[0][8:] == ["certified", "100.0", "1.00 [1.00, 1.00]", "slower"]
     long = list(csv.DictReader(out["csv"].open()))
     assert len(long) == 8 and long[7]["variant"] == "b0" and long[7]["build"] == "ov_int8_max"
-    assert long[7]["variant_fastest_build"] == "int8_max (onnxruntime)" and long[7]["vs_fp32"] == "3.33"
+    assert long[7]["variant_deployed"] == "int8_max (onnxruntime)" and long[6]["vs_fp32"] == "1.20 [1.15, 1.25]"
+    text = out["md"].read_text()
+    assert "- lite0: deployed int8_max from the certified builds; race of 5 rounds" in text
     page = out["html"].read_text()
     assert page.count("<tr>") == 1 + 2 + 1 + 8 and "int8_max (onnxruntime)" in page and "RANDOM" in page
 
@@ -235,6 +209,5 @@ def test_report_without_an_fp32_build_names_it(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(m))
     with pytest.raises(ZooError, match=r"m.json: no fp32 build, the reference of every table figure; add fp32"):
         summary.main(["--metrics", str(tmp_path / "m.json"), "--md", str(tmp_path / "s.md"), "--html",
-                      str(tmp_path / "s.html"), "--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "p.png"),
-                      "--min-agreement", "0.98", "--max-top1-loss", "0.005", "--speed-tolerance", "0.15"])
+                      str(tmp_path / "s.html"), "--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "p.png")])
     assert not (tmp_path / "s.md").exists()

@@ -3,6 +3,7 @@ ImageNet scale (a 50,000-image dataset, dry runs) for the largest variants, pred
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -237,3 +238,14 @@ def test_the_shipped_cost_file_has_png_storage_measured_at_the_large_sizes():
     ratio, encode_s, decode_s = model.png_cost(600)
     assert 1.5 < ratio < 3 and 0 < decode_s < 0.1 and 0 < encode_s < 0.2
     assert {456, 600} <= set(model.png)
+
+
+def test_the_b7_race_asks_for_every_build_open_at_once(imagenet_50k):
+    work, cfg = imagenet_50k
+    out = run_snakemake(work, "-n", "--printshellcmds", "race/tf_efficientnet_b7.json", config=cfg).stdout
+    race = next(j for j in planned_resources(out) if j["rule"] == "race")
+    kinds = ["onnxruntime-fp32", "onnxruntime-int8", "openvino-int8"]   # run_quant's builds
+    images = 16 * (1 + 5 * 3 * 3)   # warm-up, then 5 rounds a look, 3 looks, 3 calls of batch 16 a round
+    seconds, peak = cost.race_seconds(cost.load(), "tf_efficientnet_b7", 600, kinds, race["threads"], images, 16)
+    assert int(race["resources"]["mem_mb"]) == math.ceil(2 * peak) > 3 * 2 * 1000
+    assert int(race["resources"]["runtime"]) == max(10, math.ceil(2 * seconds / 60))

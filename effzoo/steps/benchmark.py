@@ -29,10 +29,7 @@ import numpy as np
 
 from effzoo import fingerprint, runtime, speed
 from effzoo.common import LOG, Progress, write_json
-from effzoo.cpu_target import cpu_flags
-
-REPORTED_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}
-
+from effzoo.cpu_target import REPORTED_FLAGS, cpu_flags, cpu_name
 
 def torch_runner(tag: str, threads: int, spec: dict):
     """timm's model in eager mode, fed the same uint8 batch (ToTensor + Normalize included, as users run it)."""
@@ -49,16 +46,6 @@ def torch_runner(tag: str, threads: int, spec: dict):
             x = torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
             return model(x)
     return run, torch.__version__
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, warmup: int, rounds: int,

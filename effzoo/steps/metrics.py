@@ -1,18 +1,20 @@
 """Score predictions against labels and write metrics/<variant>.json.
 
 Per quant mode: top-1, top-5, images scored, images skipped at preprocessing, and (for modes other than
-the reference) top-1 agreement with the reference mode's predictions. From the benchmark step's perf JSONs: the
-build's speed in the deploy mode (latency mode, the largest batch: images/s and the paired ratio over PyTorch eager
-timed in the same job), and its speed against the reference and against the fp32 build of the same runtime as the
-ratio of their speeds over PyTorch, so that drift between benchmark jobs cancels (per batch size; the headline is
-the deploy batch). Plus the model facts: params (M), GMACs/GFLOPs with their
+the reference) top-1 agreement with the reference mode's predictions. `evidence` holds each of them with its exact
+interval, the paired top-1 loss against the reference, and the build's state against the deploy budget
+(effzoo.evidence: certified, unproven or refuted). From the benchmark step's perf JSONs: the build's own
+benchmark in the deploy mode (latency mode, the largest batch: images/s and the paired ratio over PyTorch eager
+timed in the same job). Ratios between builds come from the race (race/<variant>.json), which times them in one
+process. Plus the model facts: params (M), GMACs/GFLOPs with their
 convention, input size, the preprocessing spec and the weights source. Predictions are checked against the
 sha256 in their predict.json before they are scored. Metrics from random weights carry
 ``"random_weights": true`` and a warning.
 
 CLI: python -m metrics --variant V --export-info X.json --spec-json S.json --datalist D.tsv --skipped S.tsv \
         --dataset NAME --mode fp32 output/V-fp32/predictions.csv output/V-fp32/predict.json \
-        vacc/V-fp32/build.json [--mode ...] [--perf fp32 perf/V-fp32.json ...] --out metrics/V.json
+        vacc/V-fp32/build.json [--mode ...] [--perf fp32 perf/V-fp32.json ...] --min-agreement 0.98 \
+        --max-top1-loss 0.005 --out metrics/V.json
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 from effzoo import fingerprint
 from effzoo.budget import split_search_record
 from effzoo.common import ZooError, read_json, read_lines, verify_file, write_json
+from effzoo.evidence import accuracy_evidence
 
 
 def read_predictions(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -75,29 +78,26 @@ def deploy_speed(perf: dict, perf_path: str) -> dict:
             "vs_torch_eager_range": [round(lo, 4), round(hi, 4)] if lo is not None else None}
 
 
-def speed_vs(perf: dict, ref: dict, paths: tuple[str, str], key: str = "fp32") -> dict:
-    """Speed over a reference build per batch size, as the ratio of the two builds' speeds over PyTorch eager (each
-    timed beside PyTorch in its own job, so the machine's drift between the two jobs cancels); the headline is the
-    deploy mode's batch. Keys are named speedup_vs_<key>."""
-    per_batch = {bs: torch_ratio(perf, paths[0], bs) / torch_ratio(ref, paths[1], bs)
-                 for bs in perf["results"] if bs in ref["results"]}
-    top = str(perf["deploy_mode"]["batch"])
-    if top not in per_batch:
-        return {}
-    return {f"speedup_vs_{key}": round(per_batch[top], 3), f"speedup_vs_{key}_batch": int(top),
-            f"speedup_vs_{key}_per_batch": {bs: round(v, 3) for bs, v in per_batch.items()},
-            f"faster_than_{key}": per_batch[top] > 1.0}
-
-
 def same_dataset(datalist_a: str, datalist_b: str) -> bool:
     """Whether two datalists (npz/<dataset>/<geometry>/datalist.tsv) are of the same dataset."""
     return Path(datalist_a).resolve().parent.parent == Path(datalist_b).resolve().parent.parent
 
 
+def evidence_against(scored: tuple, reference: tuple, budget: dict, is_reference: bool = False) -> dict:
+    """A build's accuracy evidence against the reference build on the same images (effzoo.evidence): its top-1,
+    top-5 and agreement with exact intervals, the paired top-1 loss, and its state against the deploy budget.
+    scored, reference: (labels, top-k ids)."""
+    labels, top = scored
+    right, ref_right = top[:, 0] == labels, reference[1][:, 0] == labels
+    return accuracy_evidence(int(right.sum()), int((top[:, :5] == labels[:, None]).any(1).sum()),
+                             int((top[:, 0] == reference[1][:, 0]).sum()), int((ref_right & ~right).sum()),
+                             int((right & ~ref_right).sum()), len(labels), budget, is_reference)
+
+
 def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, datalist: str, skipped_tsv: str,
-                  dataset: str, reference: str = "fp32", perf: dict | None = None) -> dict:
-    """modes: name -> (predictions.csv, predict.json, build.json); perf: name -> perf JSON path.
-    Returns the metrics document."""
+                  dataset: str, budget: dict, reference: str = "fp32", perf: dict | None = None) -> dict:
+    """modes: name -> (predictions.csv, predict.json, build.json); perf: name -> perf JSON path; budget: the deploy
+    budget the evidence is stated against. Returns the metrics document."""
     results, tops = {}, {}
     skipped = read_skipped(skipped_tsv)
     predicted = {name: read_json(j, "predict") for name, (_, j, _) in modes.items()}
@@ -105,11 +105,6 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
         verify_file(pred_csv, predicted[name]["predictions"]["sha256"], predict_json)
     perf_docs = {name: read_json(path, "perf") for name, path in (perf or {}).items()}
     builds = {name: read_json(b, "build") for name, (_, _, b) in modes.items()}
-    # the fp32 build of each runtime: int8 on OpenVINO is compared with fp32 on OpenVINO too
-    runtime_fp32 = {}
-    for name, b in builds.items():
-        if b["kind"] == "fp32":
-            runtime_fp32.setdefault(b["options"]["runtime"], name)
     for name, (pred_csv, _, build_json) in modes.items():
         files, labels, top = read_predictions(pred_csv)
         build = builds[name]
@@ -131,11 +126,6 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
         if name in perf_docs:
             p = perf_docs[name]
             res["speed"] = deploy_speed(p, perf[name])
-            if name != reference and reference in perf_docs:
-                res.update(speed_vs(p, perf_docs[reference], (perf[name], perf[reference])))
-            same = runtime_fp32.get(res["runtime"])
-            if same not in (None, name) and same in perf_docs:
-                res.update(speed_vs(p, perf_docs[same], (perf[name], perf[same]), "runtime_fp32"), runtime_fp32=same)
             res["batch1_latency_ms"] = p["batch1_latency_ms"]
             res["best_throughput_ips"] = p["best_throughput_ips"]
             res["speedup_vs_torch_eager"] = {bs: r["build"].get("speedup_vs_torch_eager")
@@ -146,11 +136,12 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
             if p["warnings"]:
                 res["benchmark_warnings"] = p["warnings"]
         results[name] = res
-        tops[name] = top[:, 0]
+        tops[name] = (labels, top)
     if reference in tops:
         for name in results:
+            results[name]["evidence"] = evidence_against(tops[name], tops[reference], budget, name == reference)
             if name != reference:
-                results[name]["top1_agreement_with_" + reference] = float((tops[name] == tops[reference]).mean())
+                results[name]["top1_agreement_with_" + reference] = results[name]["evidence"]["agreement"]["value"]
                 if "accuracy_budget" in results[name]:  # beside it: the same figure on the calibration split
                     results[name]["split_agreement_with_" + reference] = results[name]["accuracy_budget"][
                         "final_agreement"]
@@ -186,9 +177,12 @@ def main(argv=None):
     ap.add_argument("--mode", nargs=4, action="append", metavar=("NAME", "PREDICTIONS", "PREDICT_JSON", "BUILD_JSON"),
                     required=True)
     ap.add_argument("--perf", nargs=2, action="append", metavar=("NAME", "PERF_JSON"), default=[])
+    ap.add_argument("--min-agreement", type=float, required=True, help="deploy budget: top-1 agreement with fp32")
+    ap.add_argument("--max-top1-loss", type=float, required=True, help="deploy budget: top-1 loss against fp32")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     modes = {n: (p, j, b) for n, p, j, b in a.mode}
     doc = build_metrics(a.variant, read_json(a.export_info, "export"), read_json(a.spec_json, "spec"), modes,
-                        a.datalist, a.skipped, a.dataset, perf=dict(a.perf))
+                        a.datalist, a.skipped, a.dataset, {"min_agreement": a.min_agreement,
+                                                           "max_top1_loss": a.max_top1_loss}, perf=dict(a.perf))
     write_json(a.out, doc)

@@ -1,14 +1,17 @@
-"""The model table: reports/summary.md, summary.html, summary.csv and an accuracy-vs-throughput plot.
+"""The model table: reports/summary.md, summary.html, summary.csv and an accuracy-vs-speed plot.
 
 First the model table, one row per variant in the vendor's shape (input size, params (M), GFLOPs, fp32 top-1 and
-top-5), with the fastest build within the deploy budget (effzoo.budget): its runtime, top-1, agreement with fp32,
-images/s and speed over PyTorch eager. Then one row per build: runtime, precision, CPU target, top-1, agreement,
-images/s and speed over the fp32 build of its runtime. summary.csv holds the same in long form (one row per
-variant and build); summary.html the same tables for `snakemake --report`. Rows from random weights say RANDOM.
+top-5), with the build the variant's race chose for deploy/ (race/<variant>.json, effzoo.decision): its runtime,
+top-1 and agreement with fp32 with their exact 95% intervals, images/s and speed over fp32 with its paired 95%
+interval, both from the race. Then one row per build: runtime, precision, CPU target, top-1, top-5 and agreement
+with their intervals, its accuracy state against the deploy budget, and its race figures (or why it was not raced).
+summary.csv holds the same in long form (one row per variant and build); summary.html the same tables for
+`snakemake --report`. Rows from random weights say RANDOM. Without races (benchmark.enabled: false) the speed
+columns stay empty.
 
-CLI: python -m summary --metrics metrics/a.json metrics/b.json --md reports/summary.md \
-        --html reports/summary.html --csv reports/summary.csv --plot reports/accuracy_vs_throughput.png \
-        --min-agreement 0.98 --max-top1-loss 0.005 --speed-tolerance 0.15
+CLI: python -m summary --metrics metrics/a.json metrics/b.json [--races race/a.json race/b.json] \
+        --md reports/summary.md --html reports/summary.html --csv reports/summary.csv \
+        --plot reports/accuracy_vs_throughput.png
 """
 from __future__ import annotations
 
@@ -16,21 +19,22 @@ import argparse
 import csv
 import html
 
-from effzoo.budget import fastest_build, slower_than_fp32, speed_over_fp32, split_budget_notes, within_budget
+from effzoo.budget import split_budget_notes
 from effzoo.common import ZooError, atomic_path, read_json
+from effzoo.evidence import interval_text
 
-# The model table, the vendor's shape: one row per variant, at most 12 columns.
+# The model table: one row per variant, at most 12 columns.
 MODEL_COLUMNS = {
     "variant": "variant", "weights": "weights", "input": "input", "params_m": "params (M)", "gflops": "GFLOPs",
-    "fp32_top1": "fp32 top-1", "fp32_top5": "fp32 top-5", "fastest_build": "fastest build (runtime)",
-    "fastest_top1": "its top-1", "fastest_agreement": "its agreement", "fastest_ips": "its images/s",
-    "fastest_vs_torch": "its x PyTorch",
+    "fp32_top1": "fp32 top-1 [95%]", "fp32_top5": "fp32 top-5", "deployed": "deployed build (runtime)",
+    "deployed_top1": "its top-1 [95%]", "deployed_agreement": "its agreement [95%]", "deployed_ips": "its images/s",
+    "deployed_vs_fp32": "its x fp32 [95%]",
 }
 # The build table: one row per variant and build.
 BUILD_COLUMNS = {
     "variant": "variant", "build": "build", "runtime": "runtime", "precision": "precision",
-    "cpu_target": "CPU target", "top1": "top-1", "top5": "top-5", "agreement": "agreement",
-    "ips": "images/s", "vs_fp32": "x fp32", "within_budget": "within budget",
+    "cpu_target": "CPU target", "top1": "top-1 [95%]", "top5": "top-5", "agreement": "agreement [95%]",
+    "accuracy": "accuracy", "ips": "images/s", "vs_fp32": "x fp32 [95%]", "race": "race",
 }
 
 
@@ -38,47 +42,64 @@ def _pct(x) -> str | float:
     return "" if x is None else round(100 * x, 2)
 
 
-def model_rows(metrics: list[dict], budget: dict) -> list[dict]:
-    """One row per variant (MODEL_COLUMNS): the vendor's columns from the fp32 build, then the fastest build within
-    the deploy budget."""
+def ratio_text(r: list[float] | None) -> str:
+    """'1.52 [1.47, 1.58]' from [ratio, lower, upper]."""
+    return "" if not r else f"{r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]"
+
+
+def race_state(q: str, race: dict | None) -> str:
+    """A build's place in its variant's race: deployed, leader, tied, slower, unresolved, or why not raced."""
+    if race is None:
+        return ""
+    d = race["decision"]
+    if q in race["left_out"]:
+        return "not raced: " + race["left_out"][q]
+    state = d["builds"][q]["speed_state"]
+    return ("deployed" + (f" ({state})" if state != "leader" else " (fastest)")) if q == d["chosen"] else state
+
+
+def model_rows(metrics: list[dict], races: dict) -> list[dict]:
+    """One row per variant (MODEL_COLUMNS): the vendor's columns from the fp32 build, then the race's choice."""
     rows = []
     for m in metrics:
-        ref = m["results"]["fp32"]
+        ref = m["results"]["fp32"]["evidence"]
         row = {"variant": m["variant"], "weights": "RANDOM" if m["random_weights"] else m["weights"]["source"],
                "input": m["input_size"][1], "params_m": m["params_m"], "gflops": m["gflops"],
-               "fp32_top1": _pct(ref["top1"]), "fp32_top5": _pct(ref["top5"])}
-        best = fastest_build(m["results"], budget, m.get("quant_order"))
+               "fp32_top1": interval_text(ref["top1"]), "fp32_top5": _pct(ref["top5"]["value"])}
+        race = races.get(m["variant"])
+        best = race["decision"].get("chosen") if race else None
         if best:
-            r = m["results"][best[0]]
-            row.update(fastest_build=f"{best[0]} ({r['runtime']})", fastest_top1=_pct(r["top1"]),
-                       fastest_agreement=_pct(r.get("top1_agreement_with_fp32", 1.0)),
-                       fastest_ips=round(r["speed"]["images_per_s"], 1),
-                       fastest_vs_torch=round(r["speed"]["vs_torch_eager"], 2))
+            r, ev = m["results"][best], m["results"][best]["evidence"]
+            row.update(deployed=f"{best} ({r['runtime']})", deployed_top1=interval_text(ev["top1"]),
+                       deployed_agreement=interval_text(ev["agreement"]),
+                       deployed_ips=round(race["builds"][best]["images_per_s"], 1),
+                       deployed_vs_fp32=ratio_text(race["builds"][best].get("over_fp32")))
         rows.append(row)
     return rows
 
 
-def build_rows(metrics: list[dict], budget: dict) -> list[dict]:
+def build_rows(metrics: list[dict], races: dict) -> list[dict]:
     """One row per variant and build (BUILD_COLUMNS), fp32 first."""
     rows = []
     for m in metrics:
+        race = races.get(m["variant"])
+        raced = race["builds"] if race else {}
         for q in sorted(m["results"], key=lambda q: (q != "fp32", q)):
-            r = m["results"][q]
-            ips, vs_fp32 = (r.get("speed") or {}).get("images_per_s"), speed_over_fp32(r)
+            r, ev = m["results"][q], m["results"][q]["evidence"]
             rows.append({"variant": m["variant"], "build": q, "runtime": r["runtime"], "precision": r["kind"],
-                         "cpu_target": r["cpu"]["target"], "top1": _pct(r["top1"]), "top5": _pct(r["top5"]),
-                         "agreement": _pct(r.get("top1_agreement_with_fp32", 1.0 if q == "fp32" else None)),
-                         "ips": "" if ips is None else round(ips, 1),
-                         "vs_fp32": "" if vs_fp32 is None else round(vs_fp32, 2),
-                         "within_budget": "yes" if within_budget(q, m["results"], budget) else "no"})
+                         "cpu_target": r["cpu"]["target"], "top1": interval_text(ev["top1"]),
+                         "top5": _pct(ev["top5"]["value"]), "agreement": interval_text(ev["agreement"]),
+                         "accuracy": ev["state"],
+                         "ips": round(raced[q]["images_per_s"], 1) if q in raced else "",
+                         "vs_fp32": ratio_text(raced.get(q, {}).get("over_fp32")), "race": race_state(q, race)})
     return rows
 
 
-def long_rows(metrics: list[dict], budget: dict) -> list[dict]:
+def long_rows(metrics: list[dict], races: dict) -> list[dict]:
     """summary.csv: one row per variant and build, the variant's model-table columns beside the build's."""
-    by_variant = {r["variant"]: r for r in model_rows(metrics, budget)}
+    by_variant = {r["variant"]: r for r in model_rows(metrics, races)}
     return [{**{f"variant_{k}" if k != "variant" else k: v for k, v in by_variant[b["variant"]].items()}, **b}
-            for b in build_rows(metrics, budget)]
+            for b in build_rows(metrics, races)]
 
 
 def markdown_table(columns: dict, rows: list[dict]) -> str:
@@ -94,13 +115,14 @@ def html_table(columns: dict, rows: list[dict]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-MODEL_INTRO = ("Top-1/top-5 in % from the fp32 build. The fastest build is the fastest within the deploy budget in the "
-               "mode the deployed model runs in (latency mode, the largest benchmark batch); builds within the "
-               "measured noise of it are ties, broken by agreement. x PyTorch is its speed over timm's PyTorch eager "
-               "model, timed round by round beside it in the same benchmark job.")
-BUILD_INTRO = ("Every build: top-1/top-5 and top-1 agreement with the fp32 build in %, images/s in the deploy mode "
-               "(CPU, the build's runtime), and its speed over the fp32 build of the same runtime (the ratio of their "
-               "speeds over PyTorch eager, so drift between benchmark jobs cancels).")
+MODEL_INTRO = ("Top-1/top-5 in % from the fp32 build, with exact (Clopper-Pearson) 95% intervals. The deployed build "
+               "is the race's choice (race/<variant>.json): the fastest build the accuracy evidence allows, timed against "
+               "the others round by round in one process; x fp32 is its paired speed ratio to the fp32 build in that "
+               "race, with its 95% interval. Speeds exclude preprocessing.")
+BUILD_INTRO = ("Every build: top-1, top-5 and top-1 agreement with the fp32 build in % (exact 95% intervals), its "
+               "accuracy state against the deploy budget (certified: the bounds are inside it; refuted: outside; "
+               "unproven: neither), and its race: images/s in the deploy objective's mode, the paired speed ratio to "
+               "fp32 with its 95% interval, and where it stood (leader, tied, slower, or why it was not raced).")
 
 
 def to_markdown(models: list[dict], builds: list[dict], notes: list[str]) -> str:
@@ -127,27 +149,46 @@ def evaluated_calibration_notes(metrics: list[dict]) -> list[str]:
             f"set for held-out figures" for m in metrics if m.get("calibration_on_evaluated_images")]
 
 
-def text_table(metrics: list[dict], order: list[str]) -> str:
+def race_notes(races: dict) -> list[str]:
+    """Per race: the objective, the CPU, what was chosen and how sure that is, and the builds confidently slower
+    than the fp32 build of their own runtime."""
+    out = []
+    for v, race in races.items():
+        d, cpu = race["decision"], race["cpu"]
+        out.append(f"{v}: deployed {d['chosen']} from the {d['pool']}; race of {race['rounds']} rounds, "
+                   f"{race['objective']} objective (batch {race['batch']}, {race['threads']} threads), ranked on "
+                   f"{race['ranked_on']}, ties within {d['tolerance']:.0%} of the leader {d['leader']}; on "
+                   f"{cpu['model']} ({cpu['kind']}; flags {' '.join(cpu['flags'])}); preprocessing (not in the "
+                   f"speeds) {race['preprocessing']['images_per_s_one_thread']:.0f} images/s on one thread"
+                   + (f"; {d['note']}" if d.get("note") else ""))
+        slow = [f"{q} ({ratio_text(b['over_runtime_fp32']['ratio'])}x {b['over_runtime_fp32']['build']})"
+                for q, b in race["builds"].items() if b.get("over_runtime_fp32")
+                and b["over_runtime_fp32"]["build"] != q and b["over_runtime_fp32"]["ratio"][2] < 1.0]
+        if slow:
+            out.append(f"{v}: slower than the fp32 build of their runtime on this CPU (95% intervals): "
+                       + ", ".join(slow))
+    return out
+
+
+def text_table(metrics: list[dict], order: list[str], races: dict | None = None) -> str:
     """A plain-text result table (one row per variant and quant mode, modes in `order` first) for the console."""
-    head = ("variant", "quant", "runtime", "top1", "top5", "agree_fp32", "split_agree", "speed_vs_fp32", "images", "MB",
-            "params_M", "GFLOPs", "size", "weights")
+    races = races or {}
+    head = ("variant", "quant", "runtime", "top1", "top5", "agree_fp32 [95%]", "split_agree", "x_fp32 [95%]",
+            "accuracy", "images", "MB", "params_M", "GFLOPs", "size", "weights")
     rows = []
     for m in metrics:
+        raced = races[m["variant"]]["builds"] if m["variant"] in races else {}
         for q in [q for q in order if q in m["results"]] + sorted(set(m["results"]) - set(order)):
             r = m["results"][q]
-            agree, speed = r.get("top1_agreement_with_fp32"), r.get("speedup_vs_fp32")
-            split = r.get("split_agreement_with_fp32")
+            ev, split = r["evidence"], r.get("split_agreement_with_fp32")
             rows.append((m["variant"], q, r.get("runtime", "-"), f"{r['top1']:.4f}", f"{r['top5']:.4f}",
-                         "-" if agree is None else f"{agree:.3f}", "-" if split is None else f"{split:.3f}",
-                         "-" if speed is None else f"{speed:.2f}x",
+                         interval_text(ev["agreement"]), "-" if split is None else f"{split:.3f}",
+                         ratio_text(raced.get(q, {}).get("over_fp32")) or "-", ev["state"],
                          str(r["images"]), f"{r['model_size_mb']:.1f}", f"{m['params_m']:.2f}", f"{m['gflops']:.3f}",
                          str(m["input_size"][1]), "RANDOM" if m["random_weights"] else m["weights"]["source"]))
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
-    slow = slower_than_fp32(metrics)
-    if slow:
-        lines.append("not faster than fp32 on its runtime and this CPU (fp32 is recommended over it): "
-                     + ", ".join(slow))
+    lines += race_notes({v: races[v] for v in races if any(m["variant"] == v for m in metrics)})
     lines += split_budget_notes(metrics) + evaluated_calibration_notes(metrics)
     return "\n".join(lines)
 
@@ -159,8 +200,28 @@ def throughput_ticks(lo: float, hi: float) -> list[float]:
     return [t for t in matplotlib.ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi) if t > 0]
 
 
-def figure(metrics: list[dict]):
-    """The accuracy-vs-throughput figure."""
+def plot_points(m: dict, race: dict) -> list[dict]:
+    """The raced builds of a variant as plot points: speed in the objective's unit with its interval (the leader's
+    median times the paired ratio's interval), top-1 in % with its exact interval."""
+    d = race["decision"]
+    lead = race["builds"][d["leader"]]
+    points = []
+    for q, b in race["builds"].items():
+        r = d["builds"][q]["ratio_to_leader"]
+        if race["objective"] == "single_stream":   # latency: lower is faster, the ratio is of 1 / p90
+            x, lo, hi = lead["latency_p90_ms"] / r[0], lead["latency_p90_ms"] / r[2], lead["latency_p90_ms"] / r[1]
+        else:
+            x, lo, hi = lead["images_per_s"] * r[0], lead["images_per_s"] * r[1], lead["images_per_s"] * r[2]
+        ev = m["results"][q]["evidence"]["top1"]
+        points.append({"build": q, "x": x, "x_err": (x - lo, hi - x), "y": 100 * ev["value"],
+                       "y_err": (100 * (ev["value"] - ev["interval"][0]), 100 * (ev["interval"][1] - ev["value"])),
+                       "deployed": q == d["chosen"], "kind": m["results"][q].get("calibration", {}).get("method")
+                       or m["results"][q].get("kind")})
+    return points
+
+
+def figure(metrics: list[dict], races: dict):
+    """The accuracy-vs-speed figure: every raced build with its intervals, the deployed one ringed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,38 +230,40 @@ def figure(metrics: list[dict]):
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     markers = {"fp32": "o", "fp16": "s", "max": "^", "percentile": "v", "kl_divergence": "D", "mse": "P"}
+    objective = "batch"
     for m in metrics:
-        xs, ys = [], []
-        for q, r in sorted(m["results"].items()):
-            if r.get("best_throughput_ips") is None:
-                continue
-            x, y = r["best_throughput_ips"], 100 * r["top1"]
-            xs.append(x)
-            ys.append(y)
-            shape = markers.get(r.get("calibration", {}).get("method") or r.get("kind"), "x")
-            ax.scatter(x, y, marker=shape, label=f"{m['variant']} {q}"
-                       + (" (RANDOM)" if m["random_weights"] else ""))
-        ax.plot(xs, ys, lw=0.5, color="grey")
+        if m["variant"] not in races:
+            continue
+        objective = races[m["variant"]]["objective"]
+        for pt in sorted(plot_points(m, races[m["variant"]]), key=lambda p: p["build"]):
+            ax.errorbar(pt["x"], pt["y"], xerr=[[pt["x_err"][0]], [pt["x_err"][1]]],
+                        yerr=[[pt["y_err"][0]], [pt["y_err"][1]]], fmt=markers.get(pt["kind"], "x"), capsize=2,
+                        label=f"{m['variant']} {pt['build']}" + (" (RANDOM)" if m["random_weights"] else ""))
+            if pt["deployed"]:
+                ax.scatter(pt["x"], pt["y"], s=300, facecolors="none", edgecolors="black", linewidths=1.5,
+                           label=f"{m['variant']}: deployed")
     ax.set_xscale("log")
-    if ax.collections:  # something was benchmarked: round, labelled ticks over the data's range
+    if ax.lines:  # something was raced: round, labelled ticks over the data's range
         lo, hi = ax.get_xlim()
         ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(throughput_ticks(lo, hi)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlim(lo, hi)
-    ax.set_xlabel("throughput, images/s (CPU, the build's runtime, best batch and mode)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title("Accuracy vs throughput")
+    ax.set_xlabel("p90 latency at batch 1, ms (the race; lower is faster)" if objective == "single_stream" else
+                  "images/s in the race (latency mode, the deploy batch; preprocessing excluded)")
+    ax.set_ylabel("top-1 (%), exact 95% interval")
+    ax.set_title("Accuracy vs speed (95% intervals)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if ax.lines:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
 
-def plot(metrics: list[dict], path: str) -> None:
+def plot(metrics: list[dict], races: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
-    fig = figure(metrics)
+    fig = figure(metrics, races)
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
@@ -209,42 +272,37 @@ def plot(metrics: list[dict], path: str) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--metrics", nargs="+", required=True)
+    ap.add_argument("--races", nargs="+", default=[], help="race/<variant>.json: the decisions (none: no speeds)")
     ap.add_argument("--md", required=True)
     ap.add_argument("--csv", required=True, help="long form: one row per variant and build")
     ap.add_argument("--html", required=True, help="the two tables as an HTML page (in snakemake --report)")
     ap.add_argument("--plot", required=True)
-    ap.add_argument("--min-agreement", type=float, required=True, help="accuracy budget: top-1 agreement with fp32")
-    ap.add_argument("--max-top1-loss", type=float, required=True, help="accuracy budget: top-1 loss against fp32")
-    ap.add_argument("--speed-tolerance", type=float, required=True, help="speeds within this fraction are ties")
     a = ap.parse_args(argv)
-    budget = {"min_agreement": a.min_agreement, "max_top1_loss": a.max_top1_loss, "speed_tolerance": a.speed_tolerance}
     metrics = [read_json(p, "metrics") for p in a.metrics]
     missing = [p for p, m in zip(a.metrics, metrics) if "fp32" not in m["results"]]
     if missing:
         raise ZooError(f"{', '.join(missing)}: no fp32 build, the reference of every table figure; add fp32 to "
                        f"run_quant")
-    models, builds = model_rows(metrics, budget), build_rows(metrics, budget)
+    races = {r["variant"]: r for r in (read_json(p, "race") for p in a.races)}
+    models, builds = model_rows(metrics, races), build_rows(metrics, races)
+    budget = metrics[0]["results"]["fp32"]["evidence"]["budget"]
     notes = [f"dataset: {metrics[0]['dataset']['name']} ({metrics[0]['dataset']['images_scored']} images scored)",
              f"GFLOPs: {metrics[0]['flops_convention']}",
-             "params: timm's parameter count (PyTorch), as the vendor table"]
-    notes.append(f"deploy budget: top-1 agreement with fp32 >= {a.min_agreement:.1%} and top-1 loss <= "
-                 f"{100 * a.max_top1_loss:.1f} pt (fp32 always within); speeds within {a.speed_tolerance:.0%} of the "
-                 f"fastest's are ties, chosen by accuracy, then run_quant order")
-    slow = slower_than_fp32(metrics)
-    if slow:
-        notes.append("not faster than the fp32 build of their runtime on this CPU (fp32 is recommended over "
-                     "them): " + ", ".join(slow))
-    notes += split_budget_notes(metrics) + evaluated_calibration_notes(metrics)
+             "params: timm's parameter count (PyTorch), as the vendor table",
+             f"deploy budget: top-1 agreement with fp32 >= {budget['min_agreement']:.1%} and top-1 loss <= "
+             f"{100 * budget['max_top1_loss']:.1f} pt; certified where the 95% bounds are inside it (agreement: "
+             f"Clopper-Pearson; loss: paired, from the discordant images), refuted where outside"]
+    notes += race_notes(races) + split_budget_notes(metrics) + evaluated_calibration_notes(metrics)
     if any(m["random_weights"] for m in metrics):
         notes.append("RANDOM: explicitly configured random weights; their accuracy is meaningless")
     with atomic_path(a.md, ".md") as tmp:
         tmp.write_text(to_markdown(models, builds, notes))
     with atomic_path(a.html, ".html") as tmp:
         tmp.write_text(to_html(models, builds, notes))
-    rows = long_rows(metrics, budget)
+    rows = long_rows(metrics, races)
     with atomic_path(a.csv, ".csv") as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    plot(metrics, a.plot)
+    plot(metrics, races, a.plot)
