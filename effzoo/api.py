@@ -44,7 +44,7 @@ def _as_uint8(image, spec: dict) -> np.ndarray:
     return preprocess.transform_uint8(img, spec)
 
 
-def warnings(info: dict, session: dict) -> list[str]:
+def notices(info: dict, session: dict) -> list[str]:
     """What a user of a deploy folder must know: a runtime version other than the measured one, and an accuracy
     that is not certified."""
     out = []
@@ -72,7 +72,7 @@ class Classifier:
         self.threads = int(threads or self.info["speed"]["threads"])
         self.batch = int(self.info["speed"]["batch"])
         self._run, self.session = open_build(str(self.path / self.info["model"]), threads=self.threads)
-        for line in warnings(self.info, self.session):
+        for line in notices(self.info, self.session):
             LOG.warning("%s: %s", self.path, line)
 
     def probabilities(self, images: Iterable, batch: int | None = None) -> Iterator[np.ndarray]:

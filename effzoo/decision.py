@@ -14,6 +14,7 @@ fastest build both read from the race's file. The rule:
 """
 from __future__ import annotations
 
+from effzoo.common import ZooError
 from effzoo.cpu_target import covers
 from effzoo.evidence import interval_text, not_certified_note, ratio_interval, speed_state
 
@@ -56,7 +57,7 @@ def decide(evidence: dict, rounds: dict, order: list[str], tolerance: float, req
     else:
         pool, pool_rule = raced, "builds the accuracy evidence does not refute (only fp32 is certified)"
     if not pool:
-        return {"chosen": None, "pool": pool_rule, "why": f"no raced build is in the pool ({pool_rule})"}
+        raise ZooError(f"no raced build is in the pool ({pool_rule}): race fp32, the reference of the evidence")
     leader = max(pool, key=lambda q: (median(rounds[q]), -order.index(q)))
     builds = {}
     for q in raced:

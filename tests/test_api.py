@@ -159,10 +159,10 @@ def test_a_deploy_folder_holds_the_build_and_what_was_measured(deployed):
 def test_the_api_warns_in_one_line_of_another_runtime_version_and_uncertified_accuracy():
     info = {"runtime_package": {"package": "onnxruntime", "version": "1.0"},
             "accuracy": {"note": "accuracy not certified: 6 images scored, about 875 needed"}}
-    assert api.warnings(info, {"runtime": "onnxruntime", "version": "1.0"}) == [
+    assert api.notices(info, {"runtime": "onnxruntime", "version": "1.0"}) == [
         "accuracy not certified: 6 images scored, about 875 needed"]
     info["accuracy"]["note"] = None
-    assert api.warnings(info, {"runtime": "onnxruntime", "version": "2.0"}) == [
+    assert api.notices(info, {"runtime": "onnxruntime", "version": "2.0"}) == [
         "runs on onnxruntime 2.0; its speed and accuracy were measured on onnxruntime 1.0"]
 
 

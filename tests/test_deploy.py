@@ -120,6 +120,8 @@ def test_only_fp32_certified_takes_the_fastest_unrefuted_build_and_says_so():
     # `require: certified`: fp32, the only certified build
     d = decide(e, {"fp32": fp32, "int8": int8, "ov_int8": ov_int8}, ["fp32", "int8", "ov_int8"], 0.05, "certified", 3)
     assert d["chosen"] == "fp32" and "note" not in d
+    with pytest.raises(ZooError, match=r"no raced build is in the pool \(certified builds\): race fp32"):
+        decide(e, {"int8": int8, "ov_int8": ov_int8}, ["fp32", "int8", "ov_int8"], 0.05, "certified", 3)
 
 
 def test_a_tie_goes_to_stronger_evidence_and_a_certified_pool_leaves_unproven_builds_out():
