@@ -233,6 +233,8 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
                          capture_output=True, text=True, env=env, cwd=tmp_path / "reports")
     lines = out.stdout.splitlines()
     assert out.returncode == 0 and lines[0] == str(photo_path("chelsea")) and len(lines) == 12, out.stdout + out.stderr
+    # an uncertified build says so in one line on stderr, with the images scored
+    assert ("accuracy not certified: 6 images scored" in out.stderr) == (dep["quant"] != "fp32"), out.stderr
     assert " cat" in lines[1] and any("tabby" in ln for ln in lines[1:6])   # Chelsea is a tabby cat
     assert lines[6] == str(photo_path("coffee")) and lines[7].endswith("  espresso")
     out = subprocess.run([effzoo_cli, "classify", deployed, str(bad)], capture_output=True, text=True, env=env)
