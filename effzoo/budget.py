@@ -8,7 +8,7 @@ records the search's outcome with `split_search_record`.
 """
 from __future__ import annotations
 
-from effzoo.evidence import clopper_pearson
+from effzoo.evidence import clopper_pearson, smallest_n
 
 # What metrics keeps of an int8 build's split search (build.json details.accuracy_budget).
 SPLIT_SEARCH_KEYS = ("split_min_agreement", "signal", "status", "why", "final_agreement", "final_expected_agreement",
@@ -37,14 +37,7 @@ def images_to_certify(agreement: float, target: float) -> int | None:
     it); None when the agreement itself is not above the target (no split size certifies it)."""
     if agreement <= target:
         return None
-    hi = 1
-    while clopper_pearson(agreement * hi, hi)[0] < target:
-        hi *= 2
-    lo = hi // 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if clopper_pearson(agreement * mid, mid)[0] >= target else (mid, hi)
-    return hi
+    return smallest_n(lambda n: clopper_pearson(agreement * n, n)[0] >= target)
 
 
 def certify(agreeing: int, n: int, target: float) -> dict:

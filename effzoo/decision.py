@@ -14,6 +14,8 @@ fastest build both read from the race's file. The rule:
 """
 from __future__ import annotations
 
+from statistics import median
+
 from effzoo.common import ZooError
 from effzoo.cpu_target import covers
 from effzoo.evidence import interval_text, not_certified_note, ratio_interval, speed_state
@@ -33,11 +35,6 @@ def race_candidates(evidence: dict, requires: dict, cpu: str, order: list[str]) 
         else:
             candidates.append(q)
     return candidates, left_out
-
-
-def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
 
 
 def ratio(rounds: dict, q: str, ref: str, looks: int) -> list[float]:
@@ -89,5 +86,4 @@ def why(q: str, b: dict, chosen: str, leader: str, tolerance: float) -> str:
         return f"tied with {leader} within {tolerance:.0%} ({speed}), weaker accuracy evidence than {chosen}"
     if b["speed_state"] == "unresolved":
         return f"not shown to be within {tolerance:.0%} of {leader} at the race's round cap ({speed}): counted slower"
-
     return f"slower than {leader} ({speed})"

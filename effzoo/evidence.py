@@ -100,7 +100,22 @@ def state(agree_interval: tuple[float, float], loss: tuple[float, float], budget
     return "unproven"
 
 
-def images_needed(agreeing: int, lost: int, gained: int, n: int, budget: dict, limit: int = 10**8) -> int | None:
+def smallest_n(holds, limit: int = 10**8) -> int | None:
+    """The smallest n >= 1 for which `holds(n)` (true from some n on), by doubling then bisection; None past
+    `limit`."""
+    hi = 1
+    while not holds(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if holds(mid) else (mid, hi)
+    return hi
+
+
+def images_needed(agreeing: int, lost: int, gained: int, n: int, budget: dict) -> int | None:
     """The number of images at which the observed rates (agreement, lost and gained shares) would certify the
     budget; None when the rates themselves miss it (no number of images would)."""
     if n <= 0:
@@ -109,16 +124,7 @@ def images_needed(agreeing: int, lost: int, gained: int, n: int, budget: dict, l
     def certified(m: int) -> bool:
         s = m / n
         return state(clopper_pearson(agreeing * s, m), loss_interval(lost * s, gained * s, m), budget) == "certified"
-    hi = max(n, 1)
-    while not certified(hi):
-        hi *= 2
-        if hi > limit:
-            return None
-    lo = 0
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if certified(mid) else (mid, hi)
-    return hi
+    return smallest_n(certified)
 
 
 def accuracy_evidence(top1: int, top5: int, agreeing: int, lost: int, gained: int, n: int, budget: dict,

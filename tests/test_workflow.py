@@ -202,10 +202,13 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     assert header.count("|") - 1 <= 12   # the vendor's table comes first and stays readable
     race = json.loads((tmp_path / "race/tf_efficientnet_lite0.json").read_text())
     dep = json.loads((tmp_path / "deploy/tf_efficientnet_lite0/model.json").read_text())
-    # 6 images certify nothing but fp32, and refute nothing: every build races, on this CPU, as effzoo.load runs it
-    assert {q: m["results"][q]["evidence"]["state"] for q in modes} == {
-        q: "certified" if q == "fp32" else "unproven" for q in modes}
-    assert set(race["builds"]) == modes and race["left_out"] == {}
+    # 6 images certify nothing but fp32; only a build agreeing on 4 of 6 or fewer would be refuted (its exact upper
+    # bound falls below 98%), which depends on the CPU kind's int8 kernels. The others race, on this CPU, as
+    # effzoo.load runs them (every build here was made for this CPU kind: none is left out for its requirement)
+    states = {q: m["results"][q]["evidence"]["state"] for q in modes}
+    refuted = {q for q in modes if m["results"][q]["evidence"]["agreement"]["interval"][1] < 0.98}
+    assert states == {q: "certified" if q == "fp32" else "refuted" if q in refuted else "unproven" for q in modes}
+    assert set(race["builds"]) == modes - refuted and set(race["left_out"]) == refuted
     assert race["cpu"]["kind"] == cpu_kind() and race["objective"] == "batch" and race["batch"] == 16
     assert race["rounds"] in (2, 4) and all(len(b["throughput_rounds"]) == race["rounds"]
                                             for b in race["builds"].values())

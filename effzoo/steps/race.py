@@ -21,6 +21,7 @@ import os
 import resource
 import time
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 from PIL import Image
@@ -28,8 +29,9 @@ from PIL import Image
 from effzoo import fingerprint, preprocess, speed
 from effzoo.common import LOG, Progress, ZooError, read_json, write_json
 from effzoo.cpu_target import REPORTED_FLAGS, cpu_flags, cpu_kind, cpu_name, kernel_isa
-from effzoo.decision import decide, median, ratio, race_candidates
+from effzoo.decision import decide, ratio, race_candidates
 from effzoo.runtime import checked_build, open_build
+
 
 def preprocessing_speed(spec: dict, images: int = 8) -> float:
     """Images/s of the exact preprocessing path (effzoo.load's: PIL resize and centre crop of a decoded 500 x 375
@@ -64,14 +66,14 @@ def figures(timed: dict, objective: str) -> dict:
     return {q: list(t["throughput_rounds"]) for q, t in timed.items()}
 
 
+ROUND_FIGURES = ("throughput_rounds", "latency_p90_rounds")
+
+
 def merge(into: dict, more: dict) -> dict:
-    """The timings of two looks of a race as one."""
-    if not into:
-        return {q: {"throughput_rounds": list(t["throughput_rounds"]),
-                    "latency_p90_rounds": list(t["latency_p90_rounds"])} for q, t in more.items()}
+    """The per-round figures of a race's looks so far, with one more look's added."""
     for q, t in more.items():
-        into[q]["throughput_rounds"] += t["throughput_rounds"]
-        into[q]["latency_p90_rounds"] += t["latency_p90_rounds"]
+        for key in ROUND_FIGURES:
+            into.setdefault(q, {}).setdefault(key, []).extend(t[key])
     return into
 
 
