@@ -12,8 +12,9 @@ layers promoted, on ONNX Runtime and on OpenVINO, beside each runtime's fp32 bui
 runs a uint16 QDQ layer as DequantizeLinear + float Conv, as a float promotion).
 
 Prints img/s, the speed over the runtime's fp32 build, the promoted share of the MACs and the slowdown per 1% of
-MACs promoted, with the CPU flags. --update writes the slowdowns to effzoo/promotion_cost.json, from which the
-int8 search orders its promotions by accuracy gained per predicted slowdown.
+MACs promoted, with the CPU flags. --update writes the slowdowns to effzoo/promotion_cost.json as the entry of this
+machine's kernel ISA (effzoo/promotion_costs.py), from which the int8 search orders its promotions by accuracy
+gained per predicted slowdown.
 
 usage: python bench/promotion_cost.py [--variant tf_efficientnet_lite1] [--workdir bench-out/promotion-cost]
                                       [--fraction 0.1] [--batch 16] [--rounds 5] [--iterations 3] [--update]
@@ -39,9 +40,10 @@ import onnx  # noqa: E402
 from effzoo import runtime, speed  # noqa: E402
 from effzoo.build_options import BuildOptions  # noqa: E402
 from effzoo.common import Progress  # noqa: E402
-from effzoo.cpu_target import cpu_flags, cpu_kind  # noqa: E402
+from effzoo.cpu_target import REPORTED_FLAGS, cpu_flags, cpu_kind, kernel_isa  # noqa: E402
 from effzoo.graph_edits import edge_nodes  # noqa: E402
-from effzoo.int8_search import PROMOTION_COST_FILE, _has_weight_dq, promoted_model, weight_layers  # noqa: E402
+from effzoo.int8_search import _has_weight_dq, promoted_model, weight_layers  # noqa: E402
+from effzoo.promotion_costs import COST_FILE, ISA_ORDER  # noqa: E402
 from effzoo.openvino_ir import save_ir  # noqa: E402
 from effzoo.steps.build_int8 import _quantize_model, exact_weight_overrides  # noqa: E402
 
@@ -121,7 +123,7 @@ def main():
     ap.add_argument("--workdir", default=str(REPO / "bench-out" / "promotion-cost"))
     ap.add_argument("--fraction", type=float, default=0.1, help="share of the MACs promoted in the dense sets")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--update", action="store_true", help=f"write the slowdowns to {PROMOTION_COST_FILE.name}")
+    ap.add_argument("--update", action="store_true", help=f"write this kernel ISA's slowdowns to {COST_FILE.name}")
     a = ap.parse_args()
     work, v = Path(a.workdir).resolve(), a.variant
     if not all((work / f"vacc/{v}-{q}/build.json").exists() for q in MODES):
@@ -184,7 +186,7 @@ def main():
     x = np.random.default_rng(0).integers(0, 256, (a.batch, size, size, 3), dtype=np.uint8)
     res = speed.measure(runners, x, a.batch, a.iterations, 2, a.rounds, Progress(a.rounds * len(runners), "promotions"))
     ips = {k: r["throughput_ips"] for k, r in res.items()}
-    flags = " ".join(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f == "avx_vnni")
+    flags = " ".join(sorted(cpu_flags() & REPORTED_FLAGS))
     print(f"\n{v}, batch {a.batch}, {a.threads} threads, {a.rounds} interleaved rounds x {a.iterations} calls; "
           f"CPU kind {cpu_kind()}, flags {flags}; load average {os.getloadavg()}")
     print("| graph | img/s | vs its runtime's fp32 | promoted layers | share of MACs | slowdown per 1% of MACs |")
@@ -204,15 +206,18 @@ def main():
                     slowdowns.setdefault(rt, {})[cost_key] = round(max(per_share, 0.0), 3)
             print(f"| {key} | {ips[key]:.1f} | {ratio:.2f}x | {len(promoted) or ''} | "
                   f"{f'{100 * share(promoted):.1f}%' if promoted else ''} | {slow} |")
-    if a.update:
-        doc = {"measured": datetime.date.today().isoformat(), "cpu_kind": cpu_kind(), "cpu_flags": flags,
-               "command": "python bench/promotion_cost.py " + " ".join(sys.argv[1:]), "variant": v,
-               "batch": a.batch, "threads": a.threads,
-               "meaning": "time added to the int8 graph, as a fraction of its time, per unit share of its quantized "
-                          "MACs promoted: 2.7 = 2.7% slower per 1% of the MACs promoted",
-               "slowdown_per_mac_share": slowdowns}
-        PROMOTION_COST_FILE.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"\nwrote {PROMOTION_COST_FILE}")
+    if a.update:   # this kernel ISA's entry; the others' stay as measured
+        isa = kernel_isa()
+        doc = json.loads(COST_FILE.read_text()) if COST_FILE.exists() else {"by_kernel_isa": {}}
+        doc["meaning"] = ("time added to the int8 graph, as a fraction of its time, per unit share of its quantized "
+                          "MACs promoted: 2.7 = 2.7% slower per 1% of the MACs promoted")
+        doc["by_kernel_isa"][isa] = {
+            "measured": datetime.date.today().isoformat(), "cpu_flags": flags,
+            "command": "python bench/promotion_cost.py " + " ".join(sys.argv[1:]), "variant": v, "batch": a.batch,
+            "threads": a.threads, "slowdown_per_mac_share": slowdowns}
+        doc["by_kernel_isa"] = dict(sorted(doc["by_kernel_isa"].items(), key=lambda e: ISA_ORDER.index(e[0])))
+        COST_FILE.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"\nwrote the {isa} entry of {COST_FILE}")
 
 
 if __name__ == "__main__":

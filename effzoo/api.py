@@ -25,7 +25,7 @@ from PIL import Image
 
 from effzoo import preprocess
 from effzoo.common import LOG, ZooError
-from effzoo.runtime import checked_build, open_build
+from effzoo.runtime import checked_build, open_build, precision_of
 
 
 def _as_uint8(image, spec: dict) -> np.ndarray:
@@ -71,7 +71,8 @@ class Classifier:
         # by default the mode its speed was measured in: latency mode, these threads, this batch
         self.threads = int(threads or self.info["speed"]["threads"])
         self.batch = int(self.info["speed"]["batch"])
-        self._run, self.session = open_build(str(self.path / self.info["model"]), threads=self.threads)
+        self._run, self.session = open_build(str(self.path / self.info["model"]), threads=self.threads,
+                                             precision=precision_of(self.info))
         for line in notices(self.info, self.session):
             LOG.warning("%s: %s", self.path, line)
 

@@ -62,11 +62,15 @@ def runtime_versions(runtime: str) -> dict:
 def cpu_record(options: BuildOptions, requires: str, why: str) -> dict:
     """build.json's 'cpu': the target it is made for, the machine that made it, what it requires of the CPU that
     runs it and why, and what predict and benchmark do on a CPU that lacks it; the kernel ISA its accuracy
-    record was measured on, and whether its outputs follow that ISA (OpenVINO int8: cpu_target.isa_note)."""
-    return {"target": options.target, "target_option": options.cpu_target,
-            "build_host": cpu_target.cpu_kind(), "requires": requires, "why": why,
-            "on_mismatch": options.on_cpu_mismatch, "checked_isa": cpu_target.kernel_isa(),
-            "isa_sensitive": options.runtime == "openvino" and options.kind == "int8"}
+    record was measured on, and whether its outputs follow that ISA (OpenVINO int8 and bf16: cpu_target.isa_note);
+    a bf16 build also requires avx512_bf16 or amx_bf16 (requires_flags)."""
+    record = {"target": options.target, "target_option": options.cpu_target,
+              "build_host": cpu_target.cpu_kind(), "requires": requires, "why": why,
+              "on_mismatch": options.on_cpu_mismatch, "checked_isa": cpu_target.kernel_isa(),
+              "isa_sensitive": options.runtime == "openvino" and options.kind in ("int8", "bf16")}
+    if options.kind == "bf16":   # AMX and AVX512_BF16 kernels: until measured equal, outputs follow the ISA
+        record.update(requires_flags=list(cpu_target.BF16_FLAGS), checked_isa=cpu_target.bf16_isa())
+    return record
 
 
 def write_build(step: str, a: argparse.Namespace, kind: str, options: BuildOptions, details: dict, export_info: dict,

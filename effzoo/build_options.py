@@ -16,6 +16,7 @@ COMMON = ("kind", "runtime", "cpu_target", "on_cpu_mismatch")
 BY_KIND = {
     "fp32": ("graph_optimization",),
     "fp16": (),
+    "bf16": ("graph_optimization",),
     "int8": ("quantized_ops", "method", "per_channel", "reduce_range", "split_min_agreement", "split_signal",
              "max_promoted_macs", "min_speed_over_fp32", "bias_correction", "sensitivity_images", "weight_rounding",
              "rounding_images", "activation_type", "weight_type", "exclude_layers", "keep_bounded_ranges"),
@@ -85,6 +86,11 @@ class BuildOptions:
         if options["runtime"] == "openvino" and kind == "fp16":
             raise ZooError(f"quant mode {quant!r}: OpenVINO builds are fp32 or int8 (an OpenVINO CPU computes an "
                            f"fp16 IR in fp32); use runtime: onnxruntime for fp16")
+        if kind == "bf16" and (options["runtime"] != "openvino" or options["on_cpu_mismatch"] == "warn"):
+            raise ZooError(f"quant mode {quant!r}: a bf16 build is OpenVINO's fp32 IR run at bf16 inference "
+                           f"precision (runtime: openvino; ONNX Runtime's CPU provider has no bf16 compute), and it "
+                           f"never runs emulated (on_cpu_mismatch: skip or error, not warn); got runtime "
+                           f"{options['runtime']!r}, on_cpu_mismatch {options['on_cpu_mismatch']!r}")
         values = {k: options[k] for k in required}
         for k in ("graph_optimization", "percentile", "levels", "candidates"):
             if k in options:

@@ -36,9 +36,10 @@ def describe(doc: dict) -> list[str]:
         f"{'RANDOM (explicitly configured)' if weights.get('random') else weights.get('source')})",
         f"build        {doc['quant']}: {doc['precision']} on {doc['runtime']} "
         f"({doc['runtime_package']['package']} {doc['runtime_package']['version']}), model file {doc['model']}",
-        f"cpu          made for {cpu['target']}, requires {cpu['requires']} ({cpu['why']}); accuracy measured on "
-        f"{cpu.get('checked_isa', 'unrecorded')} kernels"
-        + (" (its int8 outputs differ on other kernels)" if cpu.get("isa_sensitive") else ""),
+        f"cpu          made for {cpu['target']}, requires {cpu['requires']}"
+        + (f" and {' or '.join(cpu['requires_flags'])}" if cpu.get("requires_flags") else "")
+        + f" ({cpu['why']}); accuracy measured on {cpu.get('checked_isa', 'unrecorded')} kernels"
+        + (f" (its {doc['precision']} outputs differ on other kernels)" if cpu.get("isa_sensitive") else ""),
         f"input        uint8 NHWC {doc['preprocess']['input_size'][1]}x{doc['preprocess']['input_size'][2]}, "
         f"resize {doc['preprocess']['resize_size']} {doc['preprocess']['interpolation']}, centre crop "
         f"({doc['preprocessing']['images_per_s_one_thread']:.0f} images/s on one thread, not in the speed below)",
@@ -54,6 +55,7 @@ def describe(doc: dict) -> list[str]:
     ]
     if acc.get("note"):
         lines.append(f"note         {acc['note']}")
+    lines += [f"this cpu     {n}" for n in doc.get("cpu_notes", [])]
     passed = doc["decision"]["passed_over"] | doc.get("left_out", {})
     if passed:
         lines.append("passed over  " + "\n             ".join(f"{q}: {w}" for q, w in passed.items()))

@@ -192,3 +192,9 @@ class Progress:
             rate = self.done / el if el > 0 else float("inf")
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
             LOG.info("%s: %d/%d (%.1f/s, elapsed %.0fs, ETA %.0fs)", self.what, self.done, self.total, rate, el, eta)
+
+
+def precision_of(build: dict) -> str:
+    """The inference precision a build runs at: model.json's inference_precision, or build.json's
+    details.inference_precision (f32 where absent)."""
+    return build.get("inference_precision") or build.get("details", {}).get("inference_precision", "f32")

@@ -35,9 +35,17 @@ class Cost:
     passes: int = 1
 
 
+# Build kinds priced with another's measured costs, and why: a bf16 build is the fp32 IR compiled at bf16, which
+# builds as the fp32 IR does and, on the CPUs where it runs at all (bf16 flags), predicts faster than fp32
+# (2.28x for lite0, docs/results.md): fp32's cost is an upper bound that never asks a job for too little.
+PRICED_AS = {"openvino-bf16": "openvino-fp32"}
+
+
 def build_kind(quant_options: dict) -> str:
-    """runtime-precision of a quant mode's builds (onnxruntime-int8, openvino-fp32, ...)."""
-    return f"{quant_options['runtime']}-{quant_options['kind']}"
+    """runtime-precision of a quant mode's builds (onnxruntime-int8, openvino-fp32, ...), as the cost file prices it
+    (PRICED_AS)."""
+    kind = f"{quant_options['runtime']}-{quant_options['kind']}"
+    return PRICED_AS.get(kind, kind)
 
 
 def shard_storage(size: int, png_from_size: int | None) -> str:

@@ -17,21 +17,25 @@ from __future__ import annotations
 from statistics import median
 
 from effzoo.common import ZooError
-from effzoo.cpu_target import covers
+from effzoo.cpu_target import covers, lacking_flags
 from effzoo.evidence import interval_text, not_certified_note, ratio_interval, speed_state
 
 
-def race_candidates(evidence: dict, requires: dict, cpu: str, order: list[str]) -> tuple[list[str], dict]:
-    """(the builds a race on a `cpu` CPU times, in run_quant order; why each other build is left out): every build
-    that the accuracy evidence does not refute and that this CPU runs."""
+def race_candidates(evidence: dict, cpus: dict, cpu: str, flags: set[str],
+                    order: list[str]) -> tuple[list[str], dict]:
+    """(the builds a race on a `cpu` CPU with these flags times, in run_quant order; why each other build is left
+    out): every build that the accuracy evidence does not refute and that this CPU runs (cpus: build -> build.json
+    'cpu': its kind and any flags it requires)."""
     candidates, left_out = [], {}
     for q in order:
-        e = evidence[q]
+        e, lacking = evidence[q], lacking_flags(cpus[q], flags)
         if e["state"] == "refuted":
             left_out[q] = (f"refuted by the accuracy evidence: agreement {interval_text(e['agreement'])} %, top-1 "
                            f"loss {interval_text(e['top1_loss'], digits=2)} pt on {e['images']} images")
-        elif not covers(cpu, requires[q]):
-            left_out[q] = f"requires a {requires[q]} CPU; the race ran on a {cpu} CPU"
+        elif not covers(cpu, cpus[q]["requires"]):
+            left_out[q] = f"requires a {cpus[q]['requires']} CPU; the race ran on a {cpu} CPU"
+        elif lacking:
+            left_out[q] = f"requires {' or '.join(lacking)}, which the race's CPU lacks"
         else:
             candidates.append(q)
     return candidates, left_out

@@ -2,9 +2,10 @@
 
 `code_version(step)` hashes the normalized syntax tree (comments, docstrings and formatting do not count) of a
 step script (scripts/<step>.py) and of every module of the effzoo package it imports, transitively (the package's
-own __init__, which only re-exports the user API, is not followed), and the bytes of the measured data files the
-step reads (STEP_DATA). The workflow passes it through `params:`,
-so Snakemake reruns exactly the jobs whose code changed, and the step records it in its manifest.
+own __init__, which only re-exports the user API, is not followed), and the digest of the part of a measured table
+the step reads on this machine (STEP_DATA: the promotion costs of this kernel ISA, or the nearest measured). The
+workflow passes it through `params:`, so Snakemake reruns exactly the jobs whose code changed, and the step
+records it in its manifest.
 `package_versions(names)` reads installed versions (importlib.metadata, no import of the packages).
 Standard library only: it runs at parse time on every snakemake call. Parsing ~40 modules costs ~0.5 s, so
 each module's normalized hash and imports are cached by the sha256 of its source bytes
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -49,9 +51,11 @@ STEP_PACKAGES = {
     "deploy": (),
 }
 
-# Data files of the package that shape a step's outputs (measured tables the code reads): their bytes count in the
-# step's fingerprint, so remeasuring one reruns the steps that read it.
-STEP_DATA = {"build_int8": ("promotion_cost.json",)}
+# Measured tables of the package that shape a step's outputs: step -> (the module that owns the table, its function
+# of the package root giving the digest of the part a step on this machine reads). It counts in the step's
+# fingerprint, so remeasuring that part reruns the steps that read it (and measuring another kernel ISA, none). The
+# module is loaded by name, so it joins only the closures of the steps that import it.
+STEP_DATA = {"build_int8": ("effzoo.promotion_costs", "fingerprint_here")}
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -159,9 +163,9 @@ def code_version(step: str) -> str:
     h = hashlib.sha256()
     for m in step_closure(step):
         h.update(f"{m}\n{_parsed(m)[0]}\n".encode())
-    for name in STEP_DATA.get(step, ()):
-        digest = hashlib.sha256((ROOT / "effzoo" / name).read_bytes()).hexdigest()
-        h.update(f"{name}\n{digest}\n".encode())
+    if step in STEP_DATA:
+        module, function = STEP_DATA[step]
+        h.update(f"{module}\n{getattr(importlib.import_module(module), function)(ROOT)}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -14,8 +14,9 @@ change its quantized weights cause (measured in the same pass; data-driven bias 
 correction).
 Gain: one pass of the float model over range images gives, per layer, the output noise its promotion removes,
 ||conv(x, W_now - W_promoted)||^2 / ||conv(x, W)||^2 (as TFLite's quantization debugger ranks layers for float
-fallback). Cost: the measured slowdown per share of the MACs promoted, per runtime and kind (promotion_cost.json,
-bench/promotion_cost.py). Layers are ranked by gain per cost.
+fallback). Cost: the measured slowdown per share of the MACs promoted, per runtime and kind, measured on the kernel
+ISA the trials run on or the nearest one measured (effzoo/promotion_costs.py; build.json records which). Layers are
+ranked by gain per cost.
 Each trial runs the whole split and records the count agreement, the KL of the softmax and the logit MSE against
 the fp32 model, and the expected agreement (split_signals); `split_signal` says which decides. The search promotes
 1, 2, 4, ... layers of the ranking, then bisects down to the smallest passing prefix, capped at a fraction of the
@@ -30,21 +31,20 @@ integer arithmetic up to float rounding, and speed is not measured.
 """
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 import onnx
-from effzoo import speed
+from effzoo import promotion_costs, speed
 from effzoo.budget import MIN_SPLIT_IMAGES, certify, lower_bound
 from effzoo.build_options import BuildOptions
 from effzoo.common import LOG, ZooError
+from effzoo.cpu_target import kernel_isa
 from effzoo.graph_edits import EDGE_PREFIXES, PRE_INPUT
 from effzoo.openvino_ir import convert
 from effzoo.ort_session import bounded_session
@@ -52,7 +52,6 @@ from effzoo.weight_rounding import gptq_rounded, layer_hessians, weight_dqs
 from onnx import helper, numpy_helper
 
 TRIAL_BATCH = 16   # the batch builds are timed and compared at (benchmark.batch_sizes, bench/runtimes_cpu.py)
-PROMOTION_COST_FILE = Path(__file__).with_name("promotion_cost.json")   # bench/promotion_cost.py --update
 
 
 @dataclass(frozen=True)
@@ -97,23 +96,14 @@ def weight_layers(model: onnx.ModelProto, exclude: set[str] = frozenset()) -> li
     return out
 
 
-@lru_cache(maxsize=1)
-def promotion_costs() -> dict:
-    """Measured slowdown of the int8 graph per unit share of its MACs promoted, per runtime and kind of promotion
-    (float_depthwise, float_dense, exact_uint8_dense)."""
-    try:
-        return json.loads(PROMOTION_COST_FILE.read_text(encoding="utf-8"))["slowdown_per_mac_share"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ZooError(f"{PROMOTION_COST_FILE}: promotion costs not readable ({e}); measure them with "
-                       f"bench/promotion_cost.py --update") from None
-
-
-def promotion_slowdown(layer: Layer, kind: str, runtime: str, total_macs: int) -> float:
-    """The predicted slowdown (fraction of the int8 graph's time) of promoting one layer."""
+def promotion_slowdown(layer: Layer, kind: str, runtime: str, total_macs: int, costs: dict) -> float:
+    """The predicted slowdown (fraction of the int8 graph's time) of promoting one layer; costs: an entry of
+    effzoo.promotion_costs.for_isa."""
     key = f"{kind}_{'dense' if layer.saturating else 'depthwise'}"
-    per_share = promotion_costs().get(runtime, {})
+    per_share = costs["slowdown_per_mac_share"].get(runtime, {})
     if key not in per_share:
-        raise ZooError(f"{PROMOTION_COST_FILE}: no {key} cost measured for {runtime}")
+        raise ZooError(f"{promotion_costs.COST_FILE}: no {key} cost measured for {runtime} on "
+                       f"{costs['priced_with']} kernels")
     return per_share[key] * layer.macs / max(total_macs, 1)
 
 
@@ -547,7 +537,8 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
     # accuracy gained per predicted slowdown: on ONNX Runtime a float depthwise layer costs over 10x what a float
     # dense layer of the same MACs does (bench/promotion_cost.py)
     total_macs = sum(la.macs for la in quantized)
-    slowdown = {la.name: promotion_slowdown(la, kinds[la.name], runtime, total_macs) for la in quantized}
+    costs = promotion_costs.for_isa(kernel_isa())   # the ISA the trials run on, or the nearest one measured
+    slowdown = {la.name: promotion_slowdown(la, kinds[la.name], runtime, total_macs, costs) for la in quantized}
     ranking = sorted(((la, kinds[la.name], scores[la.name]) for la in quantized),
                      key=lambda e: -e[2] / max(slowdown[e[0].name], 1e-9))
     order = capped(ranking, options.max_promoted_macs * total_macs)
@@ -629,9 +620,10 @@ def search(base: onnx.ModelProto, exact: onnx.ModelProto | None, prepped: onnx.M
                           "kernels exactly; speed not measured)" if emulate else f"{runtime}, the build's own kernels"),
         "ranking": {"images": len(rank_images), "metric": "output noise-to-signal ratio the promotion removes "
                     "(float model, one pass per weight set), per predicted slowdown (measured promotion costs, "
-                    f"{PROMOTION_COST_FILE.name})",
+                    f"{promotion_costs.COST_FILE.name})",
                     "layers": [[la.name, k, round(s, 8), la.macs, round(slowdown[la.name], 5)]
                                for la, k, s in ranking]},
+        "promotion_costs": {k: costs[k] for k in ("kernel_isa", "priced_with", "measured", "cpu_flags")},
         "predicted_slowdown": round(sum(slowdown[la.name] for la, _, _ in promoted), 4),
         "cap_macs": int(options.max_promoted_macs * total_macs), "quantized_layer_macs": total_macs,
         "steps": [trials[p] for p in sorted(trials)],

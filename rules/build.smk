@@ -1,6 +1,6 @@
 """Build: onnx/<variant>.onnx -> vacc/<variant>-<quant>/ deployable model + build.json, for the mode's runtime.
 
-Float modes (fp32, fp16) run build_float; int8 modes run build_int8 on the variant's calibration. An OpenVINO
+Float modes (fp32, fp16, bf16) run build_float; int8 modes run build_int8 on the variant's calibration. An OpenVINO
 build writes model.xml + model.bin instead of model.onnx: the `_openvino` rules are the same steps with those
 outputs.
 """
@@ -41,7 +41,7 @@ use rule build_float as build_float_openvino with:
         weights="vacc/{variant}-{quant}/model.bin",
         manifest="vacc/{variant}-{quant}/build.json",
     wildcard_constraints:
-        quant=quant_re("openvino", ("fp32",)),
+        quant=quant_re("openvino", ("fp32", "bf16")),
 
 
 rule build_int8:

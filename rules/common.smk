@@ -95,6 +95,10 @@ for _q, _opts in QUANT_MODES.items():
     if _opts["kind"] == "fp16" and _opts["runtime"] == "openvino":
         raise ValueError(f"config: quant mode {_q!r}: fp16 builds run on ONNX Runtime only (OpenVINO's CPU plugin "
                          f"computes an fp16 IR in fp32); set runtime: onnxruntime or kind: fp32")
+    if _opts["kind"] == "bf16" and (_opts["runtime"] != "openvino" or _opts["on_cpu_mismatch"] == "warn"):
+        raise ValueError(f"config: quant mode {_q!r}: bf16 builds run on OpenVINO only (ONNX Runtime's CPU provider "
+                         f"has no bf16 compute) and never emulated: set runtime: openvino, and on_cpu_mismatch: skip "
+                         f"or error (got runtime {_opts['runtime']!r}, on_cpu_mismatch {_opts['on_cpu_mismatch']!r})")
 
 
 def variant_cfg(variant):

@@ -154,6 +154,10 @@ def test_a_deploy_folder_holds_the_build_and_what_was_measured(deployed):
     assert lines[5].startswith(f"speed        {speed['images_per_s']:.1f} images/s, p90 latency ") and lines[5].endswith(
         "(batch objective: latency mode, batch 4, 1 threads, as effzoo runs it); 1.00x fp32 [1.00, 1.00]")
     assert lines[6].startswith(f"measured on  {cpu_name()} (flags: ") and lines[6].endswith("a race of 2 rounds")
+    # what the race found of this CPU kind (int8 that does not pay) is one line each
+    assert "this cpu     ONNX Runtime int8 does not pay" in describe({**doc, "cpu_notes": [
+        "ONNX Runtime int8 does not pay"]})
+    assert not any(ln.startswith("this cpu") for ln in lines)
 
 
 def test_the_api_warns_in_one_line_of_another_runtime_version_and_uncertified_accuracy():

@@ -143,14 +143,19 @@ def test_a_tie_goes_to_stronger_evidence_and_a_certified_pool_leaves_unproven_bu
 
 
 def test_the_race_leaves_out_refuted_builds_and_those_its_own_cpu_cannot_run():
-    e = {"fp32": ref(), "int8_vnni": ev(6), "int8_bad": accuracy_evidence(400, 480, 450, 30, 5, 500, BUDGET)}
-    requires = {"fp32": "any", "int8_vnni": "vnni", "int8_bad": "any"}
-    cands, out = race_candidates(e, requires, "avx2", ["fp32", "int8_vnni", "int8_bad"])
+    e = {"fp32": ref(), "int8_vnni": ev(6), "int8_bad": accuracy_evidence(400, 480, 450, 30, 5, 500, BUDGET),
+         "ov_bf16": ev(6)}
+    cpus = {"fp32": {"requires": "any"}, "int8_vnni": {"requires": "vnni"}, "int8_bad": {"requires": "any"},
+            "ov_bf16": {"requires": "any", "requires_flags": ["amx_bf16", "avx512_bf16"]}}
+    cands, out = race_candidates(e, cpus, "avx2", {"avx2", "fma"}, list(e))
     assert cands == ["fp32"]
     assert out["int8_vnni"] == "requires a vnni CPU; the race ran on a avx2 CPU"
     assert out["int8_bad"] == ("refuted by the accuracy evidence: agreement 90.0 [87.0, 92.5] %, top-1 loss 5.00 "
                                "[1.63, 9.19] pt on 500 images")
-    assert race_candidates(e, requires, "vnni", list(e))[0] == ["fp32", "int8_vnni"]
+    assert out["ov_bf16"] == "requires amx_bf16 or avx512_bf16, which the race's CPU lacks"
+    vnni = {"avx2", "avx512f", "avx512bw", "avx512_vnni"}
+    assert race_candidates(e, cpus, "vnni", vnni, list(e))[0] == ["fp32", "int8_vnni"]   # VNNI without bf16
+    assert race_candidates(e, cpus, "vnni", vnni | {"avx512_bf16"}, list(e))[0] == ["fp32", "int8_vnni", "ov_bf16"]
 
 
 def race_doc(chosen_ips: dict, evidence_of: dict, cpu: str = "vnni") -> dict:
@@ -159,7 +164,8 @@ def race_doc(chosen_ips: dict, evidence_of: dict, cpu: str = "vnni") -> dict:
     d = decide(evidence_of, chosen_ips, order, 0.05, "not_refuted", 3)
     builds = {q: {"images_per_s": float(np.median(r)), "latency_p90_ms": 10.0, "runtime": {"package": "onnxruntime",
                                                                                           "version": "1"},
-                  "over_fp32": [1.0, 1.0, 1.0]} for q, r in chosen_ips.items()}
+                  "over_fp32": [1.0, 1.0, 1.0], "kind": "fp32" if q == "fp32" else "int8"}
+              for q, r in chosen_ips.items()}
     return {"variant": "v", "objective": "batch", "batch": 16, "threads": 2, "rounds": 5, "ranked_on": "images/s",
             "builds": builds, "decision": d, "left_out": {}, "accuracy": evidence_of,
             "preprocessing": {"images_per_s_one_thread": 150.0, "path": "exact"},
@@ -225,3 +231,34 @@ def test_the_race_is_sized_by_every_build_open_at_once():
     assert seconds == pytest.approx(sum(m.seconds(c, p, 736, 2) for c, p in parts))
     two = cost.race_seconds(m, "efficientnet_b0", 224, kinds, 2, 736, 16, max_builds=2)[1]
     assert two == pytest.approx(sum(sorted((c.peak_mb for c, _ in parts), reverse=True)[:2]))
+
+
+def test_int8_that_does_not_pay_on_this_cpu_is_said_by_the_race_the_report_and_deploy(tmp_path):
+    from effzoo.steps import race, summary
+
+    def raced(package, fp32, ratio):
+        return {"runtime": {"package": package}, "over_runtime_fp32": {"build": fp32, "ratio": ratio}}
+    timed = {"fp32": raced("onnxruntime", "fp32", [1.0, 1.0, 1.0]),
+             "int8_max": raced("onnxruntime", "fp32", [1.12, 1.05, 1.19]),
+             "int8_kl": raced("onnxruntime", "fp32", [1.25, 1.2, 1.31]),   # its interval reaches the floor
+             "ov_fp32": raced("openvino", "ov_fp32", [1.0, 1.0, 1.0]),
+             "ov_int8": raced("openvino", "ov_fp32", [1.6, 1.5, 1.7])}
+    builds = {q: {"kind": "int8", "options": {"min_speed_over_fp32": 1.3}} if "int8" in q
+              else {"kind": "fp32", "options": {}} for q in timed}
+    cpu = {"kind": "avx2", "kernel_isa": "avx2", "flags": ["avx2"]}
+    payoff = race.int8_payoff(timed, builds, cpu)
+    assert payoff["openvino"] == {"fp32": "ov_fp32", "pays": True, "builds": {
+        "ov_int8": {"over_fp32": [1.6, 1.5, 1.7], "floor": 1.3, "below_floor": False}}}
+    assert payoff["onnxruntime"]["pays"] is False
+    assert payoff["onnxruntime"]["statement"] == (
+        "ONNX Runtime int8 pays only in part on this CPU (avx2, avx2 kernels; flags avx2): int8_max 1.12x [1.05, "
+        "1.19] fp32, below the 1.3x floor (min_speed_over_fp32; 95% intervals of this race)")
+    del timed["int8_kl"]
+    payoff = race.int8_payoff(timed, builds, cpu)
+    assert payoff["onnxruntime"]["statement"].startswith("ONNX Runtime int8 does not pay on this CPU (avx2, ")
+    # the report's notes and the deploy folder's model.json (effzoo info) carry the statement
+    e = {"fp32": ref(), "int8_max": ev(6)}
+    doc = race_doc({"fp32": [100.0] * 5, "int8_max": [110.0] * 5}, e, cpu="avx2")
+    doc["int8_payoff"] = payoff
+    assert f"v: {payoff['onnxruntime']['statement']}" in summary.race_notes({"v": doc})
+    assert not any("OpenVINO int8" in n for n in summary.race_notes({"v": doc}))

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 
 import pytest
 from conftest import REPO, SCRIPTS
 
-from effzoo import fingerprint
+from effzoo import cpu_target, fingerprint, promotion_costs
 
 
 @pytest.fixture
@@ -71,6 +72,25 @@ def test_remeasured_promotion_costs_rerun_the_int8_builds_only(code_copy):
     before = {s: fresh(s) for s in fingerprint.STEP_PACKAGES}
     edit(code_copy / "effzoo/promotion_cost.json", '"float_dense": ', '"float_dense": 1')
     assert {s for s in before if fresh(s) != before[s]} == {"build_int8"}
+
+
+def test_only_the_promotion_cost_entry_a_build_uses_is_in_its_fingerprint(code_copy):
+    """Measuring another kernel ISA, whose costs a build here would not use, reruns no int8 build; changing the
+    entry it uses does."""
+    path = code_copy / "effzoo/promotion_cost.json"
+    doc = json.loads(path.read_text())
+    table = doc["by_kernel_isa"]
+    here = cpu_target.kernel_isa()
+    used = promotion_costs.for_isa(here, table)["priced_with"]
+    other = next(isa for isa in promotion_costs.ISA_ORDER if isa not in table
+                 and promotion_costs.for_isa(here, {**table, isa: table[used]})["priced_with"] == used)
+    before = fresh("build_int8")
+    doc["by_kernel_isa"][other] = {**table[used], "measured": "2027-01-01"}
+    path.write_text(json.dumps(doc))
+    assert fresh("build_int8") == before
+    doc["by_kernel_isa"][used]["slowdown_per_mac_share"]["openvino"]["float_dense"] += 1
+    path.write_text(json.dumps(doc))
+    assert fresh("build_int8") != before
 
 
 def test_the_user_api_is_in_no_step_fingerprint():

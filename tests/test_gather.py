@@ -60,3 +60,17 @@ def test_a_damaged_part_is_named(tmp_path):
     (tmp_path / "a" / "predictions.csv").write_bytes(b"file,label,top1,prob1\r\nx.jpg,1,2,0.9\r\n")
     with pytest.raises(ZooError, match=r"a/predictions.csv: its sha256"):
         gather_predictions.gather([a], str(tmp_path / "p.csv"), str(tmp_path / "l.npy"))
+
+
+def test_parts_that_did_not_run_gather_as_not_run_and_a_mix_is_named(tmp_path):
+    why = "vacc/m/build.json: requires amx_bf16 or avx512_bf16 (w), and this CPU has neither"
+    skipped = {"runtime": None, "inference_s": 0.0, "cpu_check": {"ok": False, "skipped": why}, "not_run": why}
+    a = make_part(tmp_path / "a", [], np.zeros((0, 0), np.float32), **skipped)
+    b = make_part(tmp_path / "b", [], np.zeros((0, 0), np.float32), **skipped)
+    res = gather_predictions.gather([a, b], str(tmp_path / "p.csv"), str(tmp_path / "l.npy"))
+    assert res["not_run"] == why and res["images"] == 0
+    assert (tmp_path / "p.csv").read_bytes() == b"file,label,top1,prob1\r\n"
+    c = make_part(tmp_path / "c", ["z.jpg,3,0,0.7\r\n"], np.full((1, 3), 7, np.float32), runtime=None)
+    with pytest.raises(ZooError, match=rf"{a}: these parts did not run \(vacc/m/build.json: requires amx_bf16 .*\) "
+                                       r"and the others did: the nodes differ"):
+        gather_predictions.gather([a, c], str(tmp_path / "q.csv"), str(tmp_path / "q.npy"))

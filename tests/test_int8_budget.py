@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import SAMPLE, needs_sample, run_snakemake, seed_exports
 
-from effzoo import int8_search, runtime
-from effzoo.cpu_target import covers, cpu_kind
+from effzoo import int8_search, promotion_costs, runtime
+from effzoo.cpu_target import covers, cpu_kind, kernel_isa
 from effzoo.steps import build_int8
 
 # variant -> its builds: (quant mode, runtime, forced CPU target), every CPU policy x runtime pairing once, and the
@@ -75,6 +75,10 @@ def test_int8_builds_meet_the_budget_on_the_split_or_say_why(budget_run, variant
         else:
             assert kinds <= {"float"}
         assert budget["promoted_macs_fraction"] <= 0.25
+        # priced with the costs of the kernel ISA its trials ran on, or the nearest measured one, named
+        priced = budget["promotion_costs"]
+        assert priced["kernel_isa"] == kernel_isa()
+        assert priced["priced_with"] == promotion_costs.nearest(kernel_isa(), promotion_costs.measured())
         # weights rounded by output error on 32 range images: every layer's output moves less than at nearest
         rounding = budget["weight_rounding"]
         assert rounding["method"] == "gptq" and rounding["images"] == 32 and rounding["nearest_rounding_kept"] == []

@@ -8,9 +8,10 @@ import pytest
 from conftest import resolved_config
 
 import onnx
-from effzoo import int8_search
+from effzoo import int8_search, promotion_costs
 from effzoo.build_options import BuildOptions
 from effzoo.common import ZooError
+from effzoo.cpu_target import kernel_isa
 from effzoo.graph_edits import PRE_INPUT
 from effzoo.steps import build_int8
 from onnx import TensorProto, helper, numpy_helper
@@ -393,19 +394,42 @@ def test_exact_split_bounds_and_the_split_size_that_certifies():
 
 
 def test_promotions_are_priced_by_their_measured_slowdown_per_runtime():
-    costs = int8_search.promotion_costs()
-    assert {"float_depthwise", "float_dense", "exact_uint8_dense"} <= set(costs["onnxruntime"])
-    assert {"float_depthwise", "float_dense"} <= set(costs["openvino"])
+    costs = promotion_costs.for_isa(kernel_isa())
+    per_share = costs["slowdown_per_mac_share"]
+    assert {"float_depthwise", "float_dense", "exact_uint8_dense"} <= set(per_share["onnxruntime"])
+    assert {"float_depthwise", "float_dense"} <= set(per_share["openvino"])
     dense, depthwise = int8_search.Layer("d", "wd", 0, 100, True), int8_search.Layer("dw", "ww", 0, 100, False)
     # the same MACs cost more as a float depthwise layer on ONNX Runtime (its float depthwise kernel in a QDQ
     # graph), and exact uint8 costs less than float
-    ort = {la.name: int8_search.promotion_slowdown(la, "float", "onnxruntime", 1000) for la in (dense, depthwise)}
+    ort = {la.name: int8_search.promotion_slowdown(la, "float", "onnxruntime", 1000, costs)
+           for la in (dense, depthwise)}
     assert ort["dw"] > 5 * ort["d"] > 0
-    assert int8_search.promotion_slowdown(dense, "exact_uint8", "onnxruntime", 1000) < ort["d"]
-    assert int8_search.promotion_slowdown(dense, "float", "openvino", 1000) == pytest.approx(
-        costs["openvino"]["float_dense"] * 0.1)
-    with pytest.raises(ZooError, match="no exact_uint8_depthwise cost measured for onnxruntime"):
-        int8_search.promotion_slowdown(depthwise, "exact_uint8", "onnxruntime", 1000)
+    assert int8_search.promotion_slowdown(dense, "exact_uint8", "onnxruntime", 1000, costs) < ort["d"]
+    assert int8_search.promotion_slowdown(dense, "float", "openvino", 1000, costs) == pytest.approx(
+        per_share["openvino"]["float_dense"] * 0.1)
+    with pytest.raises(ZooError, match=f"no exact_uint8_depthwise cost measured for onnxruntime on "
+                                       f"{costs['priced_with']} kernels"):
+        int8_search.promotion_slowdown(depthwise, "exact_uint8", "onnxruntime", 1000, costs)
+
+
+def test_a_build_prices_with_its_own_kernel_isa_or_names_the_nearest_it_borrows():
+    def entry(dense):
+        return {"measured": "2026-12-07", "cpu_flags": "f",
+                "slowdown_per_mac_share": {"openvino": {"float_dense": dense}}}
+    table = {"avx2": entry(1.0), "avx512_vnni": entry(2.0), "amx": entry(3.0)}
+    own = promotion_costs.for_isa("avx512_vnni", table)
+    assert own["priced_with"] == "avx512_vnni" and own["slowdown_per_mac_share"]["openvino"]["float_dense"] == 2.0
+    # avx512 is one step from avx2 and two from avx512_vnni; avx_vnni one from avx512_vnni; below avx2, avx2
+    assert promotion_costs.for_isa("avx512", table)["priced_with"] == "avx2"
+    assert promotion_costs.for_isa("avx_vnni", table)["priced_with"] == "avx512_vnni"
+    assert promotion_costs.for_isa("other", table)["priced_with"] == "avx2"
+    # a tie goes to the lower ISA
+    assert promotion_costs.for_isa("avx_vnni", {"avx512": entry(1.0), "amx": entry(3.0)})["priced_with"] == "avx512"
+    # the package's table: this machine's ISA, or the nearest measured one, is what builds here use and record
+    here = promotion_costs.for_isa(kernel_isa())
+    assert here["kernel_isa"] == kernel_isa()
+    assert here["priced_with"] == promotion_costs.nearest(kernel_isa(), promotion_costs.measured())
+    assert (here["priced_with"] == kernel_isa()) == (kernel_isa() in promotion_costs.measured())
 
 
 def test_without_a_passing_prefix_only_promotions_that_cut_the_kl_are_kept():

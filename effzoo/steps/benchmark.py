@@ -11,9 +11,10 @@ batch size, these threads): deploy ranks builds on their speed over PyTorch ther
 predict runs; `build_throughput` (OpenVINO builds, and any build with instances > 1) is the throughput mode:
 `instances` streams or sessions with several requests in flight, aggregate images/s. The load average before
 and after, the CPU steal time during the run, the CPU's flags and the check of the CPU against what the build
-requires are recorded; a warning is added when the machine was busy. The PyTorch baseline uses timm's random
-init: speed does not depend on the weights. The model is checked against the sha256 its build.json recorded
-before it is timed.
+requires are recorded; a warning is added when the machine was busy. A build whose CPU check says skip (bf16 on a
+CPU without bf16) is not timed: its perf JSON says why (`not_run`) and holds no figure. The PyTorch baseline uses
+timm's random init: speed does not depend on the weights. The model is checked against the sha256 its build.json
+recorded before it is timed.
 
 CLI: python -m benchmark --model vacc/V-Q/model.onnx|model.xml --build-json vacc/V-Q/build.json --out perf/V-Q.json \
         --batch-sizes 1 16 --iterations 5 --warmup 2 --rounds 3 --threads 2 --instances 1 --layout-tuning off
@@ -55,11 +56,12 @@ def benchmark(model: str, build: dict, batch_sizes: list[int], iterations: int, 
     size = build["preprocess"]["input_size"][1]
     load_before = os.getloadavg()
     ticks_before = speed.cpu_ticks()
-    run, info = runtime.open_build(model, threads, layout_tuning)
+    precision = runtime.precision_of(build)
+    run, info = runtime.open_build(model, threads, layout_tuning, precision)
     runners, per_call, modes = {"build": run}, {"build": 1}, {"latency": info}
     if info["runtime"] == "openvino" or instances > 1:
         runners["build_throughput"], modes["throughput"] = runtime.open_throughput(model, threads, instances,
-                                                                                   layout_tuning)
+                                                                                   layout_tuning, precision)
         per_call["build_throughput"] = modes["throughput"]["requests"]
     versions = {info["runtime"]: info["version"], "python": platform.python_version()}
     if baseline:
@@ -121,7 +123,12 @@ def main(argv=None):
     ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
                     help="ORT CPU layout pass for SE/SiLU graphs, as predict uses it (effzoo/ort_session.py)")
     a = ap.parse_args(argv)
-    build, cpu = runtime.checked_build(a.build_json)
+    build, cpu = runtime.checked_build(a.build_json, skippable=True)
+    if "skipped" in cpu:   # a bf16 build on a CPU without bf16: no figure is recorded, only why
+        write_json(a.out, {"quant": build["quant"], "tag": build["tag"], "model": a.model, "cpu": cpu_name(),
+                           "cpu_flags": sorted(cpu_flags() & REPORTED_FLAGS), "cpu_check": cpu,
+                           "not_run": cpu["skipped"], "provenance": fingerprint.provenance("benchmark")})
+        return
     res = benchmark(a.model, build, a.batch_sizes, a.iterations, a.warmup, a.rounds, a.threads,
                     a.instances, not a.no_baseline, a.layout_tuning == "on")
     res["cpu_check"] = cpu

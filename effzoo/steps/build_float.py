@@ -1,11 +1,13 @@
-"""Build a deployable float model ("vacc" build): fp32 or fp16, for ONNX Runtime or (fp32) OpenVINO.
+"""Build a deployable float model ("vacc" build): fp32 or fp16 for ONNX Runtime, fp32 or bf16 for OpenVINO.
 
 fp32: the model takes the uint8 NHWC tensors of the npz shards directly (graph_edits.fold_preprocessing:
 timm's ToTensor/Normalize as graph ops, Softmax appended) and is optimized offline by ONNX Runtime at the
 mode's `graph_optimization` level (basic is provider-independent, portable). fp16: float16 weights and
 compute; the preprocessing and the softmax stay float32 (exact normalization, stable softmax). With
-`runtime: openvino` the same fp32 graph is written as OpenVINO IR (model.xml + model.bin, fp32 weights).
-Float builds have no CPU-specific numerics: they run on any x86-64 CPU with AVX2.
+`runtime: openvino` the same fp32 graph is written as OpenVINO IR (model.xml + model.bin, fp32 weights). bf16: the
+same IR, run at bf16 inference precision (build.json details.inference_precision; OpenVINO converts the weights
+when it compiles), so it requires a CPU that computes bf16 (avx512_bf16 or amx_bf16: effzoo/cpu_target.py).
+fp32 and fp16 builds have no CPU-specific numerics: they run on any x86-64 CPU with AVX2.
 
 CLI: python -m build_float --onnx X.onnx --export-info X.json --spec-json S.json --quant fp32 \
         --options '{"kind": "fp32", "graph_optimization": "basic"}' --outdir vacc/X-fp32
@@ -68,8 +70,8 @@ def main(argv=None):
     t0 = time.monotonic()
     options = BuildOptions.parse(a.options, a.quant)
     kind = options.kind
-    if kind not in ("fp32", "fp16"):
-        raise ZooError(f"quant mode {a.quant!r}: kind {kind!r} is not a float build (fp32, fp16); int8 builds "
+    if kind not in ("fp32", "fp16", "bf16"):
+        raise ZooError(f"quant mode {a.quant!r}: kind {kind!r} is not a float build (fp32, fp16, bf16); int8 builds "
                        f"run `python -m build_int8`")
     export_info = checked_source(a.onnx, a.export_info)
     spec = read_json(a.spec_json, "spec")
@@ -82,5 +84,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as td:
             details = build_fp32(a.onnx, spec, Path(td) / "model.onnx", options.graph_optimization)
             save_ir(str(Path(td) / "model.onnx"), outdir)
-    write_build("build_float", a, kind, options, details, export_info, spec, t0,
-                cpu_record(options, ANY, "float build: no CPU-specific numerics"))
+        details["inference_precision"] = "bf16" if kind == "bf16" else "f32"
+    why = ("bf16 build: OpenVINO computes it natively only with avx512_bf16 or amx_bf16" if kind == "bf16"
+           else "float build: no CPU-specific numerics")
+    write_build("build_float", a, kind, options, details, export_info, spec, t0, cpu_record(options, ANY, why))

@@ -25,6 +25,7 @@ from effzoo.common import (
     REBUILD,
     ZooError,
     file_record,
+    precision_of,
     read_json,
     read_lines,
     remove_leftovers,
@@ -76,6 +77,7 @@ def deploy(variant: str, race: dict, metrics: dict, builds: dict, build_jsons: d
             shutil.copyfile(src / name, tmp / name)
         doc = {
             "variant": variant, "quant": best, "runtime": build["options"]["runtime"], "precision": build["kind"],
+            "inference_precision": precision_of(build),
             "runtime_package": race["builds"][best]["runtime"],
             "model": Path(build["model"]["path"]).name, "files": {n: file_record(tmp / n) for n in build["files"]},
             "cpu": {**build["cpu"], "checked_isa": accuracy_isa},
@@ -89,7 +91,9 @@ def deploy(variant: str, race: dict, metrics: dict, builds: dict, build_jsons: d
             "speed": {**speed_record(race, best),
                       "vs_torch_eager_in_benchmark": (r.get("speed") or {}).get("vs_torch_eager")},
             "decision": {k: race["decision"][k] for k in ("pool", "leader", "tolerance", "require", "passed_over")},
-            "left_out": race["left_out"], "provenance": fingerprint.provenance("deploy"),
+            "left_out": race["left_out"],
+            "cpu_notes": [e["statement"] for e in race.get("int8_payoff", {}).values() if "statement" in e],
+            "provenance": fingerprint.provenance("deploy"),
         }
         for n, rec in doc["files"].items():
             rec["path"] = n

@@ -28,6 +28,12 @@ def gather(manifests: list[str], out_csv: str, out_logits: str) -> dict:
         if len(values) > 1:
             raise ZooError(f"{', '.join(manifests)}: the parts differ in {field} ({sorted(values)}): rerun them with "
                            f"one configuration (snakemake --forcerun predict_part)")
+    not_run = [m for m, p in zip(manifests, parts) if "not_run" in p]
+    if not_run and len(not_run) < len(parts):
+        why = parts[manifests.index(not_run[0])]["not_run"]
+        raise ZooError(f"{', '.join(not_run)}: these parts did not run ({why}) "
+                       f"and the others did: the nodes differ; rerun them on nodes of one CPU kind "
+                       f"(snakemake --forcerun predict_part)")
     for m, p in zip(manifests, parts):
         verify_file(p["predictions"]["path"], p["predictions"]["sha256"], m)
         verify_file(p["logits"]["path"], p["logits"]["sha256"], m)
@@ -53,7 +59,7 @@ def gather(manifests: list[str], out_csv: str, out_logits: str) -> dict:
     worst = next((c for c in checks if not c.get("ok", True)), next((c for c in checks if "isa_note" in c), checks[0]))
     isas = sorted({c["running_isa"] for c in checks if "running_isa" in c})
     cpu_check = {**worst, "running_isa": "+".join(isas)} if len(isas) > 1 else worst
-    return {"images": images, "skipped": [s for p in parts for s in p["skipped"]],
+    return {**({"not_run": first["not_run"]} if not_run else {}), "images": images, "skipped": [s for p in parts for s in p["skipped"]],
             "inference_s": round(sum(p["inference_s"] for p in parts), 3), "runtime": first["runtime"],
             "cpu_check": cpu_check, "model": first["model"], "batch": first["batch"],
             "threads": first["threads"], "peak_rss_mb": max(p.get("peak_rss_mb", 0.0) for p in parts),

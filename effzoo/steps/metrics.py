@@ -8,7 +8,8 @@ benchmark in the deploy mode (latency mode, the largest batch: images/s and the 
 timed in the same job). Ratios between builds come from the race (race/<variant>.json), which times them in one
 process. Plus the model facts: params (M), GMACs/GFLOPs with their
 convention, input size, the preprocessing spec and the weights source. Predictions are checked against the
-sha256 in their predict.json before they are scored. Metrics from random weights carry
+sha256 in their predict.json before they are scored. A build that did not run on this CPU (its check said skip:
+bf16 without bf16) has `not_run`, the reason, and no figure. Metrics from random weights carry
 ``"random_weights": true`` and a warning.
 
 CLI: python -m metrics --variant V --export-info X.json --spec-json S.json --datalist D.tsv --skipped S.tsv \
@@ -106,8 +107,13 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
     perf_docs = {name: read_json(path, "perf") for name, path in (perf or {}).items()}
     builds = {name: read_json(b, "build") for name, (_, _, b) in modes.items()}
     for name, (pred_csv, _, build_json) in modes.items():
-        files, labels, top = read_predictions(pred_csv)
         build = builds[name]
+        if "not_run" in predicted[name]:   # its CPU check said skip: no figure of it, only why
+            results[name] = {"not_run": predicted[name]["not_run"], "kind": build["kind"], "build": str(build_json),
+                             "runtime": build["options"]["runtime"], "cpu": build["cpu"],
+                             "cpu_check": predicted[name]["cpu_check"], "model_size_mb": build["model"]["size_mb"]}
+            continue
+        files, labels, top = read_predictions(pred_csv)
         res = score(labels, top)
         res.update({"skipped_images": len(skipped), "model_size_mb": build["model"]["size_mb"],
                     "build": str(build_json), "predictions": str(pred_csv), "kind": build["kind"],
@@ -123,7 +129,7 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
             res["calibration"]["on_evaluated_images"] = ("source_datalist" in cal
                                                          and same_dataset(cal["source_datalist"], datalist))
             res["accuracy_budget"] = split_search_record(build["details"]["accuracy_budget"])
-        if name in perf_docs:
+        if name in perf_docs and "not_run" not in perf_docs[name]:
             p = perf_docs[name]
             res["speed"] = deploy_speed(p, perf[name])
             res["batch1_latency_ms"] = p["batch1_latency_ms"]
@@ -138,7 +144,7 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
         results[name] = res
         tops[name] = (labels, top)
     if reference in tops:
-        for name in results:
+        for name in tops:
             results[name]["evidence"] = evidence_against(tops[name], tops[reference], budget, name == reference)
             if name != reference:
                 results[name]["top1_agreement_with_" + reference] = results[name]["evidence"]["agreement"]["value"]
@@ -148,7 +154,8 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
     w = export_info["weights"]
     doc = {
         "variant": variant, "timm_tag": export_info["tag"], "weights": w, "random_weights": bool(w["random"]),
-        "dataset": {"name": dataset, "datalist": datalist, "images_scored": next(iter(results.values()))["images"],
+        "dataset": {"name": dataset, "datalist": datalist,
+                    "images_scored": next(r["images"] for r in results.values() if "images" in r),
                     "images_skipped": len(skipped), "skipped": skipped,
                     "counting": "top-1/top-5 over images scored; skipped images are excluded (on_bad_image: skip)"
                     if skipped else "every image in the datalist was scored"},

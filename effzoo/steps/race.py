@@ -1,8 +1,9 @@
 """race/<variant>.json: a variant's candidate builds timed in one process, and the deploy decision made on them.
 
-The candidates are the builds that the accuracy evidence (metrics) does not refute and that this CPU runs
-(effzoo.decision.race_candidates). Each is opened exactly as `effzoo.load` opens a deploy folder: its own runtime,
-latency mode, no layout pass, the benchmark's threads, and the objective's batch:
+The candidates are the builds that ran where they were scored, that the accuracy evidence (metrics) does not refute
+and that this CPU runs: its kind and flags (effzoo.decision.race_candidates; a bf16 build needs bf16). Each is
+opened exactly as `effzoo.load` opens a deploy folder: its own runtime (OpenVINO at the build's inference
+precision), latency mode, no layout pass, the benchmark's threads, and the objective's batch:
   * `batch`: the largest benchmark batch, ranked on images/s;
   * `single_stream`: batch 1, ranked on the 90th-percentile latency of each round's calls (MLPerf's single stream).
 They run interleaved in rotating order (effzoo.speed.measure, the benchmark's harness), `rounds` rounds per look.
@@ -30,7 +31,7 @@ from effzoo import fingerprint, preprocess, speed
 from effzoo.common import LOG, Progress, ZooError, read_json, write_json
 from effzoo.cpu_target import REPORTED_FLAGS, cpu_flags, cpu_kind, cpu_name, kernel_isa
 from effzoo.decision import decide, ratio, race_candidates
-from effzoo.runtime import checked_build, open_build
+from effzoo.runtime import checked_build, open_build, precision_of
 
 
 def preprocessing_speed(spec: dict, images: int = 8) -> float:
@@ -77,14 +78,46 @@ def merge(into: dict, more: dict) -> dict:
     return into
 
 
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def int8_payoff(raced: dict, builds: dict, cpu: dict) -> dict:
+    """Per runtime, whether its raced int8 builds pay on this CPU: each one's paired speed over the fp32 build of
+    its runtime against its own floor (min_speed_over_fp32), and a statement when some are confidently below it
+    (the interval's upper end under the floor): 'does not pay' when all are."""
+    out: dict = {}
+    for q, b in raced.items():
+        floor, own = builds[q]["options"].get("min_speed_over_fp32"), b.get("over_runtime_fp32")
+        if builds[q]["kind"] != "int8" or not floor or not own:
+            continue
+        entry = out.setdefault(b["runtime"]["package"], {"fp32": own["build"], "builds": {}})
+        entry["builds"][q] = {"over_fp32": own["ratio"], "floor": floor, "below_floor": own["ratio"][2] < floor}
+    for package, entry in out.items():
+        below = [q for q, e in entry["builds"].items() if e["below_floor"]]
+        entry["pays"] = not below
+        if below:
+            name = RUNTIME_NAMES.get(package, package)
+            lead = (f"{name} int8 does not pay on this CPU" if len(below) == len(entry["builds"])
+                    else f"{name} int8 pays only in part on this CPU")
+            ratios = {q: entry["builds"][q]["over_fp32"] for q in below}
+            entry["statement"] = (f"{lead} ({cpu['kind']}, {cpu['kernel_isa']} kernels; flags "
+                                  f"{' '.join(cpu['flags']) or 'none of the reported'}): "
+                                  + ", ".join(f"{q} {r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]" for q, r in ratios.items())
+                                  + f" {entry['fp32']}, below the {entry['builds'][below[0]]['floor']}x floor "
+                                    f"(min_speed_over_fp32; 95% intervals of this race)")
+    return out
+
+
 def race(metrics: dict, builds: dict, build_jsons: dict, settings: dict) -> dict:
     """Time the candidates and decide; returns the race document."""
-    order = list(builds)
-    evidence = {q: metrics["results"][q]["evidence"] for q in order}
+    results = metrics["results"]
+    not_run = {q: f"not run where it was scored: {results[q]['not_run']}" for q in builds if "not_run" in results[q]}
+    order = [q for q in builds if q not in not_run]
+    evidence = {q: results[q]["evidence"] for q in order}
     running = cpu_kind()
-    candidates, left_out = race_candidates(evidence, {q: b["cpu"]["requires"] for q, b in builds.items()}, running,
+    candidates, left_out = race_candidates(evidence, {q: b["cpu"] for q, b in builds.items()}, running, cpu_flags(),
                                            order)
-    candidates, left_out = within_memory(candidates, left_out, metrics["results"], settings.get("max_builds"))
+    candidates, left_out = within_memory(candidates, {**not_run, **left_out}, results, settings.get("max_builds"))
     if not candidates:
         raise ZooError(f"{metrics['variant']}: no build to race on this {running} CPU: " +
                        "; ".join(f"{q}: {w}" for q, w in left_out.items()))
@@ -94,7 +127,7 @@ def race(metrics: dict, builds: dict, build_jsons: dict, settings: dict) -> dict
     for q in candidates:
         checked_build(build_jsons[q])   # files against their sha256, this CPU against the build's requirement
         model = str(Path(build_jsons[q]).parent / Path(builds[q]["model"]["path"]).name)
-        runners[q], opened[q] = open_build(model, settings["threads"])
+        runners[q], opened[q] = open_build(model, settings["threads"], precision=precision_of(builds[q]))
     size = builds[candidates[0]]["preprocess"]["input_size"][1]
     x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     looks, per_look = settings["looks"], settings["rounds"]
@@ -115,7 +148,8 @@ def race(metrics: dict, builds: dict, build_jsons: dict, settings: dict) -> dict
     for q in candidates:
         t = timed[q]
         raced[q] = {"runtime": {"package": opened[q]["runtime"], "version": opened[q]["version"]},
-                    "kind": builds[q]["kind"], "images_per_s": round(median(t["throughput_rounds"]), 2),
+                    "kind": builds[q]["kind"], "inference_precision": opened[q].get("inference_precision"),
+                    "images_per_s": round(median(t["throughput_rounds"]), 2),
                     "latency_p90_ms": round(median(t["latency_p90_rounds"]), 3),
                     "throughput_rounds": t["throughput_rounds"], "latency_p90_rounds": t["latency_p90_rounds"]}
         if "fp32" in per_round:
@@ -125,6 +159,8 @@ def race(metrics: dict, builds: dict, build_jsons: dict, settings: dict) -> dict
             raced[q]["over_runtime_fp32"] = {"build": own,
                                             "ratio": [round(v, 4) for v in ratio(per_round, q, own, looks)]}
     steal = speed.steal_percent(ticks, speed.cpu_ticks())
+    cpu = {"model": cpu_name(), "kind": running, "kernel_isa": kernel_isa(),
+           "flags": sorted(cpu_flags() & REPORTED_FLAGS), "cores": os.cpu_count()}
     return {"variant": metrics["variant"], "objective": objective, "batch": batch, "threads": settings["threads"],
             "iterations": settings["iterations"], "warmup": settings["warmup"], "rounds": done,
             "rounds_per_look": per_look, "looks_max": looks, "looks": done // per_look,
@@ -133,8 +169,7 @@ def race(metrics: dict, builds: dict, build_jsons: dict, settings: dict) -> dict
             "preprocessing": {"path": "exact (PIL resize and centre crop, as effzoo.load runs it)",
                               "images_per_s_one_thread": round(preprocessing_speed(metrics["preprocess"]), 1)},
             "layout_tuning": "off (as effzoo.load runs a build)",
-            "cpu": {"model": cpu_name(), "kind": running, "kernel_isa": kernel_isa(),
-                    "flags": sorted(cpu_flags() & REPORTED_FLAGS), "cores": os.cpu_count()},
+            "cpu": cpu, "int8_payoff": int8_payoff(raced, builds, cpu),
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_steal_pct": steal,
             "accuracy": {q: evidence[q] for q in order}, "left_out": left_out, "builds": raced,
             "decision": decision, "provenance": fingerprint.provenance("race"),

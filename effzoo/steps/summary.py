@@ -85,7 +85,12 @@ def build_rows(metrics: list[dict], races: dict) -> list[dict]:
         race = races.get(m["variant"])
         raced = race["builds"] if race else {}
         for q in sorted(m["results"], key=lambda q: (q != "fp32", q)):
-            r, ev = m["results"][q], m["results"][q]["evidence"]
+            r = m["results"][q]
+            if "not_run" in r:
+                rows.append({"variant": m["variant"], "build": q, "runtime": r["runtime"], "precision": r["kind"],
+                             "cpu_target": r["cpu"]["target"], "accuracy": "not run", "race": r["not_run"]})
+                continue
+            ev = r["evidence"]
             rows.append({"variant": m["variant"], "build": q, "runtime": r["runtime"], "precision": r["kind"],
                          "cpu_target": r["cpu"]["target"], "top1": interval_text(ev["top1"]),
                          "top5": _pct(ev["top5"]["value"]), "agreement": interval_text(ev["agreement"]),
@@ -167,6 +172,11 @@ def race_notes(races: dict) -> list[str]:
         if slow:
             out.append(f"{v}: slower than the fp32 build of their runtime on this CPU (95% intervals): "
                        + ", ".join(slow))
+        out += [f"{v}: {e['statement']}" for e in race.get("int8_payoff", {}).values() if "statement" in e]
+        if any(b["kind"] == "fp16" for b in race["builds"].values()):
+            out.append(f"{v}: fp16 is the vendor's build for accelerators; ONNX Runtime's CPU provider runs it slower "
+                       f"than fp32 on every CPU kind measured (docs/results.md). The half precision CPUs compute is "
+                       f"bf16 (ov_bf16), where the CPU has avx512_bf16 or amx_bf16")
     return out
 
 
@@ -180,6 +190,11 @@ def text_table(metrics: list[dict], order: list[str], races: dict | None = None)
         raced = races[m["variant"]]["builds"] if m["variant"] in races else {}
         for q in [q for q in order if q in m["results"]] + sorted(set(m["results"]) - set(order)):
             r = m["results"][q]
+            if "not_run" in r:
+                rows.append((m["variant"], q, r["runtime"], "not run", "-", "-", "-", "-", "not run", "0",
+                             f"{r['model_size_mb']:.1f}", f"{m['params_m']:.2f}", f"{m['gflops']:.3f}",
+                             str(m["input_size"][1]), "RANDOM" if m["random_weights"] else m["weights"]["source"]))
+                continue
             ev, split = r["evidence"], r.get("split_agreement_with_fp32")
             rows.append((m["variant"], q, r.get("runtime", "-"), f"{r['top1']:.4f}", f"{r['top5']:.4f}",
                          interval_text(ev["agreement"]), "-" if split is None else f"{split:.3f}",
@@ -189,6 +204,8 @@ def text_table(metrics: list[dict], order: list[str], races: dict | None = None)
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
     lines += race_notes({v: races[v] for v in races if any(m["variant"] == v for m in metrics)})
+    lines += [f"{m['variant']}: {q} not run: {r['not_run']}" for m in metrics for q, r in m["results"].items()
+              if "not_run" in r]
     lines += split_budget_notes(metrics) + evaluated_calibration_notes(metrics)
     return "\n".join(lines)
 
@@ -229,7 +246,7 @@ def figure(metrics: list[dict], races: dict):
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    markers = {"fp32": "o", "fp16": "s", "max": "^", "percentile": "v", "kl_divergence": "D", "mse": "P"}
+    markers = {"fp32": "o", "fp16": "s", "bf16": "h", "max": "^", "percentile": "v", "kl_divergence": "D", "mse": "P"}
     objective = "batch"
     for m in metrics:
         if m["variant"] not in races:
