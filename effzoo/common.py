@@ -137,6 +137,10 @@ def has_field(doc, dotted: str) -> bool:
     return True
 
 
+# The fields of a record a step wrote without running the build (its CPU check said skip: `not_run`, the reason).
+NOT_RUN_FIELDS = {"perf": ("not_run", "cpu", "cpu_flags", "cpu_check")}
+
+
 def read_json(path: str | os.PathLike, kind: str | None = None):
     """Read JSON, naming the file in the error when it is missing or unreadable; with `kind` (MANIFEST_FIELDS),
     also when a field the steps read is missing."""
@@ -147,7 +151,8 @@ def read_json(path: str | os.PathLike, kind: str | None = None):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZooError(f"{path}: not valid JSON ({e}): the file is damaged; {REBUILD}") from None
     if kind is not None:
-        missing = [k for k in MANIFEST_FIELDS[kind] if not has_field(doc, k)]
+        fields = NOT_RUN_FIELDS.get(kind) if isinstance(doc, dict) and "not_run" in doc else None
+        missing = [k for k in fields or MANIFEST_FIELDS[kind] if not has_field(doc, k)]
         if missing:
             raise ZooError(f"{path}: not a complete {kind} manifest (no {', '.join(missing)}): the file is damaged "
                            f"or was written by another version of effzoo; {REBUILD}")

@@ -154,7 +154,7 @@ def isa_note(cpu: dict, running_isa: str, what: str) -> dict:
     if not cpu.get("isa_sensitive") or checked is None or running_isa == checked:
         return {}
     note = (f"{what}: its accuracy record was measured on {checked} kernels and it runs here on {running_isa} "
-            f"kernels, whose int8 results differ from them on this runtime (not the same outputs, image for image); "
+            f"kernels, whose results differ from them on this runtime (not the same outputs, image for image); "
             f"predict on this CPU to measure it here")
     LOG.warning("%s", note)
     return {"isa_note": note}

@@ -14,6 +14,7 @@ rule benchmark:
         rounds=BENCH["rounds"],
         bench_threads=BENCH["threads"],
         instances=BENCH["instances"],
+        bf16_here=bf16_here,
         step=step("benchmark"),
     threads: exclusive_threads  # locally all cores: nothing else runs while timing
     resources:

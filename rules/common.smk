@@ -14,7 +14,7 @@ validate(config, "../schemas/config.schema.yaml")
 ROOT = Path(workflow.basedir)
 SCRIPTS = ROOT / "scripts"
 sys.path.insert(0, str(ROOT))  # this workflow's effzoo package, whatever else is installed
-from effzoo import cost, fingerprint  # noqa: E402  (standard library only: cheap at parse time)
+from effzoo import cost, cpu_target, fingerprint  # noqa: E402  (standard library only: cheap at parse time)
 from effzoo import preprocess  # noqa: E402  (numpy + PIL only)
 from effzoo.dataset import IMAGE_EXTS  # noqa: E402
 from effzoo.demo import DEMO_LABELS  # noqa: E402
@@ -67,6 +67,13 @@ def build_files(wildcards):
     if quant_cfg(wildcards.quant)["runtime"] == "openvino":
         return {"model": f"{d}/model.xml", "weights": f"{d}/model.bin", "build": f"{d}/build.json"}
     return {"model": f"{d}/model.onnx", "build": f"{d}/build.json"}
+
+
+def bf16_here(wildcards):
+    """For a bf16 build, the bf16 ISA of the machine that plans the run ('none' without one); '' for every other
+    build. A params: value, so that a bf16 predict or benchmark that did not run (no bf16 here) reruns on a machine
+    that computes bf16, and one that ran reruns where it would not."""
+    return (cpu_target.bf16_isa() or "none") if quant_cfg(wildcards.quant)["kind"] == "bf16" else ""
 
 
 def deploy_model_files(wildcards):

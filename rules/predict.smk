@@ -18,6 +18,7 @@ rule predict:
     params:
         layout_tuning="on" if INFER["layout_tuning"] else "off",
         batch=INFER["batch"],
+        bf16_here=bf16_here,
         step=step("predict"),
     threads: INFER["threads"]
     resources:
