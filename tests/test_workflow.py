@@ -405,9 +405,10 @@ def fake_upgrade(tmp_path: Path, dist: str, version: str) -> dict:
 def test_upgrading_onnxruntime_reruns_builds_and_what_follows_not_export_or_shards(demo_run, tmp_path):
     work = demo_copy(demo_run, tmp_path)[1]
     jobs = planned_jobs(work, demo_config(), env=fake_upgrade(tmp_path, "onnxruntime", "9.9.9"))
-    assert jobs == {"calibrate": 1, "build_float": 2, "build_float_openvino": 1, "build_int8": 3,
-                    "build_int8_openvino": 3, "predict": 9, "benchmark": 9, "metrics": 1, "race": 1, "summary": 1,
-                    "deploy": 1, "all": 1, "total": 33}
+    # every build reruns (ov_fp32 and ov_bf16 too: build_float writes their IR through ONNX Runtime's optimizer)
+    assert jobs == {"calibrate": 1, "build_float": 2, "build_float_openvino": 2, "build_int8": 3,
+                    "build_int8_openvino": 3, "predict": 10, "benchmark": 10, "metrics": 1, "race": 1, "summary": 1,
+                    "deploy": 1, "all": 1, "total": 36}
 
 
 @pytest.mark.slow
