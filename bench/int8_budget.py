@@ -18,7 +18,7 @@ Then, over every build and fold, how well the split's count and the continuous e
 
 usage: python bench/int8_budget.py [--variants tf_efficientnet_lite0 ...] [--workdir bench-out/int8-budget]
                                    [--methods max percentile kl_divergence mse] [--targets vnni avx512]
-                                   [--benchmark] [--b7] [--deploy]
+                                   [--benchmark] [--b7] [--deploy [--race-rounds 9]]
 """
 from __future__ import annotations
 
@@ -150,15 +150,18 @@ def signal_report(rows: dict[str, dict]) -> None:
               f"pt, correlation {corr:.2f}")
 
 
-def deploy_fold(work: Path, roots: list[Path], fold: int, variant: str) -> None:
-    """The default job's nine builds, calibrated on half `fold` and scored on the other half, raced and deployed:
-    prints every build's accuracy evidence and the decision."""
+def deploy_fold(work: Path, roots: list[Path], fold: int, variant: str, rounds: int | None = None) -> None:
+    """The default job's builds, calibrated on half `fold` and scored on the other half, raced (`rounds` rounds in
+    one look where given, else the default race) and deployed: prints every build's accuracy evidence, its speed
+    over its runtime's fp32 with the 95% interval, and the decision."""
     d = work / f"deploy{fold}"
     d.mkdir(parents=True, exist_ok=True)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["datasets"] = {f"half{k}": {"root": str(r)} for k, r in enumerate(roots)}
     cfg.update(dataset=f"half{1 - fold}", run_variants=[variant])
     cfg["calibration"] = {"dataset": f"half{fold}", "images": 150, "validation_images": 100}
+    if rounds:
+        cfg["deploy"] = {"race": {"rounds": rounds, "looks": 1}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     subprocess.run([sys.executable, "-m", "snakemake", f"deploy/{variant}", "-s", str(REPO / "Snakefile"), "-d",
                     str(d), "--cores", "2", "--quiet", "rules", "--rerun-incomplete", "--configfile",
@@ -167,10 +170,14 @@ def deploy_fold(work: Path, roots: list[Path], fold: int, variant: str) -> None:
     race = json.loads((d / f"race/{variant}.json").read_text())
     dec = race["decision"]
     print(f"\n{variant}, calibrated on half {fold}, scored on half {1 - fold} "
-          f"({m['dataset']['images_scored']} images); race of {race['rounds']} rounds:")
+          f"({m['dataset']['images_scored']} images); race of {race['rounds']} rounds, load average "
+          f"{race['loadavg_before']} -> {race['loadavg_after']}:")
     for q, r in m["results"].items():
         ev, b = r["evidence"], race["builds"].get(q)
-        where = (f"{b['images_per_s']:7.1f} images/s, {dec['builds'][q]['speed_state']}" if b
+        own = (b or {}).get("over_runtime_fp32")
+        where = (f"{b['images_per_s']:7.1f} images/s at {b['inference_precision'] or 'its precision'}"
+                 + (f", {own['ratio'][0]:.2f}x {own['build']} [{own['ratio'][1]:.2f}, {own['ratio'][2]:.2f}]"
+                    if own and own["build"] != q else "") + f", {dec['builds'][q]['speed_state']}" if b
                  else f"not raced: {race['left_out'][q]}")
         print(f"  {q:24s} {ev['state']:9s} agreement {interval_text(ev['agreement'])} top-1 loss "
               f"{interval_text(ev['top1_loss'], digits=2)} pt | {where}")
@@ -216,8 +223,10 @@ def main():
     ap.add_argument("--benchmark", action="store_true",
                     help="also run the benchmark step (speed vs fp32) on the first fold")
     ap.add_argument("--b7", action="store_true", help="measure the search cost on efficientnet_b7 instead")
-    ap.add_argument("--deploy", action="store_true", help="instead: the default job's builds of the first variant on "
+    ap.add_argument("--deploy", action="store_true", help="instead: the default job's builds of each variant on "
                     "the first fold, raced and deployed, with every build's accuracy evidence and the decision")
+    ap.add_argument("--race-rounds", type=int, help="with --deploy: race this many rounds in one look (default: "
+                    "the configured race)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     a = ap.parse_args()
@@ -228,7 +237,8 @@ def main():
         b7_cost(work)
         return
     if a.deploy:
-        deploy_fold(work, halves(work), 0, a.variants[0])
+        for variant in a.variants:
+            deploy_fold(work, halves(work), 0, variant, a.race_rounds)
         return
     modes = {q: o for q, o in int8_modes(a.methods).items() if o["cpu_target"] in a.targets}
     if cpu_kind() != "vnni":

@@ -1,10 +1,11 @@
-"""Whether a build's outputs depend on the int8 kernel ISA: each build predicted twice over the same images, once as
-the runtime picks its kernels and once with AMX refused, so that they fall back to AVX-512 VNNI.
+"""Whether a build's outputs depend on the kernel ISA: each build predicted twice over the same images (at the
+precision its build.json records), once as the runtime picks its kernels and once with AMX refused, so that int8
+falls back to AVX-512 VNNI and bf16 to AVX512_BF16.
 
 AMX is refused by preloading a small shim (compiled here with cc) that fails the kernel's AMX permission request
 (arch_prctl ARCH_REQ_XCOMP_PERM), which ONNX Runtime's MLAS and OpenVINO's oneDNN both make before they use AMX.
 Prints per build: the largest logit difference, the images whose top-1 changed, and both runs' inference time.
-Only meaningful on a CPU with AMX (flags amx_int8 amx_tile); elsewhere both runs use the same kernels.
+Only meaningful on a CPU with AMX (flags amx_int8 amx_tile amx_bf16); elsewhere both runs use the same kernels.
 
 usage: python bench/isa_numerics.py vacc/tf_efficientnet_lite1-int8_max/model.onnx \
            vacc/tf_efficientnet_lite1-ov_int8_max/model.xml ... --shards npz/<size>/shard-00000.npz [...] \
@@ -50,9 +51,18 @@ long syscall(long n, ...) {
 """
 
 
+def noamx_shim(directory: str) -> str:
+    """Compile the shim that refuses AMX into `directory`; returns the .so path to preload (LD_PRELOAD)."""
+    src, shim = Path(directory) / "noamx.c", str(Path(directory) / "noamx.so")
+    src.write_text(SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", shim, str(src), "-ldl"], check=True)
+    return shim
+
+
 def predict(model: str, shards: list[str], images: int, threads: int, out: str) -> None:
     """Child: the build's logits over the first `images` images of the shards, saved to `out`; prints the seconds."""
     from effzoo import shard_io
+    from effzoo.common import precision_of
     from effzoo.runtime import open_build
 
     batches, n = [], 0
@@ -61,7 +71,9 @@ def predict(model: str, shards: list[str], images: int, threads: int, out: str) 
         n += len(batches[-1])
         if n >= images:
             break
-    run, _ = open_build(model, threads)
+    built = Path(model).with_name("build.json")
+    precision = precision_of(json.loads(built.read_text())) if built.exists() else "f32"
+    run, _ = open_build(model, threads, precision=precision)
     run(batches[0])   # warm-up
     t0 = time.perf_counter()
     logits = np.concatenate([run(x)[0] for x in batches])
@@ -94,12 +106,10 @@ def main() -> None:
     from effzoo.cpu_target import cpu_flags, kernel_isa
 
     flags = cpu_flags()
-    shown = sorted(flags & {"avx512_vnni", "avx512_bf16", "amx_int8", "amx_tile"})
+    shown = sorted(flags & {"avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "amx_tile"})
     print(f"CPU: {kernel_isa(flags)} kernels (flags: {' '.join(shown)})")
     with tempfile.TemporaryDirectory() as td:
-        src, shim = Path(td) / "noamx.c", str(Path(td) / "noamx.so")
-        src.write_text(SHIM)
-        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", shim, str(src), "-ldl"], check=True)
+        shim = noamx_shim(td)
         print(f"{'build':60} {'max |dlogit|':>12} {'top-1 changed':>14} {'s as is':>8} {'s no AMX':>9} AMX refused")
         for model in a.models:
             log = str(Path(td) / "refused.log")
