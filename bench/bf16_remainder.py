@@ -76,17 +76,18 @@ def pct(k: int, n: int) -> str:
     return f"{100 * k / n:5.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def variant_report(work: Path, variant: str, a) -> None:
-    """Accuracy of every engine on the sample, then one interleaved timing run of all of them."""
+ENGINES = {"ov_fp32 @f32": ("ov_fp32", "f32"), "ov_bf16 @bf16": ("ov_bf16", "bf16"),
+           **{f"{q} @{p}": (q, p) for q in INT8 for p in ("f32", "bf16")}}   # name: (build, inference precision)
+
+
+def accuracy_report(work: Path, variant: str, a) -> None:
+    """Top-1 and agreement with ov_fp32 of every engine on the sample; an engine the workflow did not run as such
+    (an int8 build at bf16; every engine with AMX refused) predicts the sample here."""
     m = json.loads((work / f"metrics/{variant}.json").read_text())
     datalist = work / m["dataset"]["datalist"]
     shards = [str(datalist.parent / s) for s in dict.fromkeys(r[0] for r in read_datalist(str(datalist)))]
-    engines = {"ov_fp32 @f32": ("ov_fp32", "f32"), "ov_bf16 @bf16": ("ov_bf16", "bf16")}
-    for q in INT8:
-        engines[f"{q} @f32"] = (q, "f32")
-        engines[f"{q} @bf16"] = (q, "bf16")
     preds = {}
-    for name, (q, precision) in engines.items():
+    for name, (q, precision) in ENGINES.items():
         if not a.amx_refused and (precision == "f32" or q == "ov_bf16"):   # as the workflow predicted them
             preds[name] = top1_by_file(work / f"output/{variant}-{q}/predictions.csv")
             continue
@@ -110,28 +111,32 @@ def variant_report(work: Path, variant: str, a) -> None:
         same = sum(preds[f"{q} @bf16"][f][1] == preds[f"{q} @f32"][f][1] for f in ref)
         print(f"{q}: remainder at bf16 agrees with it at f32 on {pct(same, n)} %")
 
-    runners, info = {}, {}
-    for name, (q, precision) in engines.items():
-        runners[name], info[name] = runtime.open_build(str(work / f"vacc/{variant}-{q}/model.xml"), 2,
-                                                       precision=precision)
-        if info[name]["inference_precision"] != precision:
-            raise SystemExit(f"{name}: OpenVINO compiled it at {info[name]['inference_precision']}")
+
+def over(res: dict, name: str, ref: str) -> str:
+    """name's paired speed over ref's: geometric mean of the per-round ratios with its 95% interval."""
+    if ref == name:
+        return ""
+    g, lo, hi = ratio_interval([e / b for e, b in zip(res[name]["throughput_rounds"], res[ref]["throughput_rounds"])])
+    return f"{g:.2f}x [{lo:.2f}, {hi:.2f}]"
+
+
+def speed_report(work: Path, variant: str, a) -> None:
+    """Every engine timed in one interleaved run; each over the same graph at f32 and over ov_fp32."""
+    runners = {}
+    for name, (q, precision) in ENGINES.items():
+        runners[name], info = runtime.open_build(str(work / f"vacc/{variant}-{q}/model.xml"), 2, precision=precision)
+        if info["inference_precision"] != precision:
+            raise SystemExit(f"{name}: OpenVINO compiled it at {info['inference_precision']}")
     size = json.loads((work / f"vacc/{variant}-ov_fp32/build.json").read_text())["preprocess"]["input_size"][1]
     x = np.random.default_rng(0).integers(0, 256, (a.batch, size, size, 3), dtype=np.uint8)
     res = speed.measure(runners, x, a.batch, a.iterations, 2, a.rounds, Progress(a.rounds * len(runners), variant))
     print(f"speed: batch {a.batch}, 2 threads, {a.rounds} interleaved rounds x {a.iterations} calls, load average "
           f"{os.getloadavg()}")
     print(f"{'engine':28s} {'img/s':>8s}  {'over the same graph at f32 [95%]':>34s}  {'over ov_fp32 [95%]':>22s}")
-    for name, (q, precision) in engines.items():
-        base = f"{q} @f32" if q != "ov_bf16" else "ov_fp32 @f32"
-
-        def over(ref_name: str) -> str:
-            if ref_name == name:
-                return ""
-            g, lo, hi = ratio_interval([e / b for e, b in zip(res[name]["throughput_rounds"],
-                                                              res[ref_name]["throughput_rounds"])])
-            return f"{g:.2f}x [{lo:.2f}, {hi:.2f}]"
-        print(f"{name:28s} {res[name]['throughput_ips']:8.1f}  {over(base):>34s}  {over('ov_fp32 @f32'):>22s}")
+    for name, (q, _) in ENGINES.items():
+        same_graph = "ov_fp32 @f32" if q == "ov_bf16" else f"{q} @f32"
+        print(f"{name:28s} {res[name]['throughput_ips']:8.1f}  {over(res, name, same_graph):>34s}  "
+              f"{over(res, name, 'ov_fp32 @f32'):>22s}")
 
 
 def main():
@@ -164,7 +169,8 @@ def main():
     if not a.amx_refused:
         build(work, a.variants)
     for v in a.variants:
-        variant_report(work, v, a)
+        accuracy_report(work, v, a)
+        speed_report(work, v, a)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,14 @@ def signal_report(rows: dict[str, dict]) -> None:
               f"pt, correlation {corr:.2f}")
 
 
+def raced_text(q: str, raced: dict, state: str) -> str:
+    """A raced build's images/s, precision, speed over its runtime's fp32 with the 95% interval, and race state."""
+    own = raced.get("over_runtime_fp32")
+    over = (f", {own['ratio'][0]:.2f}x {own['build']} [{own['ratio'][1]:.2f}, {own['ratio'][2]:.2f}]"
+            if own and own["build"] != q else "")
+    return f"{raced['images_per_s']:7.1f} images/s at {raced['inference_precision'] or 'its precision'}{over}, {state}"
+
+
 def deploy_fold(work: Path, roots: list[Path], fold: int, variant: str, rounds: int | None = None) -> None:
     """The default job's builds, calibrated on half `fold` and scored on the other half, raced (`rounds` rounds in
     one look where given, else the default race) and deployed: prints every build's accuracy evidence, its speed
@@ -174,10 +182,7 @@ def deploy_fold(work: Path, roots: list[Path], fold: int, variant: str, rounds: 
           f"{race['loadavg_before']} -> {race['loadavg_after']}:")
     for q, r in m["results"].items():
         ev, b = r["evidence"], race["builds"].get(q)
-        own = (b or {}).get("over_runtime_fp32")
-        where = (f"{b['images_per_s']:7.1f} images/s at {b['inference_precision'] or 'its precision'}"
-                 + (f", {own['ratio'][0]:.2f}x {own['build']} [{own['ratio'][1]:.2f}, {own['ratio'][2]:.2f}]"
-                    if own and own["build"] != q else "") + f", {dec['builds'][q]['speed_state']}" if b
+        where = (raced_text(q, b, dec["builds"][q]["speed_state"]) if b
                  else f"not raced: {race['left_out'][q]}")
         print(f"  {q:24s} {ev['state']:9s} agreement {interval_text(ev['agreement'])} top-1 loss "
               f"{interval_text(ev['top1_loss'], digits=2)} pt | {where}")
