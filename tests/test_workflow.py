@@ -411,6 +411,31 @@ def test_upgrading_onnxruntime_reruns_builds_and_what_follows_not_export_or_shar
                     "deploy": 1, "all": 1, "total": 36}
 
 
+def flipped_bf16_cpu(tmp_path: Path) -> dict:
+    """An environment in which effzoo reads this machine's CPU flags with the bf16 ones flipped (removed where it
+    has them, avx512_bf16 added where it has none) and every other flag as it is (a sitecustomize ahead on the
+    path)."""
+    flags = cpu_target.cpu_flags()
+    forced = flags - set(cpu_target.BF16_FLAGS) if cpu_target.bf16_isa() else flags | {"avx512_bf16"}
+    site = tmp_path / "flipped_bf16"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import effzoo.cpu_target\n\n"
+                                           f"effzoo.cpu_target.cpu_flags = lambda: set({sorted(forced)!r})\n")
+    return {"PYTHONPATH": str(site)}
+
+
+@pytest.mark.slow
+def test_a_bf16_build_reruns_its_predict_and_benchmark_on_a_cpu_of_other_bf16_capability(demo_run, tmp_path):
+    """The planning CPU's bf16 ISA is a params: value of a bf16 build's predict and benchmark: ov_bf16's figures
+    (or its record of why it did not run) are redone where bf16 capability differs, and nothing else is."""
+    work = demo_copy(demo_run, tmp_path)[1]
+    env = flipped_bf16_cpu(tmp_path)
+    assert planned_jobs(work, demo_config(), env=env) == {"predict": 1, "benchmark": 1, "metrics": 1, "race": 1,
+                                                          "summary": 1, "deploy": 1, "all": 1, "total": 7}
+    out = run_snakemake(work, "-n", config=demo_config(), env=env).stdout
+    assert "quant=ov_bf16" in out and "quant=ov_fp32" not in out and "quant=fp32" not in out
+
+
 @pytest.mark.slow
 def test_upgrading_pillow_reruns_the_data_not_the_export(demo_run, tmp_path):
     work = demo_copy(demo_run, tmp_path)[1]
