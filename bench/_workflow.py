@@ -7,6 +7,7 @@ import yaml
 from snakemake.utils import validate
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"   # the 500 real ImageNet images (README inside)
 
 
 def resolved_config() -> dict:

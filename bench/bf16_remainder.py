@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _workflow import REPO
+from _workflow import REPO, SAMPLE
 from isa_numerics import noamx_shim
 
 sys.path.insert(0, str(REPO))
@@ -43,7 +43,6 @@ from effzoo.evidence import clopper_pearson, ratio_interval  # noqa: E402
 from effzoo.shard_io import read_datalist  # noqa: E402
 from effzoo.steps.predict import predict  # noqa: E402
 
-SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
 INT8 = ("ov_int8_percentile", "ov_int8_kl_divergence")
 
 

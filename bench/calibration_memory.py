@@ -22,9 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _workflow import REPO, calibrate_args, resolved_config
+from _workflow import REPO, SAMPLE, calibrate_args, resolved_config
 
-SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "scripts"), str(REPO)]), "HF_HUB_OFFLINE": "1"}
 PY = sys.executable
 

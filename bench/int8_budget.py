@@ -32,13 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _workflow import REPO
+from _workflow import REPO, SAMPLE
 
 sys.path.insert(0, str(REPO))
 from effzoo.cpu_target import cpu_flags, cpu_kind  # noqa: E402
 from effzoo.evidence import interval_text  # noqa: E402
 
-SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
 METHODS = ("max", "percentile", "kl_divergence", "mse")
 TARGETS = ("vnni", "avx512")
 LITES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")

@@ -1,7 +1,7 @@
 """Where ONNX Runtime's int8 graph spends its time against its fp32, per op type, on this CPU.
 
 Opens a variant's ONNX Runtime builds (fp32 and every int8 build in the workdir) as predict runs them (the
-standard session: 2 threads, one inter-op thread, every graph optimization), with ONNX Runtime's profiler on,
+standard settings: 2 threads, one inter-op thread, every graph optimization), with per-node timing on,
 runs `--calls` batches of `--batch` random uint8 images after one warm-up call, and sums the kernel time of each
 op type after fusion (QLinearConv, DynamicQuantizeLinear, ...) per call. Then times the same builds interleaved
 (effzoo.speed.measure, `--rounds` rounds, as predict opens them) for their speed over fp32 with its 95% interval
@@ -75,7 +75,7 @@ def main(argv=None):
     profiles = {q: op_times(str(m), x, a.threads, a.calls) for q, m in builds.items()}
     ops = sorted({op for p in profiles.values() for op in p},
                  key=lambda op: -max(p.get(op, 0) for p in profiles.values()))
-    print("ms per batch by op type (ONNX Runtime's profiler, kernels after fusion):\n")
+    print("ms per batch by op type (ONNX Runtime's per-node timing, kernels after fusion):\n")
     print("| op type | " + " | ".join(profiles) + " |")
     print("|---|" + "---|" * len(profiles))
     for op in ops:

@@ -32,14 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _workflow import REPO, calibrate_args, resolved_config
+from _workflow import REPO, SAMPLE, calibrate_args, resolved_config
 from snakemake.utils import update_config, validate
 
 sys.path.insert(0, str(REPO))
 from effzoo import cost, preprocess, shard_io  # noqa: E402
 from effzoo.cpu_target import cpu_kind  # noqa: E402
 
-SAMPLE = REPO.parent / "shared" / "imagenet-sample-500"
 B_SERIES = [f"efficientnet_b{i}" for i in range(9)]
 MEASURED_QUANT = {"fp32": "onnxruntime-fp32", "fp16": "onnxruntime-fp16", "int8_percentile": "onnxruntime-int8",
                   "ov_fp32": "openvino-fp32", "ov_int8_percentile": "openvino-int8"}
