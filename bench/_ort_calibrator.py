@@ -7,11 +7,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator  # noqa: E402
 
 from effzoo import shard_io  # noqa: E402
-from effzoo.steps import calibrate  # noqa: E402
+from effzoo.calibration_split import balanced_selection  # noqa: E402
 
 model, datalist, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rows = shard_io.read_datalist(datalist)
-chosen = calibrate.balanced_selection([r[3] for r in rows], n, 0)
+chosen = balanced_selection([r[3] for r in rows], n, 0)
 
 
 class Reader(CalibrationDataReader):

@@ -83,7 +83,7 @@ def main() -> None:
         t0 = time.monotonic()
         doc = race(metrics, builds, jsons, settings)
         d = doc["decision"]
-        r = d["builds"][d["chosen"]]["ratio_to_leader"]
+        r = d["builds"][d["chosen"]]["speed_over_leader"]
         picks.append(d["chosen"])
         lead = doc["builds"][d["leader"]]["throughput_rounds"]
         for q, b in doc["builds"].items():

@@ -104,7 +104,8 @@ def pooled(folds: list[Path], variant: str, modes: list[str]) -> dict[str, dict]
         budgets = [b["details"]["accuracy_budget"] for b in builds]
         races = [json.loads((d / f"race/{variant}.json").read_text()) if (d / f"race/{variant}.json").exists()
                  else {"builds": {}} for d in folds]
-        speed = [race["builds"].get(q, {}).get("over_runtime_fp32", {}).get("ratio", [None])[0] for race in races]
+        speed = [race["builds"].get(q, {}).get("speed_over_runtime_fp32", {}).get("ratio", [None])[0]
+                 for race in races]
         out[q] = {"images": n, "loss_pt": 100 * (ref - top1) / n, "agreement": agree / n,
                   "held_out": [doc["results"][q]["top1_agreement_with_fp32"] for doc in docs],
                   "expected": [b.get("final_expected_agreement") for b in budgets],
@@ -112,8 +113,8 @@ def pooled(folds: list[Path], variant: str, modes: list[str]) -> dict[str, dict]
                   "split": [b["final_agreement"] for b in budgets], "status": [b["status"] for b in budgets],
                   "promoted": [len(b["promoted"]) for b in budgets],
                   "macs": [b["promoted_macs_fraction"] for b in budgets],
-                  "search_s": [b["search_s"] for b in budgets], "build_s": [b["build_s"] for b in builds],
-                  "trials": [len(b["steps"]) for b in budgets], "speed_vs_runtime_fp32": speed}
+                  "search_s": [b["measured"]["search_s"] for b in budgets], "build_s": [b["build_s"] for b in builds],
+                  "trials": [len(b["steps"]) for b in budgets], "speed_over_runtime_fp32": speed}
     return out
 
 
@@ -128,7 +129,7 @@ def report(variant: str, rows: dict[str, dict]) -> list[str]:
             misses.append(f"{variant} {q}")
         folds = "; ".join(f"{s:.2f} {p} ({m:.1%}) {st} {ss:.1f}/{bs:.1f}s {t}" for s, p, m, st, ss, bs, t in zip(
             r["split"], r["promoted"], r["macs"], r["status"], r["search_s"], r["build_s"], r["trials"]))
-        speed = ", ".join("-" if s is None else f"{s:.2f}x" for s in r["speed_vs_runtime_fp32"])
+        speed = ", ".join("-" if s is None else f"{s:.2f}x" for s in r["speed_over_runtime_fp32"])
         print(f"  {q:28s} {-r['loss_pt']:+5.1f} pt  {100 * r['agreement']:5.1f}% of {r['images']}  "
               f"{'meets' if ok else 'MISSES'}  | {folds} | vs its runtime's fp32: {speed}")
     return misses
@@ -151,7 +152,7 @@ def signal_report(rows: dict[str, dict]) -> None:
 
 def raced_text(q: str, raced: dict, state: str) -> str:
     """A raced build's images/s, precision, speed over its runtime's fp32 with the 95% interval, and race state."""
-    own = raced.get("over_runtime_fp32")
+    own = raced.get("speed_over_runtime_fp32")
     over = (f", {own['ratio'][0]:.2f}x {own['build']} [{own['ratio'][1]:.2f}, {own['ratio'][2]:.2f}]"
             if own and own["build"] != q else "")
     return f"{raced['images_per_s']:7.1f} images/s at {raced['inference_precision'] or 'its precision'}{over}, {state}"
@@ -208,13 +209,14 @@ def b7_cost(work: Path) -> None:
                     "--configfile", str(d / "config.yaml")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     b = json.loads((d / "vacc/efficientnet_b7-int8_percentile/build.json").read_text())
     s = b["details"]["accuracy_budget"]
-    per_image = max(t["s"] / t["images_run"] for t in s["steps"])
-    opens = max(t["open_s"] for t in s["steps"])
+    timed = s["measured"]   # the search's seconds: per trial, the ranking pass, the whole search
+    per_image = max(timed["trials"][str(t["layers"])]["s"] / t["images_run"] for t in s["steps"])
+    opens = max(t["open_s"] for t in timed["trials"].values())
     n = len(s["ranking"]["layers"])
-    bound = s["rank_s"] + (2 * (n - 1).bit_length() + 2) * (opens + per_image * s["split_images"])
+    bound = timed["rank_s"] + (2 * (n - 1).bit_length() + 2) * (opens + per_image * s["split_images"])
     print(f"\nefficientnet_b7 @600 int8_percentile (random weights; split_min_agreement 1.0): build {b['build_s']:.0f} s "
           f"(peak RSS {b['build_peak_rss_mb']:.0f} MB), "
-          f"search {s['search_s']:.0f} s = ranking {s['rank_s']:.0f} s ({s['ranking']['images']} images, {n} layers) "
+          f"search {timed['search_s']:.0f} s = ranking {timed['rank_s']:.0f} s ({s['ranking']['images']} images, {n} layers) "
           f"+ {len(s['steps'])} trials (session open up to {opens:.1f} s, {per_image:.2f} s per image, early exits: "
           f"{[t['images_run'] for t in s['steps']]} of {s['split_images']} images); a schedule that runs every "
           f"trial to the end costs at most {bound / 60:.1f} min")

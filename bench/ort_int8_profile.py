@@ -29,18 +29,13 @@ from effzoo import runtime, speed  # noqa: E402
 from effzoo.common import Progress  # noqa: E402
 from effzoo.cpu_target import REPORTED_FLAGS, cpu_flags, cpu_kind, cpu_name, kernel_isa  # noqa: E402
 from effzoo.evidence import ratio_interval  # noqa: E402
-from effzoo.ort_session import session_options  # noqa: E402
+from effzoo.ort_session import open_session  # noqa: E402
 
 
 def op_times(model: str, x: np.ndarray, threads: int, calls: int) -> dict[str, float]:
     """{op type: ms per call} from ONNX Runtime's profile of `calls` runs (one warm-up run not counted)."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as td:
-        so = session_options(threads)
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(td) / "profile")
-        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        sess = open_session(model, threads, profile_prefix=str(Path(td) / "profile"))
         name = sess.get_inputs()[0].name
         for _ in range(calls + 1):
             sess.run(["probs"], {name: x})

@@ -25,6 +25,7 @@ def main():
     from timm.data import create_transform
 
     from effzoo import preprocess
+    from effzoo.ort_session import open_session
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=str(REPO.parent / "shared" / "imagenet-sample-500"))
@@ -59,8 +60,7 @@ def main():
         ips = len(files) / spent[n]
         print(f"  {n:42s} {ips:7.1f} images/s  {ips / base:.2f}x timm")
 
-    import onnxruntime as ort
-    sess = ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
+    sess = open_session(a.model, threads=0)
     name = sess.get_inputs()[0].name
     agree, maxdiff, n = 0, 0, 0
     for i in range(0, len(files), 32):

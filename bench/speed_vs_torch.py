@@ -3,7 +3,7 @@
 For tf_efficientnet_lite0 (packaged ImageNet weights) and efficientnet_b0 (random weights; speed does not
 depend on them) at 224: exports and builds what is missing under --workdir, then times, interleaved in
 rotating order (effzoo/speed.py's measure()): PyTorch eager, the standard ONNX Runtime session, and the
-session with the layout pass for SE/SiLU graphs (effzoo/ort_session.py; what predict and benchmark use).
+session with the layout pass for SE/SiLU graphs (effzoo/ort_layout.py; what predict and benchmark use).
 
 usage: python bench/speed_vs_torch.py [--batch-sizes 1 16] [--rounds 7] [--iterations 5] [--threads 2]
 """
@@ -37,7 +37,7 @@ def main():
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from effzoo import preprocess, speed
-    from effzoo.ort_session import make_session
+    from effzoo.ort_layout import make_session
     from effzoo.steps import benchmark
 
     work = (REPO / a.workdir).resolve()

@@ -28,12 +28,14 @@ import onnx  # noqa: E402
 from effzoo.build_options import BuildOptions  # noqa: E402
 from effzoo.cpu_target import covers, cpu_flags, cpu_kind  # noqa: E402
 from effzoo.graph_edits import edge_nodes  # noqa: E402
-from effzoo.int8_search import (bias_corrected, float_deltas, rounded_by_output_error, split_signals,  # noqa: E402
-                                trial_runner, weight_layers, weight_noise)
+from effzoo.int8_probes import rounded_by_output_error, weight_noise  # noqa: E402
+from effzoo.int8_trials import split_signals, trial_runner  # noqa: E402
+from effzoo.qdq_graph import bias_corrected, float_deltas, weight_layers  # noqa: E402
 from effzoo.ranges import compute_ranges, full_range_tensors  # noqa: E402
 from effzoo.shard_io import iter_datalist_rows, read_datalist  # noqa: E402
-from effzoo.steps.build_int8 import (_quantize_model, calibration_images, cpu_requirement,  # noqa: E402
-                                     layers_to_exclude, reduced_weight_overrides, resolve_reduce_range, spread)
+from effzoo.steps.build_int8 import (calibration_images, cpu_requirement,  # noqa: E402
+                                     layers_to_exclude, quantize_model, reduced_weight_overrides,
+                                     resolve_reduce_range, spread)
 
 LITES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 
@@ -82,7 +84,7 @@ def fold_build(fold: Path, variant: str, method: str, target: str, rounding_imag
     datalist = str(fold / calibration["source_datalist"])
     with tempfile.TemporaryDirectory() as td:
         onnx.save(prepped, str(Path(td) / "prepped.onnx"))
-        _quantize_model(str(Path(td) / "prepped.onnx"), ranges, Path(td) / "q.onnx", options, exclude,
+        quantize_model(str(Path(td) / "prepped.onnx"), ranges, Path(td) / "q.onnx", options, exclude,
                         reduced_weight_overrides(saturating) if policy == "saturating" else {}, policy == "all")
         nearest = onnx.load(str(Path(td) / "q.onnx"))
     return Fold(fold, calibration, prepped, layers, policy, nearest,
@@ -111,7 +113,7 @@ def bias_corrected_on_float_inputs(f: Fold, graph: onnx.ModelProto) -> onnx.Mode
 def compare(fold: Path, variant: str, method: str, target: str, rounding_images: int) -> dict:
     f = fold_build(fold, variant, method, target, rounding_images)
     t = time.monotonic()
-    rounded, _, record = rounded_by_output_error(f.nearest, None, f.prepped, f.layers, [], f.policy,
+    rounded, _, record, _ = rounded_by_output_error(f.nearest, None, f.prepped, f.layers, [], f.policy,
                                                  f.hessian_images, 2)
     rounding_s = time.monotonic() - t
     signals = held_out_signals(f, {name: bias_corrected_on_float_inputs(f, graph)

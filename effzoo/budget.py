@@ -1,4 +1,4 @@
-"""The split budget of an int8 build, and the calibration split's size.
+"""The split budget of an int8 build.
 
 The split budget (quant mode option `split_min_agreement`) is the agreement with the fp32 model on the calibration
 source's validation split that the build's layer-promotion search must reach (effzoo.int8_search). Its pass rule
@@ -12,19 +12,11 @@ from effzoo.evidence import clopper_pearson, smallest_n
 
 # What metrics keeps of an int8 build's split search (build.json details.accuracy_budget).
 SPLIT_SEARCH_KEYS = ("split_min_agreement", "signal", "status", "why", "final_agreement", "final_expected_agreement",
-                     "final_kl", "agreement_lower_95", "split_images", "split_images_needed", "promoted_macs_fraction",
-                     "speed_over_fp32_on_split", "slower_than_fp32", "search_s")
+                     "final_kl", "agreement_lower_95", "split_images", "split_images_needed", "promoted_macs_fraction")
+# ... and of what it measured (build.json details.accuracy_budget.measured), which decided nothing
+SPLIT_MEASURED_KEYS = ("split_speed_over_runtime_fp32", "note", "search_s")
 # A split smaller than this says nothing about a budget near 99%: the search does not run on it (not_checked).
 MIN_SPLIT_IMAGES = 50
-
-
-def split_sizes(available: int, images: int, validation: int) -> tuple[int, int]:
-    """(range images, validation images) from a source of `available` images; when it holds fewer than both
-    counts, the split gets its proportional share but at most half of the source (the ranges come first)."""
-    if available >= images + validation:
-        return images, validation
-    val = min(round(available * validation / (images + validation)), available // 2)
-    return min(images, available - val), val
 
 
 def lower_bound(agreeing: int, n: int) -> float:
@@ -51,8 +43,11 @@ def certify(agreeing: int, n: int, target: float) -> dict:
 
 
 def split_search_record(search: dict) -> dict:
-    """What metrics records of an int8 build's split search: its budget, outcome and promoted layers."""
-    return {**{k: search.get(k) for k in SPLIT_SEARCH_KEYS}, "promoted_layers": len(search["promoted"])}
+    """What metrics records of an int8 build's split search: its budget, outcome and promoted layers, and what the
+    search measured."""
+    measured = search.get("measured", {})
+    return {**{k: search.get(k) for k in SPLIT_SEARCH_KEYS}, "promoted_layers": len(search["promoted"]),
+            "measured": {k: measured[k] for k in SPLIT_MEASURED_KEYS if k in measured}}
 
 
 def split_budget_notes(metrics: list[dict]) -> list[str]:

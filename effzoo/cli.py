@@ -30,7 +30,7 @@ def describe(doc: dict) -> list[str]:
     """The lines `effzoo info` prints for a deploy folder's model.json."""
     acc, speed, cpu = doc["accuracy"], doc["speed"], doc["cpu"]
     ev, measured, weights = acc["evidence"], speed["measured_on"], doc["weights"]
-    over = speed.get("over_fp32")
+    over = speed.get("speed_over_ort_fp32")
     lines = [
         f"variant      {doc['variant']} ({doc['tag']}; weights: "
         f"{'RANDOM (explicitly configured)' if weights.get('random') else weights.get('source')})",
@@ -48,7 +48,7 @@ def describe(doc: dict) -> list[str]:
         f"{interval_text(ev['top1_loss'], digits=2)} pt (95%, {ev['images']} images of {acc['dataset']})",
         f"speed        {speed['images_per_s']:.1f} images/s, p90 latency {speed['latency_p90_ms']:.2f} ms "
         f"({speed['objective']} objective: {speed['mode']} mode, batch {speed['batch']}, {speed['threads']} "
-        f"threads, as effzoo runs it)" + (f"; {over[0]:.2f}x fp32 [{over[1]:.2f}, {over[2]:.2f}]" if over else ""),
+        f"threads, as effzoo runs it)" + (f"; speed_over_ort_fp32 {over[0]:.2f} [{over[1]:.2f}, {over[2]:.2f}]" if over else ""),
         f"measured on  {measured['model']} (flags: {' '.join(measured['flags'])}), a race of {speed['rounds']} "
         f"rounds",
         f"classes      {len(doc['classes'])}",

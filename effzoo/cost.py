@@ -1,6 +1,6 @@
 """Job sizes from measured cost: the runtime, memory and parts of every job, scaled by variant, images and threads.
 
-The cost file (effzoo/zoo_cost.json, written by bench/zoo_cost.py on real jobs of every architecture) holds, per
+The cost file (effzoo/zoo_cost.json, written by tools/zoo_cost.py on real jobs of every architecture) holds, per
 architecture and stage, a fixed cost, a per-image cost (wall seconds at the measured threads) and the job's peak
 memory. A job's planned runtime is safety x (fixed + images x per_image x thread scaling); the threads scale the
 per-image part by Amdahl's law with the parallel fraction measured between 1 and 2 threads. Standard library
@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from effzoo.budget import split_sizes
+from effzoo.calibration_split import split_sizes
 from effzoo.common import ZooError
 
 COST_FILE = Path(__file__).with_name("zoo_cost.json")
@@ -71,14 +71,14 @@ class CostModel:
         self.source = source
         if doc.get("format") != FORMAT:
             raise ZooError(f"{source}: format {doc.get('format')!r}, expected {FORMAT}: remeasure with "
-                           f"bench/zoo_cost.py measure")
+                           f"tools/zoo_cost.py measure")
         try:
             self.reference_threads = int(doc["reference_threads"])
             self.archs = doc["architectures"]
             self.geometries = {int(k): v for k, v in doc["geometries"].items()}
             self.shard_parallel_fraction = float(doc["shard_parallel_fraction"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ZooError(f"{source}: missing or bad field {e}: remeasure with bench/zoo_cost.py measure") from None
+            raise ZooError(f"{source}: missing or bad field {e}: remeasure with tools/zoo_cost.py measure") from None
         if not self.archs or not self.geometries:
             raise ZooError(f"{source}: no architectures or geometries measured")
         self.png = {int(k): v for k, v in doc.get("png_storage", {}).get("sizes", {}).items()}
@@ -139,7 +139,7 @@ class CostModel:
         """(size ratio raw / PNG, encode seconds, decode seconds) of one image stored as PNG at a crop size (the
         nearest measured size, times scaled by the pixels)."""
         if not self.png:
-            raise ZooError(f"{self.source}: no PNG storage measured; measure it with bench/zoo_cost.py disk "
+            raise ZooError(f"{self.source}: no PNG storage measured; measure it with tools/zoo_cost.py disk "
                            f"--update, or set preprocessing.png_from_size: null")
         near = min(self.png, key=lambda s: abs(s - size))
         rec, ratio = self.png[near], (size / near) ** 2
@@ -179,7 +179,7 @@ def load(path: str | Path | None = None) -> CostModel:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ZooError(f"{path}: cost file not found (sizing.cost_file); measure one with bench/zoo_cost.py "
+        raise ZooError(f"{path}: cost file not found (sizing.cost_file); measure one with tools/zoo_cost.py "
                        f"measure --out {path}") from None
     except json.JSONDecodeError as e:
         raise ZooError(f"{path}: not valid JSON ({e})") from None

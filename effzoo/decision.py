@@ -63,7 +63,7 @@ def decide(evidence: dict, rounds: dict, order: list[str], tolerance: float, req
     builds = {}
     for q in raced:
         r = ratio(rounds, q, leader, looks)
-        builds[q] = {"ratio_to_leader": [round(x, 4) for x in r], "accuracy_state": evidence[q]["state"],
+        builds[q] = {"speed_over_leader": [round(x, 4) for x in r], "accuracy_state": evidence[q]["state"],
                      "speed_state": "leader" if q == leader else speed_state(r[1:], tolerance),
                      "in_pool": q in pool}
     tied = [q for q in pool if builds[q]["speed_state"] in ("leader", "tied")]
@@ -80,7 +80,7 @@ def decide(evidence: dict, rounds: dict, order: list[str], tolerance: float, req
 
 def why(q: str, b: dict, chosen: str, leader: str, tolerance: float) -> str:
     """Why a raced build was not chosen, in one line."""
-    r = b["ratio_to_leader"]
+    r = b["speed_over_leader"]
     speed = f"{r[0]:.3f}x [{r[1]:.3f}, {r[2]:.3f}]"
     if not b["in_pool"]:
         return f"{b['accuracy_state']}, while certified builds exist ({speed} the leader {leader})"

@@ -8,7 +8,6 @@ bit on the uint8 image (tests check this against timm on real photos): PIL decod
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import warnings
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from effzoo.common import ZooError, atomic_path, run_main
+from effzoo.common import ZooError
 
 SPEC_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 INTERPOLATIONS = {
@@ -47,7 +46,7 @@ def resolve_timm_spec(tag: str) -> dict:
 
 
 def pinned_specs() -> dict:
-    """Specs of the pinned tags, generated from timm (`python -m preprocess --update`)."""
+    """Specs of the pinned tags, generated from timm (tools/timm_pretrained_specs.py)."""
     return json.loads(PINNED_SPECS_FILE.read_text())["specs"]
 
 
@@ -195,33 +194,3 @@ def normalize(batch_uint8_nhwc: np.ndarray, spec: dict) -> np.ndarray:
     mean = np.asarray(spec["mean"], np.float32)[None, :, None, None]
     std = np.asarray(spec["std"], np.float32)[None, :, None, None]
     return (x - mean) / std
-
-
-def update_table(tags: list[str], path: Path = PINNED_SPECS_FILE) -> dict:
-    """Regenerate the pinned-spec table from the installed timm (atomically); returns it."""
-    import timm
-
-    if not tags:
-        raise ZooError("no tags: name the pinned timm tags whose specs the table holds")
-    table = {"timm_version": timm.__version__, "specs": {t: resolve_timm_spec(t) for t in tags}}
-    with atomic_path(path, ".json") as tmp:
-        tmp.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
-    return table
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Regenerate effzoo/timm_pretrained_specs.json from the installed "
-                                             "timm (the preprocessing specs of the pinned tags).")
-    ap.add_argument("--update", action="store_true", required=True, help="rewrite the table")
-    ap.add_argument("tags", nargs="*", help="timm tags (default: the tags the table holds now)")
-    ap.add_argument("--out", default=str(PINNED_SPECS_FILE))
-    a = ap.parse_args(argv)
-    tags = a.tags
-    if not tags and Path(a.out).exists():
-        tags = sorted(json.loads(Path(a.out).read_text())["specs"])
-    table = update_table(tags, Path(a.out))
-    print(f"{a.out}: {len(table['specs'])} specs from timm {table['timm_version']}")
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_main(main))

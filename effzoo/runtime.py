@@ -19,7 +19,7 @@ import numpy as np
 
 from effzoo.common import ZooError, precision_of, read_json, verify_files
 from effzoo.cpu_target import BF16_FLAGS, bf16_isa, check
-from effzoo.ort_session import make_session
+from effzoo.ort_layout import make_session
 
 
 def checked_build(manifest: str, skippable: bool = False) -> tuple[dict, dict]:

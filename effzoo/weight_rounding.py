@@ -13,14 +13,12 @@ and inputs fit MEMORY_BUDGET bytes, with at most PENDING_BYTES of patch columns 
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 import onnx
 from effzoo.common import ZooError
 from effzoo.graph_edits import PRE_INPUT
-from effzoo.ort_session import bounded_session
+from effzoo.ort_session import open_session
 from onnx import helper, numpy_helper
 
 DAMP = 0.1              # relative damping of H (lite0, 64 images: held-out KL 0.00160 at 0.1, 0.00179 at 0.01)
@@ -133,7 +131,7 @@ def layer_hessians(prepped: onnx.ModelProto, layers: list, images: np.ndarray, t
         inputs = list(dict.fromkeys(nodes[la.name].input[0] for la in group))
         del m.graph.output[:]
         m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inputs)
-        sess = bounded_session(m, threads)
+        sess = open_session(m, threads, bounded_memory=True)
         held = 0
         for k in range(len(images)):
             outs = dict(zip(inputs, sess.run(inputs, {PRE_INPUT: images[k:k + 1]})))
@@ -207,14 +205,12 @@ def output_error(w: np.ndarray, wq: np.ndarray, h: np.ndarray) -> float:
     return float(np.sum(eh * e))
 
 
-def gptq_rounded(qdq: onnx.ModelProto, prepped: onnx.ModelProto, layers: list, hess: dict, reduced: set[str],
-                 targets: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
+def gptq_rounded(qdq: onnx.ModelProto, prepped: onnx.ModelProto, layers: list, hess: dict, reduced: set[str]
+                 ) -> tuple[onnx.ModelProto, dict]:
     """The QDQ graph with each layer's integer weights rounded by GPTQ at the graph's own scales and zero points
     (int8: [-127, 127], or [-64, 64] for the layers in `reduced`, ONNX Runtime's 7-bit range; uint8: [0, 255]),
     and a record: the layers' summed output error on the Hessian images, GPTQ's against nearest rounding's. A
-    layer without a Hessian (not `supported`) keeps nearest rounding and is named in the record. `targets`: per
-    layer, the (rows, n) float weights to round instead of the float model's (bench/activation_compensation.py)."""
-    t0 = time.monotonic()
+    layer without a Hessian (not `supported`) keeps nearest rounding and is named in the record."""
     m = onnx.ModelProto()
     m.CopyFrom(qdq)
     inits = {i.name: i for i in m.graph.initializer}
@@ -247,8 +243,7 @@ def gptq_rounded(qdq: onnx.ModelProto, prepped: onnx.ModelProto, layers: list, h
             scale = np.full(shape[0], scale[0])
         if zero.size == 1:
             zero = np.full(shape[0], zero[0])
-        q = gptq_rows(rows if targets is None or la.name not in targets else targets[la.name],
-                      inverse_cholesky(h), scale, zero, qmin, qmax)
+        q = gptq_rows(rows, inverse_cholesky(h), scale, zero, qmin, qmax)
         nearest = np.moveaxis(q0.astype(np.float64), la.axis, 0).reshape(shape[0], -1)
         err_nearest += output_error(rows, (nearest - zero[:, None]) * scale[:, None], h)
         err_gptq += output_error(rows, (q - zero[:, None]) * scale[:, None], h)
@@ -256,5 +251,4 @@ def gptq_rounded(qdq: onnx.ModelProto, prepped: onnx.ModelProto, layers: list, h
         inits[dq.input[0]].CopyFrom(numpy_helper.from_array(out, dq.input[0]))
         done += 1
     return m, {"method": "gptq", "layers": done, "nearest_rounding_kept": nearest_kept, "damp": DAMP,
-               "output_error_vs_nearest": round(err_gptq / err_nearest, 4) if err_nearest > 0 else None,
-               "rounding_s": round(time.monotonic() - t0, 2)}
+               "output_error_vs_nearest": round(err_gptq / err_nearest, 4) if err_nearest > 0 else None}

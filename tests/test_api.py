@@ -138,7 +138,7 @@ def test_a_deploy_folder_holds_the_build_and_what_was_measured(deployed):
     assert speed["measured_on"]["kind"] == cpu_kind() and speed["measured_on"]["flags"] == sorted(
         cpu_flags() & REPORTED_FLAGS)
     assert (speed["objective"], speed["batch"], speed["threads"], speed["rounds"]) == ("batch", 4, 1, 2)
-    assert speed["images_per_s"] > 0 and speed["over_leader"] == [1.0, 1.0, 1.0] and speed["excludes_preprocessing"]
+    assert speed["images_per_s"] > 0 and speed["speed_over_leader"] == [1.0, 1.0, 1.0] and speed["excludes_preprocessing"]
     assert doc["runtime_package"] == {"package": "onnxruntime", "version": onnxruntime.__version__}
     assert doc["preprocessing"]["fast"] is False and doc["preprocessing"]["images_per_s_one_thread"] > 0
     assert doc["accuracy"]["evidence"]["state"] == "certified" and doc["accuracy"]["note"] is None
@@ -152,7 +152,7 @@ def test_a_deploy_folder_holds_the_build_and_what_was_measured(deployed):
                         "100.0] %, agreement with fp32 100.0 [100.0, 100.0] %, top-1 loss 0.00 [0.00, 0.00] pt (95%, "
                         "6 images of demo)")
     assert lines[5].startswith(f"speed        {speed['images_per_s']:.1f} images/s, p90 latency ") and lines[5].endswith(
-        "(batch objective: latency mode, batch 4, 1 threads, as effzoo runs it); 1.00x fp32 [1.00, 1.00]")
+        "(batch objective: latency mode, batch 4, 1 threads, as effzoo runs it); speed_over_ort_fp32 1.00 [1.00, 1.00]")
     assert lines[6].startswith(f"measured on  {cpu_name()} (flags: ") and lines[6].endswith("a race of 2 rounds")
     # what the race found of this CPU kind (int8 that does not pay) is one line each
     assert "this cpu     ONNX Runtime int8 does not pay" in describe({**doc, "cpu_notes": [

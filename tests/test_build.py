@@ -74,7 +74,8 @@ def test_build_fp32_writes_manifest(tmp_path):
     assert man["cpu"]["requires"] == "any" and man["files"]["model.onnx"]["sha256"] == man_sha(tmp_path)
     assert man["provenance"]["code_modules"] == [
         "effzoo.build_manifest", "effzoo.build_options", "effzoo.common", "effzoo.cpu_target", "effzoo.fingerprint",
-        "effzoo.graph_edits", "effzoo.openvino_ir", "effzoo.steps.build_float", "scripts.build_float"]
+        "effzoo.graph_edits", "effzoo.openvino_ir", "effzoo.ort_session", "effzoo.steps.build_float",
+        "scripts.build_float"]
     assert man["weights"]["random"] is True and man["preprocess"] == spec
     assert not list((tmp_path / "vacc").glob(".tmp-*"))
 
@@ -132,7 +133,7 @@ def _int8_inputs(tmp_path):
 def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, target):
     """fp32, fp16 and int8 for ONNX Runtime and OpenVINO (both int8 CPU policies: plain 8-bit for a vnni target,
     7-bit + measured exact layers for avx512) built twice."""
-    from effzoo.build_manifest import SEARCH_TIMING_KEYS, TIMING_KEYS
+    from effzoo.build_manifest import without_measurements
     from effzoo.steps import build_int8
 
     common, int8_args = _int8_inputs(tmp_path)
@@ -146,14 +147,8 @@ def test_builds_from_the_same_inputs_are_byte_identical(tmp_path, target):
         for i in range(2):
             out = tmp_path / f"{quant}-{i}"
             builder.main(common + ["--quant", quant, "--options", json.dumps(opts), "--outdir", str(out)] + extra)
-            manifest = json.loads((out / "build.json").read_text())
-            for k in TIMING_KEYS:
-                manifest.pop(k)
+            manifest = without_measurements(json.loads((out / "build.json").read_text()))
             manifest["model"].pop("path")
-            budget = manifest["details"].get("accuracy_budget", {})
-            for entry in [budget, budget.get("weight_rounding", {})] + budget.get("steps", []):
-                for k in SEARCH_TIMING_KEYS:
-                    entry.pop(k, None)
             results.append(([(out / f).read_bytes() for f in sorted(manifest["files"])], manifest))
         assert results[0][0] == results[1][0], quant
         assert results[0][1] == results[1][1], quant

@@ -5,7 +5,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from effzoo import ranges, shard_io
+from effzoo import calibration_split, ranges, shard_io
 from effzoo.common import ZooError
 from effzoo.steps import calibrate
 from onnx import TensorProto, helper
@@ -128,27 +128,27 @@ def test_mse_range_keeps_a_uniform_distribution_and_clips_a_heavy_tail():
 
 def test_balanced_selection():
     labels = [i % 10 for i in range(1000)]
-    sel = calibrate.balanced_selection(labels, 25, seed=0)
-    assert sel == calibrate.balanced_selection(labels, 25, seed=0)
-    assert sel != calibrate.balanced_selection(labels, 25, seed=1)
+    sel = calibration_split.balanced_selection(labels, 25, seed=0)
+    assert sel == calibration_split.balanced_selection(labels, 25, seed=0)
+    assert sel != calibration_split.balanced_selection(labels, 25, seed=1)
     per_class = np.bincount([labels[i] for i in sel], minlength=10)
     assert per_class.min() >= 2 and per_class.max() <= 3  # balanced: every class, counts differ by <= 1
-    sel5 = calibrate.balanced_selection(labels, 5, seed=0)
+    sel5 = calibration_split.balanced_selection(labels, 5, seed=0)
     assert len({labels[i] for i in sel5}) == 5  # fewer images than classes: distinct classes
-    assert calibrate.balanced_selection([0, 0, 1], 10) == [0, 1, 2]  # more asked than exist: all
+    assert calibration_split.balanced_selection([0, 0, 1], 10) == [0, 1, 2]  # more asked than exist: all
 
 
 def test_the_validation_split_is_class_balanced_and_disjoint_from_the_range_images():
     labels = [i % 10 for i in range(200)]
-    ranges, split = calibrate.calibration_split(labels, 100, 50, seed=0)
+    ranges, split = calibration_split.calibration_split(labels, 100, 50, seed=0)
     assert len(ranges) == 100 and len(split) == 50 and not set(ranges) & set(split)
     assert sorted(np.bincount([labels[i] for i in split])) == [5] * 10
     assert sorted(np.bincount([labels[i] for i in ranges])) == [10] * 10
-    assert calibrate.calibration_split(labels, 100, 50, seed=0) == (ranges, split)
-    assert calibrate.split_sizes(60, 1000, 200) == (50, 10)    # too few images: shared in proportion
-    assert calibrate.split_sizes(6, 1000, 200) == (5, 1) and calibrate.split_sizes(6, 1000, 0) == (6, 0)
-    assert calibrate.split_sizes(6, 6, 200) == (3, 3) and calibrate.split_sizes(1, 1000, 200) == (1, 0)
-    assert calibrate.calibration_split(labels, 300, 0, seed=0) == (list(range(200)), [])
+    assert calibration_split.calibration_split(labels, 100, 50, seed=0) == (ranges, split)
+    assert calibration_split.split_sizes(60, 1000, 200) == (50, 10)    # too few images: shared in proportion
+    assert calibration_split.split_sizes(6, 1000, 200) == (5, 1) and calibration_split.split_sizes(6, 1000, 0) == (6, 0)
+    assert calibration_split.split_sizes(6, 6, 200) == (3, 3) and calibration_split.split_sizes(1, 1000, 200) == (1, 0)
+    assert calibration_split.calibration_split(labels, 300, 0, seed=0) == (list(range(200)), [])
 
 
 def test_read_rows_of_a_shard(tmp_path):

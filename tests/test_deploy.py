@@ -164,7 +164,7 @@ def race_doc(chosen_ips: dict, evidence_of: dict, cpu: str = "vnni") -> dict:
     d = decide(evidence_of, chosen_ips, order, 0.05, "not_refuted", 3)
     builds = {q: {"images_per_s": float(np.median(r)), "latency_p90_ms": 10.0, "runtime": {"package": "onnxruntime",
                                                                                           "version": "1"},
-                  "over_fp32": [1.0, 1.0, 1.0], "kind": "fp32" if q == "fp32" else "int8"}
+                  "speed_over_ort_fp32": [1.0, 1.0, 1.0], "kind": "fp32" if q == "fp32" else "int8"}
               for q, r in chosen_ips.items()}
     return {"variant": "v", "objective": "batch", "batch": 16, "threads": 2, "rounds": 5, "ranked_on": "images/s",
             "builds": builds, "decision": d, "left_out": {}, "accuracy": evidence_of,
@@ -237,7 +237,7 @@ def test_int8_that_does_not_pay_on_this_cpu_is_said_by_the_race_the_report_and_d
     from effzoo.steps import race, summary
 
     def raced(package, fp32, ratio):
-        return {"runtime": {"package": package}, "over_runtime_fp32": {"build": fp32, "ratio": ratio}}
+        return {"runtime": {"package": package}, "speed_over_runtime_fp32": {"build": fp32, "ratio": ratio}}
     timed = {"fp32": raced("onnxruntime", "fp32", [1.0, 1.0, 1.0]),
              "int8_max": raced("onnxruntime", "fp32", [1.12, 1.05, 1.19]),
              "int8_kl": raced("onnxruntime", "fp32", [1.25, 1.2, 1.31]),   # its interval reaches the floor
@@ -248,7 +248,7 @@ def test_int8_that_does_not_pay_on_this_cpu_is_said_by_the_race_the_report_and_d
     cpu = {"kind": "avx2", "kernel_isa": "avx2", "flags": ["avx2"]}
     payoff = race.int8_payoff(timed, builds, cpu)
     assert payoff["openvino"] == {"fp32": "ov_fp32", "pays": True, "builds": {
-        "ov_int8": {"over_fp32": [1.6, 1.5, 1.7], "floor": 1.3, "below_floor": False}}}
+        "ov_int8": {"speed_over_runtime_fp32": [1.6, 1.5, 1.7], "floor": 1.3, "below_floor": False}}}
     assert payoff["onnxruntime"]["pays"] is False
     assert payoff["onnxruntime"]["statement"] == (
         "ONNX Runtime int8 pays only in part on this CPU (avx2, avx2 kernels; flags avx2): int8_max 1.12x [1.05, "

@@ -4,12 +4,16 @@ Each build's record is checked against an independent run of the built model on 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from conftest import SAMPLE, needs_sample, run_snakemake, seed_exports
 
-from effzoo import int8_search, promotion_costs, runtime
+from effzoo import int8_trials, promotion_costs, runtime
+from effzoo.build_manifest import without_measurements
 from effzoo.cpu_target import covers, cpu_kind, kernel_isa
 from effzoo.steps import build_int8
 
@@ -19,6 +23,16 @@ BUILDS = {
     "tf_efficientnet_lite0": [("int8_percentile", "onnxruntime", "avx512"), ("int8_max", "onnxruntime", "vnni"),
                               ("ov_int8_kl_divergence", "openvino", "vnni"), ("ov_int8_max", "openvino", "avx512")],
 }
+
+# a build whose search promotes layers: 7-bit weights (an ONNX Runtime build for a CPU without VNNI), max ranges,
+# nearest rounding, no bias correction, and a budget of every split image agreeing; the search promotes until it
+# is met, or up to the cap (a low floor, so that a costly first promotion is not what the test turns on)
+PROMOTING = "int8_all_agree"
+
+
+def budget_config(root, modes: dict) -> dict:
+    return {"dataset": "sample", "datasets": {"sample": {"root": str(root)}},
+            "calibration": {"images": 48, "validation_images": 100}, "quant_modes": modes}
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +48,15 @@ def budget_run(tmp_path_factory, shared_exports):
     (root / "label.txt").symlink_to(SAMPLE / "label.txt")
     modes = {q: {"kind": "int8", "method": q.split("int8_")[1], "runtime": rt, "cpu_target": target}
              for builds in BUILDS.values() for q, rt, target in builds}
-    cfg = {"dataset": "sample", "datasets": {"sample": {"root": str(root)}},
-           "calibration": {"images": 48, "validation_images": 100}, "quant_modes": modes}
+    modes[PROMOTING] = {"kind": "int8", "method": "max", "cpu_target": "avx512", "split_min_agreement": 1.0,
+                        "split_signal": "agreement", "weight_rounding": "nearest", "bias_correction": False,
+                        "min_speed_over_fp32": 0.5}
+    cfg = budget_config(root, modes)
     targets = [f"vacc/{v}-{q}/build.json" for v, builds in BUILDS.items() for q, _, _ in builds]
+    targets.append(f"vacc/tf_efficientnet_lite0-{PROMOTING}/build.json")
     seed_exports(shared_exports, work, list(BUILDS))
     run_snakemake(work, *targets, config=cfg)
+    (work / "budget-config.json").write_text(json.dumps(cfg))
     return work
 
 
@@ -48,7 +66,7 @@ def split_agreement(work, variant: str, quant: str) -> float:
     images, reference = build_int8.validation_split(cal, str(work / cal["source_datalist"]))
     model = work / f"vacc/{variant}-{quant}" / ("model.xml" if quant.startswith("ov_") else "model.onnx")
     run, _ = runtime.open_build(str(model), 2)
-    batch = int8_search.TRIAL_BATCH   # as the search ran it
+    batch = int8_trials.TRIAL_BATCH   # as the search ran it
     top = np.concatenate([run(images[i:i + batch])[1].argmax(axis=1) for i in range(0, len(images), batch)])
     return float((top == reference).mean())
 
@@ -106,11 +124,39 @@ def test_int8_builds_meet_the_budget_on_the_split_or_say_why(budget_run, variant
                 assert chosen == 0 and "none kept" in budget["why"]
             else:
                 assert kl[0] - kl[chosen] >= 0.8 * best_cut - 1e-12
-        else:   # held back by the speed floor, measured on the split with the build's kernels
+        else:   # held back by the speed floor, priced: the kept prefix's predicted speed reaches it
             assert budget["status"] == "speed_bound" and budget["why"].endswith(f"kept {chosen}")
-            assert budget["speed_over_fp32_on_split"] >= built["options"]["min_speed_over_fp32"] or chosen == 0
+            floor = budget["speed_floor"]
+            assert floor["predicted_speed_over_runtime_fp32"] >= floor["min_speed_over_fp32"] or chosen == 0
         emulated = not covers(cpu_kind(), built["cpu"]["requires"])
         assert budget["trials_run_as"].startswith("ONNX Runtime, QDQ graph unfused" if emulated else rt)
         if not emulated:   # the record is what the built model does
             assert split_agreement(budget_run, variant, quant) == budget["final_agreement"]
-            assert budget["speed_over_fp32_on_split"] > 0
+            assert budget["measured"]["split_speed_over_runtime_fp32"] > 0
+
+
+@needs_sample
+@pytest.mark.slow
+def test_a_forced_rebuild_on_a_loaded_machine_gives_the_same_model_bytes(budget_run):
+    """The README's promise: the int8 build whose search promoted layers on a 100-image split, rebuilt with
+    --forcerun while two busy processes load both cores, has the same model bytes and a build.json equal but for
+    its measurements."""
+    build = budget_run / f"vacc/tf_efficientnet_lite0-{PROMOTING}"
+    before = json.loads((build / "build.json").read_text())
+    model_before = (build / "model.onnx").read_bytes()
+    budget = before["details"]["accuracy_budget"]
+    assert budget["split_images"] == 100 and budget["promoted"], budget.get("why")
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        run_snakemake(budget_run, f"vacc/tf_efficientnet_lite0-{PROMOTING}/build.json", "--forcerun", "build_int8",
+                      config=json.loads((budget_run / "budget-config.json").read_text()))
+        loaded = os.getloadavg()[0]
+    finally:
+        for p in load:
+            p.kill()
+    after = json.loads((build / "build.json").read_text())
+    assert after["build_s"] != before["build_s"] or after["details"]["accuracy_budget"]["measured"] != \
+        budget["measured"]   # it was rebuilt
+    assert loaded >= 1.0   # under load
+    assert (build / "model.onnx").read_bytes() == model_before
+    assert without_measurements(after) == without_measurements(before)

@@ -2,13 +2,15 @@
 budget search (sensitivity, promoted graphs, schedule)."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import resolved_config
 
 import onnx
-from effzoo import int8_search, promotion_costs
+from effzoo import int8_probes, int8_search, int8_trials, promotion_costs, qdq_graph, weight_rounding
 from effzoo.build_options import BuildOptions
 from effzoo.common import ZooError
 from effzoo.cpu_target import kernel_isa
@@ -96,7 +98,7 @@ def test_exact_uint8_weights_never_clip_the_int32_bias(tmp_path):
     ov = build_int8.exact_weight_overrides(model, layers, ranges)
     assert ov["wa"][2]["rmax"] > 1e4 * 1e-12 and np.isclose(ov["wa"][0]["rmax"], np.abs(w_a[0]).max() * 255 / 254, rtol=1e-6)
     out = tmp_path / "q.onnx"
-    build_int8._quantize_model(model, ranges, out, INT8_OPTIONS, ["pre_nchw", "pre_cast"], ov, False)
+    build_int8.quantize_model(model, ranges, out, INT8_OPTIONS, ["pre_nchw", "pre_cast"], ov, False)
     q = onnx.load(str(out))
     qb = next(numpy_helper.to_array(i) for i in q.graph.initializer if i.name.startswith("ba") and i.data_type == TensorProto.INT32)
     assert np.abs(qb).max() < np.iinfo(np.int32).max
@@ -115,7 +117,7 @@ def quantized_pair(tmp_path, w_a, w_b, x, overrides=None):
     model = conv_model(w_a, np.zeros(w_a.shape[0]), w_b)
     ranges = observed_ranges(model, x)
     out = tmp_path / "q.onnx"
-    build_int8._quantize_model(model, ranges, out, INT8_OPTIONS, ["pre_nchw", "pre_cast"], overrides or {}, False)
+    build_int8.quantize_model(model, ranges, out, INT8_OPTIONS, ["pre_nchw", "pre_cast"], overrides or {}, False)
     return model, onnx.load(str(out))
 
 
@@ -130,7 +132,7 @@ def logits_of(model: onnx.ModelProto, x: np.ndarray, optimize: bool = True) -> n
 def test_weight_layers_count_multiply_accumulates():
     rng = np.random.default_rng(0)
     model = conv_model(rng.normal(0, 0.1, (4, 3, 3, 3)), np.zeros(4), rng.normal(0, 0.5, (3, 4, 1, 1)))
-    layers = {la.name: la for la in int8_search.weight_layers(model)}
+    layers = {la.name: la for la in qdq_graph.weight_layers(model)}
     assert layers["conv_a"].macs == 8 * 8 * 4 * (3 * 3 * 3) and layers["conv_b"].macs == 8 * 8 * 3 * 4
     assert layers["conv_a"].saturating and int8_search.promotion_kind(layers["conv_a"], "saturating",
                                                                       "onnxruntime") == "exact_uint8"
@@ -146,8 +148,8 @@ def test_a_float_promoted_layer_runs_in_float_in_the_optimized_session(tmp_path)
     w_a[0] *= 40  # one wide channel: per-tensor int8 weights would flatten the other three
     x = images(8)
     model, qdq = quantized_pair(tmp_path, w_a, w_b, x)
-    layers = int8_search.weight_layers(model)
-    promoted = int8_search.promoted_model(qdq, [(la, "float") for la in layers], model, None)
+    layers = qdq_graph.weight_layers(model)
+    promoted = qdq_graph.promoted_model(qdq, [(la, "float") for la in layers], model, None)
     assert not any(n.op_type == "DequantizeLinear" and n.output[0] in {"conv_a", "conv_b"} for n in promoted.graph.node)
     inits = {i.name: numpy_helper.to_array(i) for i in promoted.graph.initializer}
     node_a = next(n for n in promoted.graph.node if n.name == "conv_a")
@@ -165,14 +167,14 @@ def test_exact_promotion_takes_the_exact_weights(tmp_path):
     ranges = observed_ranges(model, x)
     _, reduced = quantized_pair(tmp_path, w_a, w_b, x, build_int8.reduced_weight_overrides(layers))
     _, exact = quantized_pair(tmp_path, w_a, w_b, x, build_int8.exact_weight_overrides(model, layers, ranges))
-    la = next(la for la in int8_search.weight_layers(model) if la.name == "conv_b")
-    promoted = int8_search.promoted_model(reduced, [(la, "exact_uint8")], model, exact)
-    assert np.array_equal(int8_search.dequantized_weight(promoted, la), int8_search.dequantized_weight(exact, la))
-    other = next(la for la in int8_search.weight_layers(model) if la.name == "conv_a")
-    assert np.array_equal(int8_search.dequantized_weight(promoted, other),
-                          int8_search.dequantized_weight(reduced, other))
-    err_7 = np.abs(int8_search.dequantized_weight(reduced, la) - w_b).max()
-    assert np.abs(int8_search.dequantized_weight(exact, la) - w_b).max() < 0.6 * err_7
+    la = next(la for la in qdq_graph.weight_layers(model) if la.name == "conv_b")
+    promoted = qdq_graph.promoted_model(reduced, [(la, "exact_uint8")], model, exact)
+    assert np.array_equal(qdq_graph.dequantized_weight(promoted, la), qdq_graph.dequantized_weight(exact, la))
+    other = next(la for la in qdq_graph.weight_layers(model) if la.name == "conv_a")
+    assert np.array_equal(qdq_graph.dequantized_weight(promoted, other),
+                          qdq_graph.dequantized_weight(reduced, other))
+    err_7 = np.abs(qdq_graph.dequantized_weight(reduced, la) - w_b).max()
+    assert np.abs(qdq_graph.dequantized_weight(exact, la) - w_b).max() < 0.6 * err_7
 
 
 def test_weight_noise_is_the_output_noise_to_signal_ratio_and_its_channel_mean(tmp_path):
@@ -181,7 +183,7 @@ def test_weight_noise_is_the_output_noise_to_signal_ratio_and_its_channel_mean(t
     model = conv_model(w_a, np.zeros(4), w_b)
     deltas = {"conv_a": np.zeros_like(w_a), "conv_b": 0.5 * w_b}   # no bias: noise = (0.5)^2 of the signal
     x = images(3)
-    noise = int8_search.weight_noise(model, deltas, x, threads=1)
+    noise = int8_probes.weight_noise(model, deltas, x, threads=1)
     assert noise["conv_a"][0] == 0.0 and abs(noise["conv_b"][0] - 0.25) < 1e-5
     # the mean output change per channel: half of conv_b's mean output (no bias), averaged over the images
     m = onnx.ModelProto()
@@ -197,18 +199,18 @@ def test_bias_correction_moves_the_int32_bias_by_the_mean_shift(tmp_path):
     w_a, w_b = rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.5, (3, 4, 1, 1))
     x = images(8)
     model, qdq = quantized_pair(tmp_path, w_a, w_b, x)
-    _, bdq = int8_search.weight_dqs(qdq, "conv_a")
+    _, bdq = weight_rounding.weight_dqs(qdq, "conv_a")
     inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
     scale = inits[bdq.input[1]]
     shift = np.array([1.0, -2.0, 0.0, 3.0]) * scale
-    fixed, summary = int8_search.bias_corrected(qdq, {"conv_a": shift})
+    fixed, summary = qdq_graph.bias_corrected(qdq, {"conv_a": shift})
     new = {i.name: numpy_helper.to_array(i) for i in fixed.graph.initializer}[bdq.input[0]]
     assert new.tolist() == (inits[bdq.input[0]] - [1, -2, 0, 3]).tolist()
     assert summary == {"layers": 1, "mean_abs_change_in_bias_steps": 1.5}
     # on the model: the corrected graph's mean logit error against float is smaller than the uncorrected one's
-    layers = [la for la in int8_search.weight_layers(model) if int8_search._has_weight_dq(qdq, la.name)]
-    noise = int8_search.weight_noise(model, int8_search.float_deltas(qdq, model, layers), x, threads=1)
-    corrected, _ = int8_search.bias_corrected(qdq, {n: v[1] for n, v in noise.items()})
+    layers = [la for la in qdq_graph.weight_layers(model) if qdq_graph.has_weight_dq(qdq, la.name)]
+    noise = int8_probes.weight_noise(model, qdq_graph.float_deltas(qdq, model, layers), x, threads=1)
+    corrected, _ = qdq_graph.bias_corrected(qdq, {n: v[1] for n, v in noise.items()})
     ref = logits_of(model, x)
     assert abs((logits_of(corrected, x) - ref).mean()) < abs((logits_of(qdq, x) - ref).mean())
 
@@ -234,21 +236,21 @@ def test_a_trial_stops_once_the_budget_is_out_of_reach():
         out[:, 1] = 1.0   # every image disagrees
         return out
 
-    n = 3 * int8_search.TRIAL_BATCH
-    result = int8_search.run_trial(run, np.zeros((n, 2, 2, 3), np.uint8), reference[:1].repeat(n), allowed=5)
-    b = int8_search.TRIAL_BATCH   # 16 > 5 allowed: the first batch already fails the trial
+    n = 3 * int8_trials.TRIAL_BATCH
+    result = int8_trials.run_trial(run, np.zeros((n, 2, 2, 3), np.uint8), reference[:1].repeat(n), allowed=5)
+    b = int8_trials.TRIAL_BATCH   # 16 > 5 allowed: the first batch already fails the trial
     assert result["passed"] is False and result["images_run"] == b and result["disagreements_at_least"] == b
     assert sum(seen) == 2 * b   # one warm-up batch (not timed), then one batch
-    whole = int8_search.run_trial(run, np.zeros((40, 2, 2, 3), np.uint8), reference, allowed=5, stop_early=False)
+    whole = int8_trials.run_trial(run, np.zeros((40, 2, 2, 3), np.uint8), reference, allowed=5, stop_early=False)
     assert whole["passed"] is False and whole["images_run"] == 40 and whole["disagreements"] == 40
-    ok = int8_search.run_trial(lambda x: np.eye(3)[np.zeros(len(x), int)], np.zeros((10, 2, 2, 3), np.uint8),
+    ok = int8_trials.run_trial(lambda x: np.eye(3)[np.zeros(len(x), int)], np.zeros((10, 2, 2, 3), np.uint8),
                                np.zeros(10, np.int64), allowed=0)
     assert ok == {**ok, "passed": True, "agreement": 1.0, "disagreements": 0, "images_run": 10}
 
 
 def test_the_cap_leaves_out_layers_past_the_promoted_macs_budget():
-    big, small = int8_search.Layer("big", "w1", 0, 80, True), int8_search.Layer("small", "w2", 0, 15, True)
-    other = int8_search.Layer("other", "w3", 0, 10, True)
+    big, small = qdq_graph.Layer("big", "w1", 0, 80, True), qdq_graph.Layer("small", "w2", 0, 15, True)
+    other = qdq_graph.Layer("other", "w3", 0, 10, True)
     ranked = [(big, "float", 3.0), (small, "float", 2.0), (other, "float", 1.0)]
     assert [e[0].name for e in int8_search.capped(ranked, 26)] == ["small", "other"]
     assert [e[0].name for e in int8_search.capped(ranked, 100)] == ["big", "small"]
@@ -271,10 +273,10 @@ def color_model_int8(tmp_path):
     w_b = (np.eye(3, 4) + r.normal(0, 0.02, (3, 4))).reshape(3, 4, 1, 1)
     clipped = {"wb": [{"axis": 0, "rmin": -0.3, "rmax": 0.3} for _ in range(3)]}
     model, qdq = quantized_pair(tmp_path, w_a, w_b, colored_images(8, 0), clipped)
-    layers = int8_search.weight_layers(model)
+    layers = qdq_graph.weight_layers(model)
     pool = colored_images(2000, 1)
     conv_b = next(la for la in layers if la.name == "conv_b")
-    promoted = logits_of(int8_search.promoted_model(qdq, [(conv_b, "float")], model, None), pool).argmax(1)
+    promoted = logits_of(qdq_graph.promoted_model(qdq, [(conv_b, "float")], model, None), pool).argmax(1)
     return model, qdq, layers, pool, logits_of(model, pool).argmax(1), logits_of(qdq, pool).argmax(1), promoted
 
 
@@ -289,7 +291,7 @@ def test_search_promotes_the_layer_that_repairs_agreement_and_certifies_only_wha
 
     def search(rows):
         return int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[rows], fp32[rows]),
-                                  pool[:8], opts, False, 1)[1]
+                                  pool[:8], opts, False, 1)[1].as_json()
     # 60 images, 5 of them repaired by conv_b in float: the int8 graph fails (5 > 3 allowed), one promotion passes
     small = search(np.concatenate([repaired[:5], agree[:55]]))
     assert [s["layers"] for s in small["steps"]] == [0, 1] and not small["steps"][0]["passed"]
@@ -305,7 +307,7 @@ def test_search_promotes_the_layer_that_repairs_agreement_and_certifies_only_wha
     # no graph agrees with shifted labels: the search stops at the cap (half the MACs admits conv_b only)
     rows = np.concatenate([repaired[:15], agree[:185]])
     capped = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[rows], (fp32[rows] + 1) % 3),
-                                pool[:8], opts, False, 1)[1]
+                                pool[:8], opts, False, 1)[1].as_json()
     macs = {la.name: la.macs for la in layers}
     assert capped["status"] == "cap_reached" and capped["promoted"] == [["conv_b", "float"]]
     assert capped["promoted_macs_fraction"] == round(macs["conv_b"] / sum(macs.values()), 4)
@@ -315,17 +317,17 @@ def test_search_promotes_the_layer_that_repairs_agreement_and_certifies_only_wha
 def test_a_split_too_small_or_missing_is_not_checked(tmp_path):
     model, qdq, layers, pool, fp32, _, _ = color_model_int8(tmp_path)
     opts = BuildOptions.parse({**INT8, "max_promoted_macs": 0.5}, "int8_max")
-    _, tiny = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[:12], fp32[:12]), pool[:8],
-                                 opts, False, 1)
+    tiny = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[:12], fp32[:12]), pool[:8],
+                              opts, False, 1)[1].as_json()
     assert tiny["status"] == "not_checked" and tiny["promoted"] == [] and tiny["split_images"] == 12
     assert tiny["why"].startswith("the validation split has 12 images, fewer than the 50 a budget needs")
-    _, off = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", None, pool[:8], opts, False, 1)
+    off = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", None, pool[:8], opts, False, 1)[1].as_json()
     # bias correction applies without a split too; conv_b has no bias to correct
     assert off["status"] == "not_checked" and off["promoted"] == [] and off["bias_correction"]["layers"] == 1
     assert off["why"] == "the calibration source has no validation split"
 
 
-def test_the_expected_agreement_decides_on_every_image_and_the_speed_floor_holds_promotions_back(tmp_path):
+def test_the_expected_agreement_decides_on_every_image_and_the_priced_speed_floor_holds_promotions_back(tmp_path):
     model, qdq, layers, pool, fp32, int8, promoted = color_model_int8(tmp_path)
     rows = np.arange(200)
     base = {**INT8, "split_min_agreement": 0.95, "max_promoted_macs": 0.5, "bias_correction": False}
@@ -333,19 +335,54 @@ def test_the_expected_agreement_decides_on_every_image_and_the_speed_floor_holds
     def search(**over):
         opts = BuildOptions.parse({**base, **over}, "int8_max")
         return int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[rows], fp32[rows]),
-                                  pool[:8], opts, False, 1)[1]
+                                  pool[:8], opts, False, 1)[1].as_json()
     rec = search(split_signal="expected_agreement", min_speed_over_fp32=0)
     first = rec["steps"][0]
     assert first["layers"] == 0 and first["images_run"] == 200   # no early exit: every image counts
     assert not first["passed"] and first["expected_agreement"] < 0.95 and first["kl"] > 0
     assert rec["promoted"] == [["conv_b", "float"]] and rec["signal"] == "expected_agreement"
     assert rec["final_expected_agreement"] >= 0.95 and rec["final_kl"] < first["kl"]
-    assert rec["speed_over_fp32_on_split"] > 0 and "speed_bound" != rec["status"]
-    # a floor no graph reaches: the promotion is held back, the build says why and that it is slower than fp32
-    slow = search(split_signal="expected_agreement", min_speed_over_fp32=1e9)
+    assert rec["status"] != "speed_bound"
+    # timed on the build's own kernels, recorded as measurements only
+    assert rec["measured"]["split_speed_over_runtime_fp32"] > 0 and set(rec["measured"]["trials"]) == {"0", "1"}
+    assert all("s" not in step and "measured" not in step for step in rec["steps"])
+    # a floor the priced int8 speed cannot reach once conv_b is promoted: held back, by the price, not a timing
+    costs = promotion_costs.for_isa(kernel_isa())
+    priced = promotion_costs.int8_speed(costs, "onnxruntime", "none")
+    share = next(la.macs for la in layers if la.name == "conv_b") / sum(la.macs for la in layers)
+    slowdown = costs["slowdown_per_mac_share"]["onnxruntime"]["float_dense"] * share
+    floor = round(priced / (1 + slowdown / 2), 4)   # above the promoted graph's priced speed, below int8's
+    slow = search(split_signal="expected_agreement", min_speed_over_fp32=floor)
     assert slow["status"] == "speed_bound" and slow["promoted"] == []
-    assert slow["why"].startswith("1 promoted layers ran at") and slow["why"].endswith("kept 0")
-    assert "the unpromoted int8 graph is slower than fp32 on this CPU" in slow["slower_than_fp32"]
+    assert slow["why"] == (f"1 promoted layers would run at {priced / (1 + slowdown):.2f}x the fp32 model by the "
+                           f"priced costs (floor min_speed_over_fp32 {floor}); kept 0")
+    assert slow["speed_floor"] == {"min_speed_over_fp32": floor, "int8_speed_over_runtime_fp32": priced,
+                                   "predicted_speed_over_runtime_fp32": priced}
+
+
+def test_no_timing_decides_which_layers_a_search_promotes(tmp_path, monkeypatch):
+    """The same search under the real clock and under clocks on which every timed call takes 64 s or 1/64 s (so
+    int8 times the same as fp32, under the default 1.3x floor): the same promoted layers, record and model bytes;
+    only the measurements differ."""
+    model, qdq, layers, pool, fp32, _, _ = color_model_int8(tmp_path)
+    opts = BuildOptions.parse({**INT8, "split_min_agreement": 0.95, "max_promoted_macs": 0.5,
+                               "bias_correction": False}, "int8_max")
+    rows = np.arange(120)
+
+    def built():
+        graph, rec = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", (pool[rows], fp32[rows]),
+                                        pool[:8], opts, False, 1)
+        out = rec.as_json()
+        return graph.SerializeToString(), out.pop("measured"), out
+    real = built()
+    assert real[2]["promoted"] == [["conv_b", "float"]]
+    for step in (64.0, 1 / 64):   # powers of two: the clock adds up exactly
+        clock = itertools.count(step=step)
+        monkeypatch.setattr(int8_trials.time, "perf_counter", lambda: next(clock))
+        skewed = built()
+        assert skewed[0] == real[0] and skewed[2] == real[2]
+        assert skewed[1]["fp32_s_per_image"] == round(step / int8_trials.TRIAL_BATCH, 5)   # the clock was in use
+        assert skewed[1]["split_speed_over_runtime_fp32"] == 1.0
 
 
 def test_the_expected_agreement_tracks_held_out_agreement_closer_than_the_split_count():
@@ -362,7 +399,7 @@ def test_the_expected_agreement_tracks_held_out_agreement_closer_than_the_split_
     count_err, expected_err = [], []
     for _ in range(200):
         ref, out = population(100)
-        sig = int8_search.split_signals(out, ref)
+        sig = int8_trials.split_signals(out, ref)
         count_err.append(sig["agreement"] - truth)
         expected_err.append(sig["expected_agreement"] - truth)
     # both unbiased here (noise independent of the margin); the estimate with 40% less error
@@ -373,7 +410,7 @@ def test_the_expected_agreement_tracks_held_out_agreement_closer_than_the_split_
 def test_split_signals_hand_computed():
     ref = np.array([[3.0, 0.0], [1.0, 0.0], [0.0, 2.0]])     # fp32 margins 3, 1, 2
     out = np.array([[2.0, 0.0], [0.0, 0.5], [0.0, 2.0]])     # margin losses 1, 1.5 (a flip), 0
-    sig = int8_search.split_signals(out, ref)
+    sig = int8_trials.split_signals(out, ref)
     assert sig["agreement"] == pytest.approx(2 / 3)
     # pairs i != j with loss_i >= margin_j: (0, 1), (1, 1)... i=0: l=1 vs m1=1 -> 1 pair; i=1: l=1.5 vs m0=3, m2=2
     # -> none; i=2: l=0 -> none: 1 of 6 pairs
@@ -398,7 +435,7 @@ def test_promotions_are_priced_by_their_measured_slowdown_per_runtime():
     per_share = costs["slowdown_per_mac_share"]
     assert {"float_depthwise", "float_dense", "exact_uint8_dense"} <= set(per_share["onnxruntime"])
     assert {"float_depthwise", "float_dense"} <= set(per_share["openvino"])
-    dense, depthwise = int8_search.Layer("d", "wd", 0, 100, True), int8_search.Layer("dw", "ww", 0, 100, False)
+    dense, depthwise = qdq_graph.Layer("d", "wd", 0, 100, True), qdq_graph.Layer("dw", "ww", 0, 100, False)
     # the same MACs cost more as a float depthwise layer on ONNX Runtime (its float depthwise kernel in a QDQ
     # graph), and exact uint8 costs less than float
     ort = {la.name: int8_search.promotion_slowdown(la, "float", "onnxruntime", 1000, costs)
@@ -453,11 +490,11 @@ def test_the_final_speed_check_times_both_models_back_to_back_and_takes_the_medi
             clock[0] += per_image * len(x)
             return np.zeros((len(x), 3))
         return run
-    monkeypatch.setattr(int8_search.time, "perf_counter", lambda: clock[0])
-    images = np.zeros((int8_search.SPEED_IMAGES + 40, 2, 2, 3), np.uint8)
-    ratio = int8_search.interleaved_speed(runner("fp32", 0.004), runner("int8", 0.001), images)
+    monkeypatch.setattr(int8_trials.time, "perf_counter", lambda: clock[0])
+    images = np.zeros((int8_trials.SPEED_IMAGES + 40, 2, 2, 3), np.uint8)
+    ratio = int8_trials.interleaved_speed(runner("fp32", 0.004), runner("int8", 0.001), images)
     assert ratio == pytest.approx(4.0)
     # effzoo.speed's harness: one warm-up call each, then rounds of SPEED_IMAGES images a model, in rotating order
-    per_turn = int8_search.SPEED_IMAGES // int8_search.TRIAL_BATCH
-    assert calls[:2] == ["fp32", "int8"] and len(calls) == 2 + 2 * int8_search.SPEED_ROUNDS * per_turn
-    assert calls[2::per_turn] == ["fp32", "int8", "int8", "fp32", "fp32", "int8"][:2 * int8_search.SPEED_ROUNDS]
+    per_turn = int8_trials.SPEED_IMAGES // int8_trials.TRIAL_BATCH
+    assert calls[:2] == ["fp32", "int8"] and len(calls) == 2 + 2 * int8_trials.SPEED_ROUNDS * per_turn
+    assert calls[2::per_turn] == ["fp32", "int8", "int8", "fp32", "fp32", "int8"][:2 * int8_trials.SPEED_ROUNDS]

@@ -45,8 +45,8 @@ BUDGET = {"min_agreement": 0.98, "max_top1_loss": 0.005}
 
 def race_of(variant: str, images_per_s: dict, over_fp32: dict, chosen: str, left_out: dict | None = None) -> dict:
     """A race file: raced builds with their images/s and paired ratio to fp32, and its decision."""
-    builds = {q: {"images_per_s": ips, "latency_p90_ms": 1000 * 16 / ips, "over_fp32": over_fp32[q],
-                  "over_runtime_fp32": {"build": "ov_fp32" if q.startswith("ov_") else "fp32", "ratio": over_fp32[q]},
+    builds = {q: {"images_per_s": ips, "latency_p90_ms": 1000 * 16 / ips, "speed_over_ort_fp32": over_fp32[q],
+                  "speed_over_runtime_fp32": {"build": "ov_fp32" if q.startswith("ov_") else "fp32", "ratio": over_fp32[q]},
                   "kind": "int8" if "int8" in q else q.removeprefix("ov_")}
               for q, ips in images_per_s.items()}
     leader = max(images_per_s, key=images_per_s.get)
@@ -56,7 +56,7 @@ def race_of(variant: str, images_per_s: dict, over_fp32: dict, chosen: str, left
             "cpu": {"model": "Test CPU", "kind": "avx2", "flags": ["avx2"]},
             "decision": {"chosen": chosen, "leader": leader, "pool": "certified builds", "tolerance": 0.05,
                          "builds": {q: {"speed_state": "leader" if q == leader else "slower",
-                                        "ratio_to_leader": [ips / images_per_s[leader]] * 3}
+                                        "speed_over_leader": [ips / images_per_s[leader]] * 3}
                                     for q, ips in images_per_s.items()}}}
 
 
@@ -85,8 +85,8 @@ def test_text_table_shows_intervals_from_the_race_and_slower_builds():
     # a build that did not run on this CPU has a row that says so, and no figure
     assert lines[4].split()[:5] == ["v", "ov_bf16", "openvino", "not", "run"] and lines[4].split()[11] == "0"
     assert lines[5].startswith("v: deployed int8 from the certified builds; race of 5 rounds, batch objective")
-    assert lines[6] == ("v: slower than the fp32 build of their runtime on this CPU (95% intervals): fp16 (0.70 "
-                        "[0.66, 0.74]x fp32)")
+    assert lines[6] == ("v: slower than the fp32 build of their runtime on this CPU (95% intervals): fp16 "
+                        "(speed_over_runtime_fp32 0.70 [0.66, 0.74], over fp32)")
     assert lines[7].startswith("v: fp16 is the vendor's build for accelerators; ONNX Runtime's CPU provider runs it "
                                "slower than fp32 on every CPU kind measured")
     assert lines[8] == "v: ov_bf16 not run: b.json: requires amx_bf16 or avx512_bf16"

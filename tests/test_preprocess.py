@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -43,17 +42,6 @@ def test_pinned_specs_match_timm():
     assert set(table) == {v["tag"] for v in base_config()["variants"].values()}
     for tag, spec in table.items():
         assert preprocess.resolve_timm_spec(tag) == spec, tag
-
-
-def test_spec_table_cli_needs_update_and_keeps_its_tags(tmp_path, capsys):
-    out = tmp_path / "specs.json"
-    with pytest.raises(SystemExit) as e:   # no arguments: a usage error, nothing written
-        preprocess.main(["--out", str(out)])
-    assert e.value.code == 2 and not out.exists()
-    preprocess.main(["--update", "--out", str(out), "efficientnet_b0.ra_in1k"])   # --update is a flag, not a tag
-    assert set(json.loads(out.read_text())["specs"]) == {"efficientnet_b0.ra_in1k"}
-    preprocess.main(["--update", "--out", str(out)])   # no tags: regenerate the tags the table holds
-    assert set(json.loads(out.read_text())["specs"]) == {"efficientnet_b0.ra_in1k"}
 
 
 def test_vendor_input_sizes():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import REPO, run_snakemake
 
-from effzoo import cost, int8_search
+from effzoo import cost, int8_trials
 from effzoo.common import ZooError
 
 B7_TAG = "tf_efficientnet_b7.ra_in1k"
@@ -27,7 +27,7 @@ def test_shipped_cost_file_covers_every_configured_architecture():
         assert 0.3 <= entry["parallel_fraction"] <= 1.0
         assert set(entry["stages"]["predict"]) == set(cost.BUILD_KINDS)
         assert all(r["per_image_s"] > 0 for r in entry["stages"]["predict"].values())
-    assert model.doc["cpu"] and model.doc["measured"] and model.doc["command"].startswith("python bench/zoo_cost.py")
+    assert model.doc["cpu"] and model.doc["measured"] and model.doc["command"].startswith("python tools/zoo_cost.py")
 
 
 def test_split_parts_are_contiguous_within_the_limit_and_as_few_as_possible():
@@ -87,7 +87,7 @@ def test_an_int8_build_with_a_split_plans_the_memory_of_its_search_sessions():
     _, with_split = cost.job_seconds(model, "build_int8", "small", 224, "onnxruntime-int8", 2, images=200)
     assert no_split == 300.0   # the build's own measured peak
     assert with_split == 300.0 + 2 * 500.0   # and the fp32 and trial sessions at the search batch
-    assert cost.SEARCH_BATCH == int8_search.TRIAL_BATCH
+    assert cost.SEARCH_BATCH == int8_trials.TRIAL_BATCH
     # the shipped costs: tf_efficientnet_b7 at 600 with a 200-image split peaked at 10458 MB (bench/int8_budget.py --b7)
     _, b7 = cost.job_seconds(cost.load(), "build_int8", "tf_efficientnet_b7", 600, "onnxruntime-int8", 2, images=200)
     assert b7 >= 10458

@@ -7,7 +7,7 @@ import pytest
 from test_int8_layers import INT8, conv_model, observed_ranges
 
 import onnx
-from effzoo import int8_search, weight_rounding
+from effzoo import int8_search, qdq_graph, weight_rounding
 from effzoo.build_options import BuildOptions
 from effzoo.graph_edits import PRE_INPUT
 from effzoo.steps import build_int8
@@ -73,7 +73,7 @@ def test_hessians_are_the_layer_inputs_second_moments_whatever_the_number_of_pas
     rng = np.random.default_rng(2)
     w_a, w_b = rng.normal(0, 0.1, (4, 3, 3, 3)), rng.normal(0, 0.5, (3, 4, 1, 1))
     model = conv_model(w_a, np.zeros(4), w_b)
-    layers = int8_search.weight_layers(model, {"pre_nchw", "pre_cast"})
+    layers = qdq_graph.weight_layers(model, {"pre_nchw", "pre_cast"})
     x = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     hess, passes = weight_rounding.layer_hessians(model, layers, x, 1)
     assert passes == 1 and hess["conv_a"].shape == (27, 27) and hess["conv_b"].shape == (4, 4)
@@ -98,10 +98,10 @@ def test_gptq_rounded_graph_keeps_its_scales_and_ranges_and_moves_the_outputs_le
     x = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
     out = tmp_path / "q.onnx"
     opts = BuildOptions.parse(INT8, "int8_max")
-    build_int8._quantize_model(model, observed_ranges(model, x), out, opts, ["pre_nchw", "pre_cast"],
+    build_int8.quantize_model(model, observed_ranges(model, x), out, opts, ["pre_nchw", "pre_cast"],
                                build_int8.reduced_weight_overrides(build_int8.saturating_layers(model)), False)
     qdq = onnx.load(str(out))
-    layers = int8_search.weight_layers(model, {"pre_nchw", "pre_cast"})
+    layers = qdq_graph.weight_layers(model, {"pre_nchw", "pre_cast"})
     hess, _ = weight_rounding.layer_hessians(model, layers, x[:32], 1)
     rounded, record = weight_rounding.gptq_rounded(qdq, model, layers, hess, {"conv_a", "conv_b"})
     assert record["layers"] == 2 and record["nearest_rounding_kept"] == [] and record["output_error_vs_nearest"] < 1
@@ -118,7 +118,7 @@ def test_gptq_rounded_graph_keeps_its_scales_and_ranges_and_moves_the_outputs_le
     for la in layers:
         w = np.moveaxis(numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == la.weight)),
                         la.axis, 0)
-        err = [weight_rounding.output_error(w.reshape(len(w), -1), int8_search.dequantized_weight(g, la).reshape(
+        err = [weight_rounding.output_error(w.reshape(len(w), -1), qdq_graph.dequantized_weight(g, la).reshape(
             len(w), -1), held[la.name]) for g in (qdq, rounded)]
         assert err[1] < 0.9 * err[0], la.name
 
@@ -130,37 +130,18 @@ def quantized_conv_model(tmp_path, seed: int, channels: int, images: int):
                        rng.normal(0, 0.5, (3, channels, 1, 1)))
     x = rng.integers(0, 256, (images, 8, 8, 3), dtype=np.uint8)
     out = tmp_path / "q.onnx"
-    build_int8._quantize_model(model, observed_ranges(model, x), out, BuildOptions.parse(INT8, "int8_max"),
+    build_int8.quantize_model(model, observed_ranges(model, x), out, BuildOptions.parse(INT8, "int8_max"),
                                ["pre_nchw", "pre_cast"], {}, False)
-    return model, x, onnx.load(str(out)), int8_search.weight_layers(model, {"pre_nchw", "pre_cast"})
-
-
-def test_gptq_rounds_the_given_target_weights_in_place_of_the_float_ones(tmp_path):
-    model, x, qdq, layers = quantized_conv_model(tmp_path, 4, 6, 32)
-    hess, _ = weight_rounding.layer_hessians(model, layers, x, 1)
-    plain, _ = weight_rounding.gptq_rounded(qdq, model, layers, hess, set())
-    rows = {la.name: np.moveaxis(numpy_helper.to_array(next(i for i in model.graph.initializer
-                                                             if i.name == la.weight)), la.axis, 0) for la in layers}
-    same, _ = weight_rounding.gptq_rounded(qdq, model, layers, hess, set(),
-                                           {n: r.reshape(len(r), -1) for n, r in rows.items()})
-    zeroed, _ = weight_rounding.gptq_rounded(qdq, model, layers, hess, set(),
-                                             {"conv_b": np.zeros(rows["conv_b"].reshape(3, -1).shape)})
-    for la in layers:
-        q = {name: int8_search.dequantized_weight(g, la) for name, g in
-             (("plain", plain), ("same", same), ("zeroed", zeroed))}
-        assert np.array_equal(q["same"], q["plain"])   # the float weights as targets: the same integers
-        if la.name == "conv_b":
-            assert not q["zeroed"].any()                # zero targets round to zero, whatever the float weights
-        else:
-            assert np.array_equal(q["zeroed"], q["plain"])   # a layer without a target rounds its float weights
+    return model, x, onnx.load(str(out)), qdq_graph.weight_layers(model, {"pre_nchw", "pre_cast"})
 
 
 def test_the_search_records_the_rounding_and_nearest_leaves_the_weights(tmp_path):
     model, x, qdq, layers = quantized_conv_model(tmp_path, 4, 4, 16)
     for rounding in ("gptq", "nearest"):
         opts = BuildOptions.parse({**INT8, "weight_rounding": rounding, "bias_correction": False}, "int8_max")
-        final, rec = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", None, x[:8], opts, False, 1,
-                                        rounding_images=x)
+        final, record = int8_search.search(qdq, None, model, layers, "none", "onnxruntime", None, x[:8], opts, False,
+                                           1, rounding_images=x)
+        rec = record.as_json()
         weights = {i.name: numpy_helper.to_array(i) for i in final.graph.initializer if i.data_type == TensorProto.INT8}
         same = all(np.array_equal(v, numpy_helper.to_array(i)) for i in qdq.graph.initializer
                    for k, v in weights.items() if i.name == k)

@@ -27,7 +27,7 @@ from conftest import (
 )
 
 import onnx
-from effzoo import cpu_target, ort_session, shard_io
+from effzoo import cpu_target, ort_layout, shard_io
 from effzoo.cpu_target import cpu_kind, kernel_isa
 from effzoo.demo import photo_path
 
@@ -305,9 +305,9 @@ def test_b0_random_weights_end_to_end(tmp_path, shared_exports):
     perf = json.loads((tmp_path / "perf/efficientnet_b0-fp32.json").read_text())["runtime"]["latency"]
     gates = se_gates(onnx.load(tmp_path / "onnx/efficientnet_b0.onnx"))
     assert len(gates) == 16   # one SE gate per block
-    if ort_session.nchwc_block_size():   # 16 of 16 rewritten at AVX-512's block, 14 at AVX2's
+    if ort_layout.nchwc_block_size():   # 16 of 16 rewritten at AVX-512's block, 14 at AVX2's
         assert perf["layout_tuning"] == "on"
-        assert perf["se_mul_blocked"] == expected_se_rewrites(gates, ort_session.nchwc_block_size())
+        assert perf["se_mul_blocked"] == expected_se_rewrites(gates, ort_layout.nchwc_block_size())
         assert "layout tuning on" in (tmp_path / "logs/predict/efficientnet_b0-fp32.log").read_text()
 
 

@@ -121,7 +121,7 @@ def main(argv=None):
     ap.add_argument("--instances", type=int, required=True)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
-                    help="ORT CPU layout pass for SE/SiLU graphs, as predict uses it (effzoo/ort_session.py)")
+                    help="ORT CPU layout pass for SE/SiLU graphs, as predict uses it (effzoo/ort_layout.py)")
     a = ap.parse_args(argv)
     build, cpu = runtime.checked_build(a.build_json, skippable=True)
     if "skipped" in cpu:   # a bf16 build on a CPU without bf16: no figure is recorded, only why

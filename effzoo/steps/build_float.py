@@ -25,18 +25,12 @@ from effzoo.common import ZooError, atomic_path, read_json
 from effzoo.cpu_target import ANY
 from effzoo.graph_edits import edge_nodes, fold_preprocessing
 from effzoo.openvino_ir import save_ir
+from effzoo.ort_session import open_session
 
 
 def ort_optimize(src: str, dst: str, level: str) -> None:
     """Offline graph optimization by ONNX Runtime (BASIC = provider-independent, portable)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
-    so.optimized_model_filepath = dst
-    ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    open_session(src, level=level, optimized_path=dst)
 
 
 def build_fp32(onnx_path: str, spec: dict, out_model: Path, opt_level: str) -> dict:

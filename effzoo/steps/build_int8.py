@@ -11,12 +11,13 @@ saturate. For such a target `reduce_range: auto` gives those layers 7-bit weight
 own int32 kernel and keep 8 bits), and the build runs exactly on any CPU. For a vnni target every weight is
 plain 8-bit, and the build requires VNNI where it runs (build.json 'cpu'; predict and benchmark check it).
 
-Bias correction (int8_search, default on): each layer's int32 bias absorbs the mean output change its quantized
-weights cause, measured in one pass of the float model. Accuracy budget (int8_search): the build must reach
+Bias correction (default on): each layer's int32 bias absorbs the mean output change its quantized weights cause,
+measured in one pass of the float model. Accuracy budget (effzoo.int8_search): the build must reach
 `split_min_agreement` with the fp32 model on the calibration source's validation split (by `split_signal`); layers
-are promoted, the most accuracy per measured slowdown first (to exact uint8 weights on ORT's exact u8u8 kernel for
+are promoted, the most accuracy per priced slowdown first (to exact uint8 weights on ORT's exact u8u8 kernel for
 a target without VNNI, else to float), until it does, up to `max_promoted_macs` and never below
-`min_speed_over_fp32` x the fp32 model's speed.
+`min_speed_over_fp32` x fp32 by the priced costs. The model's bytes depend on the inputs only: nothing timed
+decides them.
 
 CLI: python -m build_int8 --onnx X.onnx --export-info X.json --spec-json S.json --quant int8_max \
         --options '{...every option...}' --outdir vacc/X-int8_max --prepped P.onnx --stats S.npz \
@@ -36,8 +37,9 @@ from effzoo.build_options import BuildOptions
 from effzoo.common import ZooError, atomic_path, read_json, verify_file, write_json
 from effzoo.cpu_target import ANY, covers, cpu_kind
 from effzoo.graph_edits import edge_nodes
-from effzoo.int8_search import search, weight_layers
+from effzoo.int8_search import search
 from effzoo.openvino_ir import save_ir
+from effzoo.qdq_graph import weight_layers
 from effzoo.ranges import compute_ranges, full_range_tensors
 from effzoo.shard_io import iter_datalist_rows, read_datalist
 from onnx import numpy_helper
@@ -122,7 +124,7 @@ def cpu_requirement(policy: str) -> tuple[str, str]:
     return ANY, "no u8s8 GEMM layer can saturate (7-bit or exact uint8 weights): exact on any CPU"
 
 
-def _quantize_model(prepped, ranges: dict, out_model: Path, options: BuildOptions, exclude: list[str],
+def quantize_model(prepped, ranges: dict, out_model: Path, options: BuildOptions, exclude: list[str],
                     overrides: dict, reduce_all: bool) -> None:
     """ONNX Runtime quantize_static (QDQ) from fixed per-tensor ranges (no calibration pass here)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -198,11 +200,11 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
     runtime = options.runtime
     with tempfile.TemporaryDirectory() as td:
         base_path, exact_path = Path(td) / "base.onnx", Path(td) / "exact.onnx"
-        _quantize_model(prepped, ranges, base_path, options, exclude,
+        quantize_model(prepped, ranges, base_path, options, exclude,
                         reduced_weight_overrides(saturating) if policy == "saturating" else {}, policy == "all")
         exact = None
         if policy == "saturating" and runtime == "onnxruntime":
-            _quantize_model(prepped, ranges, exact_path, options, exclude,
+            quantize_model(prepped, ranges, exact_path, options, exclude,
                             exact_weight_overrides(model, saturating, ranges), False)
             exact = onnx.load(str(exact_path))
         emulate = not covers(cpu_kind(), cpu_requirement(policy)[0])  # the building CPU
@@ -210,9 +212,10 @@ def build_int8(prepped: str, stats_npz: str, out_model: Path, out_ranges: Path, 
                                           calib_datalist)
         rounding_images = (calibration_images(spread(calibration["files"], options.rounding_images), calib_datalist)
                            if options.weight_rounding == "gptq" else None)
-        final, budget = search(onnx.load(str(base_path)), exact, model, layers, policy, runtime,
+        final, record = search(onnx.load(str(base_path)), exact, model, layers, policy, runtime,
                                validation_split(calibration, calib_datalist), probe_images, options, emulate,
                                rounding_images=rounding_images)
+    budget = record.as_json()
     with atomic_path(out_model, ".onnx") as tmp:
         onnx.save(final, str(tmp))
     exact_layers = [name for name, kind in budget["promoted"] if kind == "exact_uint8"]

@@ -23,52 +23,18 @@ import hashlib
 import io
 import resource
 import time
-from collections import defaultdict
 
 import numpy as np
 
 import onnx
 from effzoo import fingerprint
-from effzoo.budget import split_sizes
+from effzoo.calibration_split import calibration_split
 from effzoo.common import LOG, Progress, atomic_path, file_record, read_json, verify_file, write_json
 from effzoo.graph_edits import fold_preprocessing
-from effzoo.ort_session import bounded_session
+from effzoo.ort_session import open_session
 from effzoo.ranges import TensorStats, stats_to_arrays
 from effzoo.shard_io import iter_datalist_rows, read_datalist
 from onnx import TensorProto, helper, numpy_helper
-
-# --------------------------------------------------------------------------------------------------
-# calibration set
-
-
-def balanced_selection(labels: list[int], n: int, seed: int = 0) -> list[int]:
-    """Indices of n rows drawn class-balanced: round-robin over the classes (in a seeded random order),
-    each class's rows seeded-shuffled; every class is represented when n >= number of classes."""
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for i, lab in enumerate(labels):
-        by_class[lab].append(i)
-    classes = sorted(by_class)
-    rng.shuffle(classes)
-    queues = {c: list(rng.permutation(by_class[c])) for c in classes}
-    chosen: list[int] = []
-    while len(chosen) < min(n, len(labels)):
-        for c in classes:
-            if queues[c] and len(chosen) < n:
-                chosen.append(int(queues[c].pop()))
-    return sorted(chosen)
-
-
-def calibration_split(labels: list[int], images: int, validation: int, seed: int) -> tuple[list[int], list[int]]:
-    """(range rows, validation rows): the validation split is drawn first, seeded and class-balanced; the range
-    images are drawn the same way from the rest, so the two never share an image."""
-    n_range, n_val = split_sizes(len(labels), images, validation)
-    val = balanced_selection(labels, n_val, seed) if n_val else []
-    taken = set(val)
-    rest = [i for i in range(len(labels)) if i not in taken]
-    chosen = balanced_selection([labels[i] for i in rest], n_range, seed)
-    return [rest[j] for j in chosen], val
-
 
 # --------------------------------------------------------------------------------------------------
 # graph augmentation
@@ -153,7 +119,7 @@ def reference_top1(prepped: str, datalist: str, rows: list[int], batch: int, thr
     memory)."""
     if not rows:
         return [], [], []
-    sess = bounded_session(onnx.load(prepped), threads)
+    sess = open_session(onnx.load(prepped), threads, bounded_memory=True)
     files, top1, margin = [], [], []
     progress = Progress(len(rows), "fp32 reference on the validation split")
     for x, bfiles in iter_datalist_rows(datalist, rows, batch):
@@ -176,7 +142,7 @@ def npz_bytes(arrs: dict) -> bytes:
 # CLI: collect statistics for a variant
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--onnx", required=True, help="exported model (onnx/<variant>.onnx)")
     ap.add_argument("--export-info", required=True, help="its export manifest (records its sha256)")
@@ -193,32 +159,30 @@ def main(argv=None):
     ap.add_argument("--prepped", required=True, help="output: the float model that is calibrated and quantized")
     ap.add_argument("--stats", required=True, help="output: statistics npz")
     ap.add_argument("--manifest", required=True, help="output: calibration.json")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def write_prepped(onnx_path: str, spec: dict, out: str) -> onnx.ModelProto:
+    """The float model with preprocessing folded in, through ONNX Runtime's quant_pre_process, written atomically."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    t0 = time.monotonic()
-    verify_file(a.onnx, read_json(a.export_info, "export")["onnx"]["sha256"], a.export_info)
-    spec = read_json(a.spec_json, "spec")
-    folded = fold_preprocessing(onnx.load(a.onnx), spec)
-    with atomic_path(a.prepped, ".onnx") as tmp:
+    folded = fold_preprocessing(onnx.load(onnx_path), spec)
+    with atomic_path(out, ".onnx") as tmp:
         raw = tmp.with_suffix(".raw.onnx")
         try:
             onnx.save(folded, str(raw))
             quant_pre_process(str(raw), str(tmp))
         finally:
             raw.unlink(missing_ok=True)
-    prepped = onnx.load(a.prepped)
-    names = tensors_to_calibrate(prepped)
+    return onnx.load(out)
+
+
+def collect_stats(prepped: onnx.ModelProto, names: list[str], a: argparse.Namespace, chosen: list[int]
+                  ) -> tuple[dict, list[str], str]:
+    """(statistics per tensor, the files in the order read, sha256 of their pixels) over the range images."""
     aug, _ = augment(prepped, names, a.samples_per_tensor)
-    sess = bounded_session(aug, a.threads)
+    sess = open_session(aug, a.threads, bounded_memory=True)
     del aug
-    rows = read_datalist(a.datalist)
-    chosen, val_rows = calibration_split([r[3] for r in rows], a.images, a.validation_images, a.seed)
-    n_classes = len({rows[i][3] for i in chosen})
-    if len(chosen) < a.images or len(val_rows) < a.validation_images:
-        LOG.warning("calibration source has %d images, fewer than the %d range + %d validation images asked "
-                    "for: %d range + %d validation", len(rows), a.images, a.validation_images, len(chosen),
-                    len(val_rows))
     stats = {n: TensorStats(a.num_bins) for n in names}
     digest = hashlib.sha256()
     progress = Progress(len(chosen), "calibration")
@@ -231,6 +195,23 @@ def main(argv=None):
         for i, n in enumerate(names):
             stats[n].update(outs[3 * i], outs[3 * i + 1], outs[3 * i + 2])
         progress.update(len(batch))
+    return stats, files, digest.hexdigest()
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    t0 = time.monotonic()
+    verify_file(a.onnx, read_json(a.export_info, "export")["onnx"]["sha256"], a.export_info)
+    prepped = write_prepped(a.onnx, read_json(a.spec_json, "spec"), a.prepped)
+    names = tensors_to_calibrate(prepped)
+    rows = read_datalist(a.datalist)
+    chosen, val_rows = calibration_split([r[3] for r in rows], a.images, a.validation_images, a.seed)
+    n_classes = len({rows[i][3] for i in chosen})
+    if len(chosen) < a.images or len(val_rows) < a.validation_images:
+        LOG.warning("calibration source has %d images, fewer than the %d range + %d validation images asked "
+                    "for: %d range + %d validation", len(rows), a.images, a.validation_images, len(chosen),
+                    len(val_rows))
+    stats, files, content_sha256 = collect_stats(prepped, names, a, chosen)
     with atomic_path(a.stats, ".npz") as tmp:
         tmp.write_bytes(npz_bytes(stats_to_arrays(stats)))
     val_files, val_top1, val_margin = reference_top1(a.prepped, a.datalist, val_rows, a.batch, a.threads)
@@ -238,7 +219,7 @@ def main(argv=None):
     manifest = {
         "images": len(chosen), "images_requested": a.images, "classes_represented": n_classes,
         "classes_in_source": len({r[3] for r in rows}), "seed": a.seed, "batch": a.batch,
-        "source_datalist": a.datalist, "content_sha256": digest.hexdigest(), "files": files,
+        "source_datalist": a.datalist, "content_sha256": content_sha256, "files": files,
         "validation": {"images": len(val_rows), "images_requested": a.validation_images,
                        "classes_represented": len({rows[i][3] for i in val_rows}), "files": val_files,
                        "fp32_top1": val_top1, "fp32_margin": val_margin,

@@ -47,8 +47,8 @@ def speed_record(race: dict, q: str) -> dict:
     r, d = race["builds"][q], race["decision"]
     return {"objective": race["objective"], "mode": "latency", "batch": race["batch"], "threads": race["threads"],
             "images_per_s": r["images_per_s"], "latency_p90_ms": r["latency_p90_ms"],
-            "ranked_on": race["ranked_on"], "over_leader": d["builds"][q]["ratio_to_leader"], "leader": d["leader"],
-            "over_fp32": r.get("over_fp32"), "tied_with_leader": d["tied_with_leader"], "rounds": race["rounds"],
+            "ranked_on": race["ranked_on"], "speed_over_leader": d["builds"][q]["speed_over_leader"], "leader": d["leader"],
+            "speed_over_ort_fp32": r.get("speed_over_ort_fp32"), "tied_with_leader": d["tied_with_leader"], "rounds": race["rounds"],
             "excludes_preprocessing": True, "measured_on": race["cpu"]}
 
 

@@ -22,6 +22,7 @@ from effzoo import fingerprint, preprocess
 from effzoo.common import LOG, ZooError, atomic_path, file_record, write_json
 from effzoo.demo import CHECK_PHOTOS, photo_path
 from effzoo.model_info import model_info
+from effzoo.ort_session import open_session
 from effzoo.weights import create_model
 
 OPSET = 18
@@ -48,12 +49,11 @@ def export(model, size: int, out_path: str) -> None:
 
 def compare(model, onnx_path: str, x: np.ndarray) -> dict:
     """Max |logit difference| between PyTorch and ONNX Runtime (fp32, CPU) on batch x."""
-    import onnxruntime as ort
     import torch
 
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    sess = open_session(onnx_path, threads=0)   # 0: ONNX Runtime's default thread count
     got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     diff = float(np.abs(ref - got).max())
     return {"images": len(x), "max_abs_logit_diff": diff, "logit_scale": float(np.abs(ref).max()),

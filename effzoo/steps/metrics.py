@@ -95,6 +95,29 @@ def evidence_against(scored: tuple, reference: tuple, budget: dict, is_reference
                              int((right & ~ref_right).sum()), len(labels), budget, is_reference)
 
 
+def int8_record(build: dict, datalist: str) -> dict:
+    """An int8 build's calibration (and whether it used the evaluated images) and its split search."""
+    cal = build["calibration"]
+    calibration = {"images": cal["images"], "classes_represented": cal["classes_represented"],
+                   "content_sha256": cal["content_sha256"], "calibration_s": cal["calibration_s"],
+                   "peak_rss_mb": cal["peak_rss_mb"], "build_peak_rss_mb": build["build_peak_rss_mb"],
+                   "method": build["details"]["method"], "reduce_range": build["details"]["reduce_range"],
+                   "on_evaluated_images": "source_datalist" in cal and same_dataset(cal["source_datalist"], datalist)}
+    return {"calibration": calibration, "accuracy_budget": split_search_record(build["details"]["accuracy_budget"])}
+
+
+def speed_record(p: dict, perf_path) -> dict:
+    """What metrics keeps of a build's benchmark (perf JSON `p`)."""
+    out = {"speed": deploy_speed(p, perf_path), "batch1_latency_ms": p["batch1_latency_ms"],
+           "best_throughput_ips": p["best_throughput_ips"],
+           "speedup_vs_torch_eager": {bs: r["build"].get("speedup_vs_torch_eager") for bs, r in p["results"].items()},
+           "best_throughput_at": p["best_throughput_at"], "benchmark_cpu": {"model": p["cpu"], "flags": p["cpu_flags"]},
+           "benchmark": str(perf_path)}
+    if p["warnings"]:
+        out["benchmark_warnings"] = p["warnings"]
+    return out
+
+
 def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, datalist: str, skipped_tsv: str,
                   dataset: str, budget: dict, reference: str = "fp32", perf: dict | None = None) -> dict:
     """modes: name -> (predictions.csv, predict.json, build.json); perf: name -> perf JSON path; budget: the deploy
@@ -120,27 +143,9 @@ def build_metrics(variant: str, export_info: dict, spec: dict, modes: dict, data
                     "runtime": build["options"]["runtime"], "cpu": build["cpu"],
                     "cpu_check": predicted[name]["cpu_check"]})
         if build.get("calibration"):
-            cal = build["calibration"]
-            res["calibration"] = {"images": cal["images"], "classes_represented": cal["classes_represented"],
-                                  "content_sha256": cal["content_sha256"], "calibration_s": cal["calibration_s"],
-                                  "peak_rss_mb": cal["peak_rss_mb"], "build_peak_rss_mb": build["build_peak_rss_mb"],
-                                  "method": build["details"]["method"],
-                                  "reduce_range": build["details"]["reduce_range"]}
-            res["calibration"]["on_evaluated_images"] = ("source_datalist" in cal
-                                                         and same_dataset(cal["source_datalist"], datalist))
-            res["accuracy_budget"] = split_search_record(build["details"]["accuracy_budget"])
+            res.update(int8_record(build, datalist))
         if name in perf_docs and "not_run" not in perf_docs[name]:
-            p = perf_docs[name]
-            res["speed"] = deploy_speed(p, perf[name])
-            res["batch1_latency_ms"] = p["batch1_latency_ms"]
-            res["best_throughput_ips"] = p["best_throughput_ips"]
-            res["speedup_vs_torch_eager"] = {bs: r["build"].get("speedup_vs_torch_eager")
-                                             for bs, r in p["results"].items()}
-            res["best_throughput_at"] = p["best_throughput_at"]
-            res["benchmark_cpu"] = {"model": p["cpu"], "flags": p["cpu_flags"]}
-            res["benchmark"] = str(perf[name])
-            if p["warnings"]:
-                res["benchmark_warnings"] = p["warnings"]
+            res.update(speed_record(perf_docs[name], perf[name]))
         results[name] = res
         tops[name] = (labels, top)
     if reference in tops:

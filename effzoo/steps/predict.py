@@ -81,7 +81,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--topk", type=int, default=5)
     ap.add_argument("--layout-tuning", choices=["on", "off"], required=True,
-                    help="ORT CPU layout pass for SE/SiLU graphs (effzoo/ort_session.py)")
+                    help="ORT CPU layout pass for SE/SiLU graphs (effzoo/ort_layout.py)")
     a = ap.parse_args(argv)
     build, cpu = checked_build(a.build_json, skippable=True)
     if "skipped" in cpu:   # nothing ran: no rows, and the reason where metrics, the race and the report read it

@@ -87,11 +87,12 @@ def int8_payoff(raced: dict, builds: dict, cpu: dict) -> dict:
     (the interval's upper end under the floor): 'does not pay' when all are."""
     out: dict = {}
     for q, b in raced.items():
-        floor, own = builds[q]["options"].get("min_speed_over_fp32"), b.get("over_runtime_fp32")
+        floor, own = builds[q]["options"].get("min_speed_over_fp32"), b.get("speed_over_runtime_fp32")
         if builds[q]["kind"] != "int8" or not floor or not own:
             continue
         entry = out.setdefault(b["runtime"]["package"], {"fp32": own["build"], "builds": {}})
-        entry["builds"][q] = {"over_fp32": own["ratio"], "floor": floor, "below_floor": own["ratio"][2] < floor}
+        entry["builds"][q] = {"speed_over_runtime_fp32": own["ratio"], "floor": floor,
+                              "below_floor": own["ratio"][2] < floor}
     for package, entry in out.items():
         below = [q for q, e in entry["builds"].items() if e["below_floor"]]
         entry["pays"] = not below
@@ -99,13 +100,35 @@ def int8_payoff(raced: dict, builds: dict, cpu: dict) -> dict:
             name = RUNTIME_NAMES.get(package, package)
             lead = (f"{name} int8 does not pay on this CPU" if len(below) == len(entry["builds"])
                     else f"{name} int8 pays only in part on this CPU")
-            ratios = {q: entry["builds"][q]["over_fp32"] for q in below}
+            ratios = {q: entry["builds"][q]["speed_over_runtime_fp32"] for q in below}
             entry["statement"] = (f"{lead} ({cpu['kind']}, {cpu['kernel_isa']} kernels; flags "
                                   f"{' '.join(cpu['flags']) or 'none of the reported'}): "
                                   + ", ".join(f"{q} {r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]" for q, r in ratios.items())
                                   + f" {entry['fp32']}, below the {entry['builds'][below[0]]['floor']}x floor "
                                     f"(min_speed_over_fp32; 95% intervals of this race)")
     return out
+
+
+def raced_builds(candidates: list, timed: dict, per_round: dict, opened: dict, builds: dict, looks: int) -> dict:
+    """Per raced build: its runtime, precision, speed figures round by round, and its paired speed ratios over the
+    ONNX Runtime fp32 build (speed_over_ort_fp32) and over its own runtime's fp32 build (speed_over_runtime_fp32),
+    each [median, 95% low, 95% high]."""
+    ref = {opened[q]["runtime"]: q for q in reversed(candidates) if builds[q]["kind"] == "fp32"}
+    raced = {}
+    for q in candidates:
+        t = timed[q]
+        raced[q] = {"runtime": {"package": opened[q]["runtime"], "version": opened[q]["version"]},
+                    "kind": builds[q]["kind"], "inference_precision": opened[q].get("inference_precision"),
+                    "images_per_s": round(median(t["throughput_rounds"]), 2),
+                    "latency_p90_ms": round(median(t["latency_p90_rounds"]), 3),
+                    "throughput_rounds": t["throughput_rounds"], "latency_p90_rounds": t["latency_p90_rounds"]}
+        if "fp32" in per_round:
+            raced[q]["speed_over_ort_fp32"] = [round(v, 4) for v in ratio(per_round, q, "fp32", looks)]
+        own = ref.get(opened[q]["runtime"])
+        if own is not None:
+            raced[q]["speed_over_runtime_fp32"] = {"build": own,
+                                                  "ratio": [round(v, 4) for v in ratio(per_round, q, own, looks)]}
+    return raced
 
 
 def race(metrics: dict, builds: dict, build_jsons: dict, settings: dict) -> dict:
@@ -142,22 +165,7 @@ def race(metrics: dict, builds: dict, build_jsons: dict, settings: dict) -> dict
                           looks)
         if not decision.get("unresolved"):
             break
-    per_round = figures(timed, objective)
-    ref = {opened[q]["runtime"]: q for q in reversed(candidates) if builds[q]["kind"] == "fp32"}
-    raced = {}
-    for q in candidates:
-        t = timed[q]
-        raced[q] = {"runtime": {"package": opened[q]["runtime"], "version": opened[q]["version"]},
-                    "kind": builds[q]["kind"], "inference_precision": opened[q].get("inference_precision"),
-                    "images_per_s": round(median(t["throughput_rounds"]), 2),
-                    "latency_p90_ms": round(median(t["latency_p90_rounds"]), 3),
-                    "throughput_rounds": t["throughput_rounds"], "latency_p90_rounds": t["latency_p90_rounds"]}
-        if "fp32" in per_round:
-            raced[q]["over_fp32"] = [round(v, 4) for v in ratio(per_round, q, "fp32", looks)]
-        own = ref.get(opened[q]["runtime"])
-        if own is not None:
-            raced[q]["over_runtime_fp32"] = {"build": own,
-                                            "ratio": [round(v, 4) for v in ratio(per_round, q, own, looks)]}
+    raced = raced_builds(candidates, timed, figures(timed, objective), opened, builds, looks)
     steal = speed.steal_percent(ticks, speed.cpu_ticks())
     cpu = {"model": cpu_name(), "kind": running, "kernel_isa": kernel_isa(),
            "flags": sorted(cpu_flags() & REPORTED_FLAGS), "cores": os.cpu_count()}

@@ -28,13 +28,13 @@ MODEL_COLUMNS = {
     "variant": "variant", "weights": "weights", "input": "input", "params_m": "params (M)", "gflops": "GFLOPs",
     "fp32_top1": "fp32 top-1 [95%]", "fp32_top5": "fp32 top-5", "deployed": "deployed build (runtime)",
     "deployed_top1": "its top-1 [95%]", "deployed_agreement": "its agreement [95%]", "deployed_ips": "its images/s",
-    "deployed_vs_fp32": "its x fp32 [95%]",
+    "deployed_vs_fp32": "its speed_over_ort_fp32 [95%]",
 }
 # The build table: one row per variant and build.
 BUILD_COLUMNS = {
     "variant": "variant", "build": "build", "runtime": "runtime", "precision": "precision",
     "cpu_target": "CPU target", "top1": "top-1 [95%]", "top5": "top-5", "agreement": "agreement [95%]",
-    "accuracy": "accuracy", "ips": "images/s", "vs_fp32": "x fp32 [95%]", "race": "race",
+    "accuracy": "accuracy", "ips": "images/s", "vs_fp32": "speed_over_ort_fp32 [95%]", "race": "race",
 }
 
 
@@ -73,7 +73,7 @@ def model_rows(metrics: list[dict], races: dict) -> list[dict]:
             row.update(deployed=f"{best} ({r['runtime']})", deployed_top1=interval_text(ev["top1"]),
                        deployed_agreement=interval_text(ev["agreement"]),
                        deployed_ips=round(race["builds"][best]["images_per_s"], 1),
-                       deployed_vs_fp32=ratio_text(race["builds"][best].get("over_fp32")))
+                       deployed_vs_fp32=ratio_text(race["builds"][best].get("speed_over_ort_fp32")))
         rows.append(row)
     return rows
 
@@ -96,7 +96,7 @@ def build_rows(metrics: list[dict], races: dict) -> list[dict]:
                          "top5": _pct(ev["top5"]["value"]), "agreement": interval_text(ev["agreement"]),
                          "accuracy": ev["state"],
                          "ips": round(raced[q]["images_per_s"], 1) if q in raced else "",
-                         "vs_fp32": ratio_text(raced.get(q, {}).get("over_fp32")), "race": race_state(q, race)})
+                         "vs_fp32": ratio_text(raced.get(q, {}).get("speed_over_ort_fp32")), "race": race_state(q, race)})
     return rows
 
 
@@ -122,12 +122,14 @@ def html_table(columns: dict, rows: list[dict]) -> str:
 
 MODEL_INTRO = ("Top-1/top-5 in % from the fp32 build, with exact (Clopper-Pearson) 95% intervals. The deployed build "
                "is the race's choice (race/<variant>.json): the fastest build the accuracy evidence allows, timed against "
-               "the others round by round in one process; x fp32 is its paired speed ratio to the fp32 build in that "
+               "the others round by round in one process; speed_over_ort_fp32 is its paired speed ratio to the ONNX "
+               "Runtime fp32 build in that "
                "race, with its 95% interval. Speeds exclude preprocessing.")
 BUILD_INTRO = ("Every build: top-1, top-5 and top-1 agreement with the fp32 build in % (exact 95% intervals), its "
                "accuracy state against the deploy budget (certified: the bounds are inside it; refuted: outside; "
                "unproven: neither), and its race: images/s in the deploy objective's mode, the paired speed ratio to "
-               "fp32 with its 95% interval, and where it stood (leader, tied, slower, or why it was not raced).")
+               "the ONNX Runtime fp32 build (speed_over_ort_fp32) with its 95% interval, and where it stood (leader, "
+               "tied, slower, or why it was not raced).")
 
 
 def to_markdown(models: list[dict], builds: list[dict], notes: list[str]) -> str:
@@ -166,9 +168,10 @@ def race_notes(races: dict) -> list[str]:
                    f"{cpu['model']} ({cpu['kind']}; flags {' '.join(cpu['flags'])}); preprocessing (not in the "
                    f"speeds) {race['preprocessing']['images_per_s_one_thread']:.0f} images/s on one thread"
                    + (f"; {d['note']}" if d.get("note") else ""))
-        slow = [f"{q} ({ratio_text(b['over_runtime_fp32']['ratio'])}x {b['over_runtime_fp32']['build']})"
-                for q, b in race["builds"].items() if b.get("over_runtime_fp32")
-                and b["over_runtime_fp32"]["build"] != q and b["over_runtime_fp32"]["ratio"][2] < 1.0]
+        slow = [f"{q} (speed_over_runtime_fp32 {ratio_text(b['speed_over_runtime_fp32']['ratio'])}, over "
+                f"{b['speed_over_runtime_fp32']['build']})"
+                for q, b in race["builds"].items() if b.get("speed_over_runtime_fp32")
+                and b["speed_over_runtime_fp32"]["build"] != q and b["speed_over_runtime_fp32"]["ratio"][2] < 1.0]
         if slow:
             out.append(f"{v}: slower than the fp32 build of their runtime on this CPU (95% intervals): "
                        + ", ".join(slow))
@@ -183,7 +186,7 @@ def race_notes(races: dict) -> list[str]:
 def text_table(metrics: list[dict], order: list[str], races: dict | None = None) -> str:
     """A plain-text result table (one row per variant and quant mode, modes in `order` first) for the console."""
     races = races or {}
-    head = ("variant", "quant", "runtime", "top1", "top5", "agree_fp32 [95%]", "split_agree", "x_fp32 [95%]",
+    head = ("variant", "quant", "runtime", "top1", "top5", "agree_fp32 [95%]", "split_agree", "speed_over_ort_fp32 [95%]",
             "accuracy", "images", "MB", "params_M", "GFLOPs", "size", "weights")
     rows = []
     for m in metrics:
@@ -198,7 +201,7 @@ def text_table(metrics: list[dict], order: list[str], races: dict | None = None)
             ev, split = r["evidence"], r.get("split_agreement_with_fp32")
             rows.append((m["variant"], q, r.get("runtime", "-"), f"{r['top1']:.4f}", f"{r['top5']:.4f}",
                          interval_text(ev["agreement"]), "-" if split is None else f"{split:.3f}",
-                         ratio_text(raced.get(q, {}).get("over_fp32")) or "-", ev["state"],
+                         ratio_text(raced.get(q, {}).get("speed_over_ort_fp32")) or "-", ev["state"],
                          str(r["images"]), f"{r['model_size_mb']:.1f}", f"{m['params_m']:.2f}", f"{m['gflops']:.3f}",
                          str(m["input_size"][1]), "RANDOM" if m["random_weights"] else m["weights"]["source"]))
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
@@ -224,7 +227,7 @@ def plot_points(m: dict, race: dict) -> list[dict]:
     lead = race["builds"][d["leader"]]
     points = []
     for q, b in race["builds"].items():
-        r = d["builds"][q]["ratio_to_leader"]
+        r = d["builds"][q]["speed_over_leader"]
         if race["objective"] == "single_stream":   # latency: lower is faster, the ratio is of 1 / p90
             x, lo, hi = lead["latency_p90_ms"] / r[0], lead["latency_p90_ms"] / r[2], lead["latency_p90_ms"] / r[1]
         else:

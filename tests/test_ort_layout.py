@@ -1,15 +1,15 @@
-"""The ORT CPU layout pass for SE/SiLU graphs (effzoo/ort_session.py): same outputs, guarded, skipped when idle."""
+"""The ORT CPU layout pass for SE/SiLU graphs (effzoo/ort_layout.py): same outputs, guarded, skipped when idle."""
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 import onnx
 from conftest import expected_se_rewrites, se_gates
-from effzoo import ort_session
+from effzoo import ort_layout
 from effzoo.common import ZooError
 from onnx import TensorProto, helper, numpy_helper
 
-needs_blocked_layout = pytest.mark.skipif(ort_session.nchwc_block_size() == 0,
+needs_blocked_layout = pytest.mark.skipif(ort_layout.nchwc_block_size() == 0,
                                           reason="ONNX Runtime uses no blocked (NCHWc) layout on this CPU")
 
 
@@ -86,11 +86,11 @@ def test_tuned_session_matches_standard(tmp_path, channels, size, squeeze):
     path = tmp_path / "m.onnx"
     model = se_silu_model(channels, size, squeeze=squeeze)
     onnx.save(model, path)
-    tuned, info = ort_session.make_session(str(path), 1, tuning=True)
-    standard, off = ort_session.make_session(str(path), 1)
+    tuned, info = ort_layout.make_session(str(path), 1, tuning=True)
+    standard, off = ort_layout.make_session(str(path), 1)
     assert off == {"layout_tuning": "off"}
     assert info["layout_tuning"] == "on", info
-    assert info["block"] == ort_session.nchwc_block_size()
+    assert info["block"] == ort_layout.nchwc_block_size()
     assert info["silu_blocked"] == 3 and info["spatial_mean_to_gap"] == 1
     assert info["se_mul_blocked"] == expected_se_rewrites(se_gates(model), info["block"])
     x = np.random.default_rng(1).standard_normal((3, 3, size, size)).astype(np.float32)
@@ -103,7 +103,7 @@ def test_tuned_session_matches_standard(tmp_path, channels, size, squeeze):
 def test_rewritten_graph_has_no_layout_round_trips(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(se_silu_model(32), path)
-    tuned, info = ort_session.tuned_model(str(path))
+    tuned, info = ort_layout.tuned_model(str(path))
     ops = [(n.domain, n.op_type) for n in tuned.graph.node]
     assert ("com.microsoft.nchwc", "ReorderInput") not in ops
     assert ops.count(("com.microsoft", "QuickGelu")) == 3 and ("", "Sigmoid") not in ops
@@ -114,7 +114,7 @@ def test_rewritten_graph_has_no_layout_round_trips(tmp_path):
 def test_probe_mismatch_falls_back_to_the_standard_session(tmp_path, monkeypatch, caplog):
     path = tmp_path / "m.onnx"
     onnx.save(se_silu_model(32), path)
-    real = ort_session._rewrite_blocked
+    real = ort_layout._rewrite_blocked
 
     def broken(opt, sizes, block):
         counts = real(opt, sizes, block)
@@ -122,12 +122,12 @@ def test_probe_mismatch_falls_back_to_the_standard_session(tmp_path, monkeypatch
             if n.op_type == "Mul":
                 n.op_type = "Add"   # a wrong rewrite
         return counts
-    monkeypatch.setattr(ort_session, "_rewrite_blocked", broken)
-    sess, info = ort_session.make_session(str(path), 1, tuning=True)
+    monkeypatch.setattr(ort_layout, "_rewrite_blocked", broken)
+    sess, info = ort_layout.make_session(str(path), 1, tuning=True)
     assert info["layout_tuning"].startswith("off: probe mismatch")
     assert "using the standard session" in caplog.text
     x = np.random.default_rng(1).standard_normal((2, 3, 10, 10)).astype(np.float32)
-    standard, _ = ort_session.make_session(str(path), 1, tuning=False)
+    standard, _ = ort_layout.make_session(str(path), 1, tuning=False)
     np.testing.assert_array_equal(sess.run(None, {"input": x})[0], standard.run(None, {"input": x})[0])
 
 
@@ -138,7 +138,7 @@ def test_graphs_without_se_or_silu_are_left_alone(tmp_path):
             n.op_type = "Relu"
     path = tmp_path / "m.onnx"
     onnx.save(m, path)
-    _, info = ort_session.make_session(str(path), 1, tuning=True)
+    _, info = ort_layout.make_session(str(path), 1, tuning=True)
     assert info == {"layout_tuning": "off: no SiLU or SE gate in the graph"}
 
 
@@ -146,7 +146,7 @@ def test_spatial_mean_to_gap_keeps_other_reductions():
     m = se_silu_model()
     m.graph.node.append(helper.make_node("ReduceMean", ["project", "axes1"], ["chan_mean"], keepdims=1))
     m.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "axes1"))
-    assert ort_session.spatial_mean_to_gap(m) == 1
+    assert ort_layout.spatial_mean_to_gap(m) == 1
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("GlobalAveragePool") == 1 and ops.count("ReduceMean") == 1
     assert "axes" not in {i.name for i in m.graph.initializer}
@@ -158,7 +158,7 @@ def test_half_precision_graphs_are_left_alone(tmp_path):
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w).astype(np.float16), "stem.w"))
     path = tmp_path / "m.onnx"
     onnx.save(m, path)
-    assert ort_session.tuned_model(str(path)) == (None, "not a float32 graph")
+    assert ort_layout.tuned_model(str(path)) == (None, "not a float32 graph")
 
 
 def test_layout_pass_runs_only_on_the_onnx_runtime_version_it_was_checked_on(tmp_path, monkeypatch):
@@ -167,8 +167,8 @@ def test_layout_pass_runs_only_on_the_onnx_runtime_version_it_was_checked_on(tmp
     monkeypatch.setattr(ort, "__version__", "1.99.0")
     with pytest.raises(ZooError, match="checked on onnxruntime 1.32.0, not the installed 1.99.0; set "
                                        "inference.layout_tuning: false"):
-        ort_session.make_session(str(path), 1, tuning=True)
-    _, info = ort_session.make_session(str(path), 1)   # the default (off) is unaffected
+        ort_layout.make_session(str(path), 1, tuning=True)
+    _, info = ort_layout.make_session(str(path), 1)   # the default (off) is unaffected
     assert info == {"layout_tuning": "off"}
 
 
@@ -188,6 +188,6 @@ def test_quantized_graphs_are_left_alone(tmp_path):
     onnx.save(se_silu_model(32), tmp_path / "f.onnx")
     quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Batches(), quant_format=QuantFormat.QDQ,
                     per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-    assert ort_session.tuned_model(str(tmp_path / "f.onnx"))[0] is not None   # its float source is rewritten
-    _, info = ort_session.make_session(str(tmp_path / "q.onnx"), 1, tuning=True)
+    assert ort_layout.tuned_model(str(tmp_path / "f.onnx"))[0] is not None   # its float source is rewritten
+    _, info = ort_layout.make_session(str(tmp_path / "q.onnx"), 1, tuning=True)
     assert info == {"layout_tuning": "off: no SiLU or SE gate on blocked tensors"}

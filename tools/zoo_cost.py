@@ -10,10 +10,10 @@
   disk     measures compact shard storage (zlib, and the workflow's PNG storage) against the plain shards: size
            ratio, write and read speed, exactness; --update records the PNG figures in the cost file.
 
-usage: python bench/zoo_cost.py measure [--variants efficientnet_b0 ...] [--images 16] [--out effzoo/zoo_cost.json]
-       python bench/zoo_cost.py project [--images 50000] [--nodes 4 --cores 32] [--threads 2]
-       python bench/zoo_cost.py check --workdir RUN [--configfile RUN/config.yaml]
-       python bench/zoo_cost.py disk [--images 200] [--update]
+usage: python tools/zoo_cost.py measure [--variants efficientnet_b0 ...] [--images 16] [--out effzoo/zoo_cost.json]
+       python tools/zoo_cost.py project [--images 50000] [--nodes 4 --cores 32] [--threads 2]
+       python tools/zoo_cost.py check --workdir RUN [--configfile RUN/config.yaml]
+       python tools/zoo_cost.py disk [--images 200] [--update]
 """
 from __future__ import annotations
 
@@ -32,12 +32,16 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _workflow import REPO, SAMPLE, calibrate_args, resolved_config
 from snakemake.utils import update_config, validate
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from _workflow import SAMPLE, calibrate_args, resolved_config  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from effzoo import cost, preprocess, shard_io  # noqa: E402
 from effzoo.cpu_target import cpu_kind  # noqa: E402
+from effzoo.ort_session import open_session  # noqa: E402
 
 B_SERIES = [f"efficientnet_b{i}" for i in range(9)]
 MEASURED_QUANT = {"fp32": "onnxruntime-fp32", "fp16": "onnxruntime-fp16", "int8_percentile": "onnxruntime-int8",
@@ -96,14 +100,10 @@ def tsv(path: Path) -> dict:
 
 def parallel_fraction(onnx_path: Path, size: int) -> float:
     """Amdahl parallel fraction of ONNX Runtime fp32 inference from batch-4 timings at 1 and 2 threads."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
     times = {}
     for threads in (1, 2):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        sess = open_session(onnx_path, threads)
         name = sess.get_inputs()[0].name
         sess.run(None, {name: x})
         best = math.inf
@@ -239,9 +239,10 @@ def measure_variant(work: Path, variant: str, tag: str, n: int, base: dict) -> t
         # each opens the trial graph's session (as predict opens the build's) and runs the split images, at the
         # build's speed or, where this CPU cannot run the target's kernels, unfused in float: the slower of the two
         passes = 2 * math.ceil(math.log2(layers + 1)) + 3
-        rank_per_image = budget.get("rank_s", 0.0) / split
+        searched = budget.get("measured", {})   # the search's seconds
+        rank_per_image = searched.get("rank_s", 0.0) / split
         stages["build_int8"][kind] = {
-            "fixed_s": round(max(build["s"] - budget.get("rank_s", 0.0) - budget.get("search_s", 0.0), 0.0), 3),
+            "fixed_s": round(max(build["s"] - searched.get("rank_s", 0.0) - searched.get("search_s", 0.0), 0.0), 3),
             "per_image_s": round(max(per_image, fp32_per_image) + rank_per_image / passes, 5),
             "per_pass_s": round(open_s, 3),
             "passes": passes, "peak_mb": built["build_peak_rss_mb"]}
@@ -281,7 +282,7 @@ def measure(a) -> None:
         geoms.update(geometry)
         print(f"  {json.dumps({k: v for k, v in entry.items() if k != 'stages'})}", flush=True)
     doc = {"format": cost.FORMAT, "measured": datetime.date.today().isoformat(), "cpu": cpu_line(),
-           "cpu_kind": cpu_kind(), "command": "python bench/zoo_cost.py measure " + " ".join(sys.argv[2:]),
+           "cpu_kind": cpu_kind(), "command": "python tools/zoo_cost.py measure " + " ".join(sys.argv[2:]),
            "images_measured": a.images, "reference_threads": 2,
            "shard_parallel_fraction": SHARD_PARALLEL,
            "geometries": dict(sorted(geoms.items(), key=lambda kv: int(kv[0]))), "architectures": archs}
@@ -481,7 +482,7 @@ def disk(a) -> None:
         out = Path(a.cost) if a.cost else cost.COST_FILE
         doc = json.loads(out.read_text())
         doc["png_storage"] = {"measured": datetime.date.today().isoformat(), "cpu": cpu_line(),
-                              "command": "python bench/zoo_cost.py disk " + " ".join(sys.argv[2:]),
+                              "command": "python tools/zoo_cost.py disk " + " ".join(sys.argv[2:]),
                               "images": len(lines), "png_level": shard_io.PNG_LEVEL, "sizes": sizes}
         out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"\nwrote png_storage to {out}: {json.dumps(sizes)}")

@@ -12,11 +12,11 @@ layers promoted, on ONNX Runtime and on OpenVINO, beside each runtime's fp32 bui
 runs a uint16 QDQ layer as DequantizeLinear + float Conv, as a float promotion).
 
 Prints img/s, the speed over the runtime's fp32 build, the promoted share of the MACs and the slowdown per 1% of
-MACs promoted, with the CPU flags. --update writes the slowdowns to effzoo/promotion_cost.json as the entry of this
-machine's kernel ISA (effzoo/promotion_costs.py), from which the int8 search orders its promotions by accuracy
+MACs promoted, with the CPU flags. --update writes the slowdowns, and each runtime's unpromoted int8 speed over its
+fp32 (the priced speed floor), to effzoo/promotion_cost.json as the entry of this machine's kernel ISA (effzoo/promotion_costs.py), from which the int8 search orders its promotions by accuracy
 gained per predicted slowdown.
 
-usage: python bench/promotion_cost.py [--variant tf_efficientnet_lite1] [--workdir bench-out/promotion-cost]
+usage: python tools/promotion_cost.py [--variant tf_efficientnet_lite1] [--workdir bench-out/promotion-cost]
                                       [--fraction 0.1] [--batch 16] [--rounds 5] [--iterations 3] [--update]
 Builds the variant on the demo photos first (random ranges are enough for speed).
 """
@@ -33,19 +33,21 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _workflow import REPO, resolved_config, timing_args
 
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 import onnx  # noqa: E402
+from _workflow import resolved_config, timing_args  # noqa: E402
 from effzoo import runtime, speed  # noqa: E402
 from effzoo.build_options import BuildOptions  # noqa: E402
 from effzoo.common import Progress  # noqa: E402
 from effzoo.cpu_target import REPORTED_FLAGS, cpu_flags, cpu_kind, kernel_isa  # noqa: E402
 from effzoo.graph_edits import edge_nodes  # noqa: E402
-from effzoo.int8_search import _has_weight_dq, promoted_model, weight_layers  # noqa: E402
-from effzoo.promotion_costs import COST_FILE, ISA_ORDER  # noqa: E402
 from effzoo.openvino_ir import save_ir  # noqa: E402
-from effzoo.steps.build_int8 import _quantize_model, exact_weight_overrides  # noqa: E402
+from effzoo.promotion_costs import COST_FILE, ISA_ORDER  # noqa: E402
+from effzoo.qdq_graph import has_weight_dq, promoted_model, weight_layers  # noqa: E402
+from effzoo.steps.build_int8 import exact_weight_overrides, quantize_model  # noqa: E402
 
 MODES = {"fp32": {"kind": "fp32"},
          "int8_max": {"kind": "int8", "method": "max", "split_min_agreement": 0, "cpu_target": "vnni"},
@@ -117,56 +119,92 @@ def float_activations(model: onnx.ModelProto, layers) -> onnx.ModelProto:
     return m
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    timing_args(ap, "tf_efficientnet_lite1")
-    ap.add_argument("--workdir", default=str(REPO / "bench-out" / "promotion-cost"))
-    ap.add_argument("--fraction", type=float, default=0.1, help="share of the MACs promoted in the dense sets")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--update", action="store_true", help=f"write this kernel ISA's slowdowns to {COST_FILE.name}")
-    a = ap.parse_args()
-    work, v = Path(a.workdir).resolve(), a.variant
-    if not all((work / f"vacc/{v}-{q}/build.json").exists() for q in MODES):
-        run_workflow(work, v)
+def graphs_to_time(work: Path, v: str, fraction: float) -> tuple[dict, int]:
+    """The graphs timed, name -> (model, its base's name, promoted layers, the slowdown's key in the cost file),
+    from the variant's built int8 graphs, and the quantized MACs."""
     prepped_path = str(work / f"calib/{v}/prepped.onnx")
     prepped = onnx.load(prepped_path)
     base = onnx.load(str(work / f"vacc/{v}-int8_max/model.onnx"))
     base7 = onnx.load(str(work / f"vacc/{v}-int8_max_avx512/model.onnx"))
-    layers = [la for la in weight_layers(prepped, set(edge_nodes(prepped))) if _has_weight_dq(base, la.name)]
+    layers = [la for la in weight_layers(prepped, set(edge_nodes(prepped))) if has_weight_dq(base, la.name)]
     total = sum(la.macs for la in layers)
     depthwise = [la for la in layers if not la.saturating]
-    dense = largest_until([la for la in layers if la.saturating], a.fraction, total)
-
+    dense = largest_until([la for la in layers if la.saturating], fraction, total)
     build7 = json.loads((work / f"vacc/{v}-int8_max_avx512/build.json").read_text())
     # the build's options over today's defaults (a build made by an older version lacks the newer options)
     options = BuildOptions.parse({**resolved_config()["quant_modes"]["int8_max"], **build7["options"]},
                                  "int8_max_avx512")
     ranges = {n: tuple(r) for n, r in json.loads((work / f"vacc/{v}-int8_max_avx512/calibration.json")
                                                  .read_text())["ranges"].items()}
-    td = Path(tempfile.mkdtemp())
-    exact_path = td / "exact.onnx"
+    exact_path = Path(tempfile.mkdtemp()) / "exact.onnx"
     saturating = [(la.name, la.weight, la.axis) for la in layers if la.saturating]
-    _quantize_model(prepped_path, ranges, exact_path, options, edge_nodes(prepped),
-                    exact_weight_overrides(prepped, saturating, ranges), False)
+    quantize_model(prepped_path, ranges, exact_path, options, edge_nodes(prepped),
+                   exact_weight_overrides(prepped, saturating, ranges), False)
     exact = onnx.load(str(exact_path))
-
-    def share(ls) -> float:
-        return sum(la.macs for la in ls) / total
-
-    graphs = {   # name -> (model, its base's name, promoted layers, the slowdown's key in the cost file)
-        "int8, vnni policy": (base, None, [], None),
+    return {
+        PLAIN: (base, None, [], None),
         "+ float weights, depthwise": (promoted_model(base, [(la, "float") for la in depthwise], prepped, None),
-                                       "int8, vnni policy", depthwise, "float_depthwise"),
+                                       PLAIN, depthwise, "float_depthwise"),
         "+ float weights, dense": (promoted_model(base, [(la, "float") for la in dense], prepped, None),
-                                   "int8, vnni policy", dense, "float_dense"),
+                                   PLAIN, dense, "float_dense"),
         "+ float weights+activations, dense": (
             float_activations(promoted_model(base, [(la, "float") for la in dense], prepped, None), dense),
-            "int8, vnni policy", dense, None),
-        "int8, no-VNNI policy (7-bit)": (base7, None, [], None),
+            PLAIN, dense, None),
+        SEVEN_BIT: (base7, None, [], None),
         "+ exact uint8 weights, dense": (
             promoted_model(base7, [(la, "exact_uint8") for la in dense], prepped, exact),
-            "int8, no-VNNI policy (7-bit)", dense, "exact_uint8_dense"),
-    }
+            SEVEN_BIT, dense, "exact_uint8_dense"),
+    }, total
+
+
+PLAIN, SEVEN_BIT = "int8, vnni policy", "int8, no-VNNI policy (7-bit)"
+INT8_POLICY = {PLAIN: "none", SEVEN_BIT: "saturating"}   # graph -> the reduce_range policy it prices
+
+
+def cost_entry(ips: dict, rows: list, total: int) -> dict:
+    """The cost file's figures from the timed graphs (`ips`: img/s per 'runtime: graph'; rows: (key, runtime,
+    base key or None, promoted layers, cost key or None)): each promotion's time added per unit share of the
+    quantized MACs, and each unpromoted int8 graph's speed over its runtime's fp32."""
+    slowdowns: dict[str, dict] = {}
+    speeds: dict[str, dict] = {}
+    for key, rt, base_key, promoted, cost_key in rows:
+        graph = key.split(": ", 1)[1]
+        if graph in INT8_POLICY:
+            speeds.setdefault(rt, {})[INT8_POLICY[graph]] = round(ips[key] / ips[f"{rt}: fp32"], 3)
+        if base_key and cost_key:
+            share = sum(la.macs for la in promoted) / total
+            per_share = (ips[base_key] / ips[key] - 1) / share   # time added per unit of MAC share
+            slowdowns.setdefault(rt, {})[cost_key] = round(max(per_share, 0.0), 3)
+    return {"slowdown_per_mac_share": slowdowns, "int8_speed_over_fp32": speeds}
+
+
+def with_entry(doc: dict, isa: str, entry: dict) -> dict:
+    """The cost file's document with `isa`'s entry set (the others as measured), in ISA_ORDER."""
+    out = {"meaning": doc.get("meaning", ""), "by_kernel_isa": dict(doc.get("by_kernel_isa", {}))}
+    if isa not in ISA_ORDER:
+        raise SystemExit(f"kernel ISA {isa!r} is not one of {', '.join(ISA_ORDER)}")
+    out["by_kernel_isa"][isa] = entry
+    out["by_kernel_isa"] = dict(sorted(out["by_kernel_isa"].items(), key=lambda e: ISA_ORDER.index(e[0])))
+    return out
+
+
+def print_table(ips: dict, rows: list, total: int) -> None:
+    print("| graph | img/s | vs its runtime's fp32 | promoted layers | share of MACs | slowdown per 1% of MACs |")
+    print("|---|---|---|---|---|---|")
+    for rt in ("onnxruntime", "openvino"):
+        print(f"| {rt}: fp32 | {ips[f'{rt}: fp32']:.1f} | 1.00x | | | |")
+        for key, r, base_key, promoted, _ in rows:
+            if r != rt:
+                continue
+            share = sum(la.macs for la in promoted) / total
+            slow = f"{(ips[base_key] / ips[key] - 1) / share:+.1f}%" if base_key else ""   # per 1% of MACs
+            print(f"| {key} | {ips[key]:.1f} | {ips[key] / ips[f'{rt}: fp32']:.2f}x | {len(promoted) or ''} | "
+                  f"{f'{100 * share:.1f}%' if promoted else ''} | {slow} |")
+
+
+def timed_graphs(work: Path, v: str, graphs: dict, a) -> tuple[dict, list]:
+    """img/s of every graph and of each runtime's fp32 build, in one interleaved run; and the rows."""
+    td = Path(tempfile.mkdtemp())
     runners, rows = {}, []
     for rt, fp32 in (("onnxruntime", work / f"vacc/{v}-fp32/model.onnx"),
                      ("openvino", work / f"vacc/{v}-ov_fp32/model.xml")):
@@ -185,38 +223,33 @@ def main():
     size = json.loads((work / f"vacc/{v}-fp32/build.json").read_text())["preprocess"]["input_size"][1]
     x = np.random.default_rng(0).integers(0, 256, (a.batch, size, size, 3), dtype=np.uint8)
     res = speed.measure(runners, x, a.batch, a.iterations, 2, a.rounds, Progress(a.rounds * len(runners), "promotions"))
-    ips = {k: r["throughput_ips"] for k, r in res.items()}
+    return {k: r["throughput_ips"] for k, r in res.items()}, rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    timing_args(ap, "tf_efficientnet_lite1")
+    ap.add_argument("--workdir", default=str(REPO / "bench-out" / "promotion-cost"))
+    ap.add_argument("--fraction", type=float, default=0.1, help="share of the MACs promoted in the dense sets")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--update", action="store_true", help=f"write this kernel ISA's entry to {COST_FILE.name}")
+    a = ap.parse_args()
+    work, v = Path(a.workdir).resolve(), a.variant
+    if not all((work / f"vacc/{v}-{q}/build.json").exists() for q in MODES):
+        run_workflow(work, v)
+    graphs, total = graphs_to_time(work, v, a.fraction)
+    ips, rows = timed_graphs(work, v, graphs, a)
     flags = " ".join(sorted(cpu_flags() & REPORTED_FLAGS))
     print(f"\n{v}, batch {a.batch}, {a.threads} threads, {a.rounds} interleaved rounds x {a.iterations} calls; "
           f"CPU kind {cpu_kind()}, flags {flags}; load average {os.getloadavg()}")
-    print("| graph | img/s | vs its runtime's fp32 | promoted layers | share of MACs | slowdown per 1% of MACs |")
-    print("|---|---|---|---|---|---|")
-    slowdowns: dict[str, dict] = {}
-    for rt in ("onnxruntime", "openvino"):
-        print(f"| {rt}: fp32 | {ips[f'{rt}: fp32']:.1f} | 1.00x | | | |")
-        for key, r, base_key, promoted, cost_key in rows:
-            if r != rt:
-                continue
-            ratio = ips[key] / ips[f"{rt}: fp32"]
-            slow = ""
-            if base_key:
-                per_share = (ips[base_key] / ips[key] - 1) / share(promoted)   # time added per unit of MAC share
-                slow = f"{per_share:+.1f}%"   # per 1% of MACs, in % of the int8 graph's time
-                if cost_key:
-                    slowdowns.setdefault(rt, {})[cost_key] = round(max(per_share, 0.0), 3)
-            print(f"| {key} | {ips[key]:.1f} | {ratio:.2f}x | {len(promoted) or ''} | "
-                  f"{f'{100 * share(promoted):.1f}%' if promoted else ''} | {slow} |")
+    print_table(ips, rows, total)
     if a.update:   # this kernel ISA's entry; the others' stay as measured
         isa = kernel_isa()
-        doc = json.loads(COST_FILE.read_text()) if COST_FILE.exists() else {"by_kernel_isa": {}}
-        doc["meaning"] = ("time added to the int8 graph, as a fraction of its time, per unit share of its quantized "
-                          "MACs promoted: 2.7 = 2.7% slower per 1% of the MACs promoted")
-        doc["by_kernel_isa"][isa] = {
-            "measured": datetime.date.today().isoformat(), "cpu_flags": flags,
-            "command": "python bench/promotion_cost.py " + " ".join(sys.argv[1:]), "variant": v, "batch": a.batch,
-            "threads": a.threads, "slowdown_per_mac_share": slowdowns}
-        doc["by_kernel_isa"] = dict(sorted(doc["by_kernel_isa"].items(), key=lambda e: ISA_ORDER.index(e[0])))
-        COST_FILE.write_text(json.dumps(doc, indent=1) + "\n")
+        doc = json.loads(COST_FILE.read_text()) if COST_FILE.exists() else {}
+        entry = {"measured": datetime.date.today().isoformat(), "cpu_flags": flags,
+                 "command": "python tools/promotion_cost.py " + " ".join(sys.argv[1:]), "variant": v,
+                 "batch": a.batch, "threads": a.threads, **cost_entry(ips, rows, total)}
+        COST_FILE.write_text(json.dumps(with_entry(doc, isa, entry), indent=1) + "\n")
         print(f"\nwrote the {isa} entry of {COST_FILE}")
 
 
