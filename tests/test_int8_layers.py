@@ -498,3 +498,8 @@ def test_the_final_speed_check_times_both_models_back_to_back_and_takes_the_medi
     per_turn = int8_trials.SPEED_IMAGES // int8_trials.TRIAL_BATCH
     assert calls[:2] == ["fp32", "int8"] and len(calls) == 2 + 2 * int8_trials.SPEED_ROUNDS * per_turn
     assert calls[2::per_turn] == ["fp32", "int8", "int8", "fp32", "fp32", "int8"][:2 * int8_trials.SPEED_ROUNDS]
+
+
+def test_trials_run_at_the_batch_the_race_ranks_builds_at():
+    """TRIAL_BATCH is the largest of the benchmark's default batch sizes, the batch the race times builds at."""
+    assert int8_trials.TRIAL_BATCH == max(resolved_config()["benchmark"]["batch_sizes"])
