@@ -14,7 +14,7 @@ VNNI (elsewhere their int8 kernels saturate and the figures would not be the bui
 the search walks its whole schedule, 200 split images.
 
 Then, over every build and fold, how well the split's count and the continuous expected_agreement estimate
-(effzoo/int8_search.py split_signals) predict the held-out agreement.
+(effzoo/int8_trials.py split_signals) predict the held-out agreement.
 
 usage: python bench/int8_budget.py [--variants tf_efficientnet_lite0 ...] [--workdir bench-out/int8-budget]
                                    [--methods max percentile kl_divergence mse] [--targets vnni avx512]

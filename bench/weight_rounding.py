@@ -4,7 +4,7 @@ bench/int8_budget.py (run it first), one int8 method, both CPU policies, ONNX Ru
 For each fold, variant and policy: the fold's calibrated model and statistics, the method's ranges, bias
 correction, nothing promoted; once with nearest rounding and once with GPTQ (effzoo/weight_rounding.py on
 `rounding_images` range images). Prints the held-out mean KL(fp32 || int8) of the softmax, the expected agreement
-(effzoo/int8_search.py split_signals) and the count agreement, and the rounding's cost. A vnni-policy build runs
+(effzoo/int8_trials.py split_signals) and the count agreement, and the rounding's cost. A vnni-policy build runs
 unfused in float on a CPU without VNNI (the same integer arithmetic), as the int8 search does.
 
 usage: python bench/weight_rounding.py [--workdir bench-out/int8-budget] [--method percentile]

@@ -20,7 +20,7 @@ COST_FILE = Path(__file__).with_name("zoo_cost.json")
 FORMAT = 1
 STAGES = ("make_shards", "export_onnx", "calibrate", "build_float", "build_int8", "predict", "benchmark")
 BUILD_KINDS = ("onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8", "openvino-fp32", "openvino-int8")
-SEARCH_BATCH = 16   # the int8 search's trial batch (int8_search.TRIAL_BATCH; this module stays free of onnx)
+SEARCH_BATCH = 16   # the int8 search's trial batch (int8_trials.TRIAL_BATCH; this module stays free of onnx)
 
 
 @dataclass(frozen=True)
