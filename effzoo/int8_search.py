@@ -234,7 +234,7 @@ def ranked(prep: Prepared, runtime: str, options: BuildOptions, costs: dict):
 
 def chosen_prefix(trials: Trials, n: int, signal: str) -> tuple[int, bool, str | None]:
     """(prefix, whether it passed, why it was kept when none passed) by schedule_search and useful_prefix."""
-    chosen, _ = schedule_search(lambda p: trials.results[p] if p in trials.results else trials(p), n)
+    chosen, _ = schedule_search(trials, n)
     if chosen >= 0:
         return chosen, True, None
     if signal == "expected_agreement":

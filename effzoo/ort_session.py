@@ -16,8 +16,8 @@ def open_session(model, threads: int = 1, level: str = "all", providers: list[st
     `threads` intra-op threads and one inter-op thread; `level` of graph optimization (LEVELS); `bounded_memory`:
     PRIORITY_BASED execution order without memory patterns, so that each statistics branch of an augmented
     model runs as soon as its tensor exists (the default order kept b7's activations alive: 8.7 GB instead of
-    2 GB at 600x600); `optimized_path`: where ONNX Runtime writes the graph it optimized; `profile_prefix`: profile
-    every run (ONNX Runtime's profiler, its file named from the prefix)."""
+    2 GB at 600x600); `optimized_path`: where ONNX Runtime writes the graph it optimized; `profile_prefix`: ONNX
+    Runtime's per-node timing of every run, written to a file named from the prefix."""
     import onnxruntime as ort
 
     if level not in LEVELS:

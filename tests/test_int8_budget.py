@@ -135,6 +135,12 @@ def test_int8_builds_meet_the_budget_on_the_split_or_say_why(budget_run, variant
             assert budget["measured"]["split_speed_over_runtime_fp32"] > 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/<pid>/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @needs_sample
 @pytest.mark.slow
 def test_a_forced_rebuild_on_a_loaded_machine_gives_the_same_model_bytes(budget_run):
@@ -150,13 +156,13 @@ def test_a_forced_rebuild_on_a_loaded_machine_gives_the_same_model_bytes(budget_
     try:
         run_snakemake(budget_run, f"vacc/tf_efficientnet_lite0-{PROMOTING}/build.json", "--forcerun", "build_int8",
                       config=json.loads((budget_run / "budget-config.json").read_text()))
-        loaded = os.getloadavg()[0]
+        busy_s = [cpu_seconds(p.pid) for p in load]
     finally:
         for p in load:
             p.kill()
     after = json.loads((build / "build.json").read_text())
     assert after["build_s"] != before["build_s"] or after["details"]["accuracy_budget"]["measured"] != \
         budget["measured"]   # it was rebuilt
-    assert loaded >= 1.0   # under load
+    assert min(busy_s) >= 1.0   # the rebuild shared both cores with the busy processes, whatever the CPU's speed
     assert (build / "model.onnx").read_bytes() == model_before
     assert without_measurements(after) == without_measurements(before)
